@@ -1,0 +1,9 @@
+"""albert-export: ALBERT from PyTorch to ONNX / TensorRT bundles, weights stored once."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .checkpoint import CheckpointError, from_pretrained  # noqa: E402
+from .config import AlbertConfig, ConfigError  # noqa: E402
+
+__all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "from_pretrained", "__version__"]

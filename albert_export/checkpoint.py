@@ -1,0 +1,176 @@
+"""Checkpoints: a local HF directory or a hub id -> config + state dict -> reference model.
+
+Weights come from model.safetensors, or from pytorch_model.bin through torch.load(weights_only=True) only:
+a checkpoint is never unpickled.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime.taskspec import canonical_task
+
+from .config import AlbertConfig
+from .modeling import AlbertForTask, model_for_task
+
+SAFETENSORS = "model.safetensors"
+PYTORCH_BIN = "pytorch_model.bin"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+BASE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+HEAD_INIT_SEED = 0
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or does not fit the model."""
+
+
+class HeadInitializedWarning(UserWarning):
+    """A task head was not in the checkpoint and was initialized (deterministically)."""
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path | None) -> Path:
+    """A local directory as is; a hub id through huggingface_hub; None -> the embedded default model."""
+    if path_or_hub_id is None:
+        return default_model_dir()
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint directory (config.json + weights)")
+    name = str(path_or_hub_id)
+    if not HUB_ID.match(name) or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint directory {name!r} does not exist")
+    return download_from_hub(name)
+
+
+def download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise CheckpointError(
+            f"{repo_id!r} is not a local directory, and huggingface_hub is not installed to fetch it "
+            "(pip install 'albert-export[export]')"
+        ) from exc
+    patterns = ["config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json", "spiece.model",
+                "special_tokens_map.json"]
+    try:
+        local = snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise CheckpointError(
+            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+            "pass a local checkpoint directory (config.json + model.safetensors), or check the id and network "
+            "(HF_HUB_OFFLINE=1 uses the local cache only)"
+        ) from exc
+    if not (Path(local) / SAFETENSORS).exists():
+        # Only the pickle-free format is fetched; a .bin-only repo must be converted first.
+        raise CheckpointError(f"hub repo {repo_id!r} has no {SAFETENSORS}; only safetensors weights are fetched")
+    return Path(local)
+
+
+def load_config(directory: Path) -> AlbertConfig:
+    return AlbertConfig.from_json_file(directory / "config.json")
+
+
+def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    safetensors_path, bin_path = directory / SAFETENSORS, directory / PYTORCH_BIN
+    try:
+        if safetensors_path.exists():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_path))
+        if bin_path.exists():
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        broken = safetensors_path if safetensors_path.exists() else bin_path
+        raise CheckpointError(f"{broken} cannot be read ({type(exc).__name__}: {exc}); re-save the checkpoint") from exc
+    raise CheckpointError(f"{directory} has no weights: expected {SAFETENSORS} or {PYTORCH_BIN}")
+
+
+def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A bare AlbertModel checkpoint names its keys without the 'albert.' prefix the task models use."""
+    normalized = {}
+    for key, tensor in state.items():
+        if key.startswith(BASE_PREFIXES):
+            key = "albert." + key
+        if key.removeprefix("albert.") in IGNORED_BUFFERS:
+            continue
+        normalized[key] = tensor
+    return normalized
+
+
+def tied_keys(model: AlbertForTask) -> set[str]:
+    """Keys that alias another parameter (the MLM decoder): optional in a checkpoint."""
+    return {"predictions.decoder.bias", "predictions.decoder.weight"} if hasattr(model, "predictions") else set()
+
+
+def initialize_module(module: nn.Module, config: AlbertConfig, generator: torch.Generator) -> None:
+    """transformers' _init_weights, with a seeded generator so a fresh head is the same every export."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            sub.weight.data.normal_(0.0, config.initializer_range, generator=generator)
+            if sub.bias is not None:
+                sub.bias.data.zero_()
+        elif isinstance(sub, nn.Embedding):
+            sub.weight.data.normal_(0.0, config.initializer_range, generator=generator)
+        elif isinstance(sub, nn.LayerNorm):
+            sub.weight.data.fill_(1.0)
+            sub.bias.data.zero_()
+
+
+def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy a normalized state dict into the model; errors and warnings name the keys."""
+    expected = model.state_dict()
+    optional = tied_keys(model)
+    misshaped = [
+        f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(tensor.shape)})"
+        for key, tensor in expected.items()
+        if key in state and state[key].shape != tensor.shape
+    ]
+    if misshaped:
+        raise CheckpointError(f"{source}: weights whose shape does not match config.json: {', '.join(misshaped)}")
+    missing = [key for key in expected if key not in state and key not in optional]
+    missing_base = [key for key in missing if key.startswith("albert.") and not key.startswith("albert.pooler.")]
+    if missing_base:
+        raise CheckpointError(f"{source}: the checkpoint lacks ALBERT weights: {', '.join(missing_base)}")
+    unexpected = [key for key in state if key not in expected]
+    with torch.no_grad():
+        for key, tensor in expected.items():
+            if key in state:
+                tensor.copy_(state[key].to(tensor.dtype))
+    if missing:
+        generator = torch.Generator().manual_seed(HEAD_INIT_SEED)
+        fresh = sorted({key.rsplit(".", 1)[0] for key in missing})
+        for name in fresh:
+            initialize_module(model.get_submodule(name), model.config, generator)
+        if "predictions.bias" in missing:
+            model.predictions.bias.data.zero_()
+        warnings.warn(
+            f"{source}: {', '.join(missing)} were not in the checkpoint and are newly initialized (seed "
+            f"{HEAD_INIT_SEED}); train the {model.task} head before relying on its outputs",
+            HeadInitializedWarning,
+            stacklevel=3,
+        )
+    if unexpected:
+        warnings.warn(f"{source}: checkpoint weights not used by the {model.task} model: {', '.join(unexpected)}",
+                      stacklevel=3)
+    model.tie_weights()
+
+
+def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTask:
+    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights."""
+    task = canonical_task(task)
+    directory = resolve_checkpoint(path_or_hub_id)
+    config = load_config(directory)
+    model = model_for_task(config, task)
+    load_into(model, normalize_keys(load_state_dict(directory)), str(directory))
+    return model.eval()

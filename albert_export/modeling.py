@@ -1,0 +1,306 @@
+"""The reference ALBERT in PyTorch: parameter names equal Hugging Face's state-dict keys.
+
+The model is built from three pieces that the exporter traces separately:
+  embed(ids, mask, types) -> hidden (B, S, H), additive mask (B, 1, 1, S)   embeddings + E->H mapping
+  encoder.albert_layer_groups[g](hidden, mask) -> hidden (B, S, H)           one shared layer group
+  head(hidden) -> {output name: tensor}                                      pooler + task head
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import AlbertConfig, ConfigError
+
+
+def new_gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACTIVATION_FUNCTIONS = {
+    "gelu": nn.functional.gelu,
+    "gelu_new": new_gelu,
+    "gelu_fast": gelu_fast,
+    "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "relu": nn.functional.relu,
+    "silu": nn.functional.silu,
+    "swish": nn.functional.silu,
+}
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, S) of 1/0 -> (B, 1, 1, S) of 0/most-negative, as HF's eager attention uses."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+class AlbertEmbeddings(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, S)
+        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(positions)  # (B, S, E)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class AlbertAttention(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        return x.view(batch, seq, self.num_heads, self.head_size).transpose(1, 2)  # (B, N, S, D)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        query = self.split_heads(self.query(hidden))
+        key = self.split_heads(self.key(hidden))
+        value = self.split_heads(self.value(hidden))
+        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B, N, S, S)
+        probs = self.attention_dropout(torch.softmax(scores + mask, dim=-1))
+        context = torch.matmul(probs, value).transpose(1, 2).flatten(2)  # (B, S, H)
+        projected = self.output_dropout(self.dense(context))
+        return self.LayerNorm(hidden + projected)
+
+
+class AlbertLayer(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.attention = AlbertAttention(config)
+        self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation = ACTIVATION_FUNCTIONS[config.hidden_act]
+        self.full_layer_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(hidden, mask)  # (B, S, H)
+        feed_forward = self.dropout(self.ffn_output(self.activation(self.ffn(attended))))
+        return self.full_layer_layer_norm(feed_forward + attended)
+
+
+class AlbertLayerGroup(nn.Module):
+    """The shared piece: inner_group_num layers, reused at several depths."""
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.albert_layers = nn.ModuleList(AlbertLayer(config) for _ in range(config.inner_group_num))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.albert_layers:
+            hidden = layer(hidden, mask)
+        return hidden
+
+
+class AlbertTransformer(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.config = config
+        self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
+        self.albert_layer_groups = nn.ModuleList(AlbertLayerGroup(config) for _ in range(config.num_hidden_groups))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in range(self.config.num_hidden_layers):
+            hidden = self.albert_layer_groups[self.config.group_of_layer(layer)](hidden, mask)
+        return hidden
+
+
+class AlbertModel(nn.Module):
+    def __init__(self, config: AlbertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = AlbertEmbeddings(config)
+        self.encoder = AlbertTransformer(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
+
+    def embed(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        embedded = self.embeddings(input_ids, token_type_ids)  # (B, S, E)
+        hidden = self.encoder.embedding_hidden_mapping_in(embedded)  # (B, S, H)
+        return hidden, additive_mask(attention_mask, hidden.dtype)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
+
+
+class AlbertMLMHead(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size)
+        self.decoder.bias = self.bias
+        self.activation = ACTIVATION_FUNCTIONS[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.activation(self.dense(hidden))))  # (B, S, V)
+
+
+class AlbertSOPHead(nn.Module):
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(pooled))  # (B, 2)
+
+
+class AlbertForTask(nn.Module):
+    """ALBERT with one task head. forward(ids, mask, types) -> {ONNX output name: tensor}."""
+
+    task: str = ""
+    pooled = True  # whether the base model has (and the head uses) the pooler
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config, add_pooling_layer=self.pooled)
+
+    def head(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, torch.Tensor]:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden, mask = self.albert.embed(input_ids, attention_mask, token_type_ids)
+        hidden = self.albert.encoder(hidden, mask)
+        return self.head(hidden)
+
+    def tie_weights(self) -> None:
+        """The MLM decoder shares the word embedding matrix (HF's tie_word_embeddings)."""
+        predictions = getattr(self, "predictions", None)
+        if predictions is not None and self.config.tie_word_embeddings:
+            predictions.decoder.weight = self.albert.embeddings.word_embeddings.weight
+
+
+class AlbertForFeatureExtraction(AlbertForTask):
+    task = "feature-extraction"
+
+    def head(self, hidden):
+        return {"last_hidden_state": hidden, "pooler_output": self.albert.pool(hidden)}
+
+
+class AlbertForPreTraining(AlbertForTask):
+    task = "pretraining"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.predictions = AlbertMLMHead(config)
+        self.sop_classifier = AlbertSOPHead(config)
+        self.tie_weights()
+
+    def head(self, hidden):
+        return {
+            "prediction_logits": self.predictions(hidden),
+            "sop_logits": self.sop_classifier(self.albert.pool(hidden)),
+        }
+
+
+class AlbertForMaskedLM(AlbertForTask):
+    task = "fill-mask"
+    pooled = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.predictions = AlbertMLMHead(config)
+        self.tie_weights()
+
+    def head(self, hidden):
+        return {"logits": self.predictions(hidden)}
+
+
+class AlbertForSequenceClassification(AlbertForTask):
+    task = "text-classification"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def head(self, hidden):
+        return {"logits": self.classifier(self.dropout(self.albert.pool(hidden)))}  # (B, L)
+
+
+class AlbertForTokenClassification(AlbertForTask):
+    task = "token-classification"
+    pooled = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def head(self, hidden):
+        return {"logits": self.classifier(self.dropout(hidden))}  # (B, S, L)
+
+
+class AlbertForQuestionAnswering(AlbertForTask):
+    task = "question-answering"
+    pooled = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def head(self, hidden):
+        start, end = self.qa_outputs(hidden).unbind(-1)  # (B, S) each
+        return {"start_logits": start, "end_logits": end}
+
+
+class AlbertForMultipleChoice(AlbertForTask):
+    """Inputs (B, C, S); the choices are folded into the batch and unfolded in the head."""
+
+    task = "multiple-choice"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def head(self, hidden):
+        return {"choice_scores": self.classifier(self.dropout(self.albert.pool(hidden)))}  # (B*C, 1)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        choices = input_ids.shape[1]
+        flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
+        scores = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids))["choice_scores"]
+        return {"logits": scores.reshape(-1, choices)}  # (B, C)
+
+
+TASK_MODELS: dict[str, type[AlbertForTask]] = {
+    cls.task: cls
+    for cls in (
+        AlbertForMaskedLM, AlbertForSequenceClassification, AlbertForTokenClassification,
+        AlbertForQuestionAnswering, AlbertForMultipleChoice, AlbertForFeatureExtraction, AlbertForPreTraining,
+    )
+}
+
+
+def model_for_task(config: AlbertConfig, task: str) -> AlbertForTask:
+    if task not in TASK_MODELS:
+        raise ConfigError(f"no ALBERT head for task {task!r}")
+    return TASK_MODELS[task](config)
