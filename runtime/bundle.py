@@ -55,7 +55,7 @@ class Validation:
 class EngineInfo:
     flavour: str  # "tensorrt" | "tensorrt_rtx"
     version: str
-    profiles: list[dict[str, list[int]]]  # input name -> [min, opt, max] dims flattened per profile
+    profiles: list[dict[str, list[list[int]]]]  # per profile: input name -> [min dims, opt dims, max dims]
     compute_capabilities: list[str]
 
 

@@ -1,0 +1,134 @@
+"""ONNX -> TensorRT plan, strongly typed: precision comes from the graph (fp16 weights, Q/DQ), never from
+builder flags (TensorRT 11 and TensorRT-RTX removed them).
+
+Two flavours: `tensorrt_rtx` (PyPI; builds ahead of time on a CPU-only machine for the compute capabilities
+asked for; engines run on 8.0, 8.6, 8.9 and 12.x, not Hopper) and NVIDIA's datacenter `tensorrt` (10.x/11.x;
+needs a GPU at build time and targets the GPU it runs on).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.bundle import EngineInfo
+from runtime.taskspec import INPUT_NAMES
+
+RTX_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9", "12.0")
+DEFAULT_SHAPES = "1x1:8x128:32x512"
+DIMS = re.compile(r"^\d+(x\d+)+$")
+
+
+class EngineError(RuntimeError):
+    """TensorRT is missing, refused the graph, or the requested shapes are inconsistent."""
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    minimum: tuple[int, ...]
+    optimum: tuple[int, ...]
+    maximum: tuple[int, ...]
+
+    def as_lists(self) -> list[list[int]]:
+        return [list(self.minimum), list(self.optimum), list(self.maximum)]
+
+
+def parse_shapes(text: str, rank: int = 2, max_positions: int | None = None) -> ShapeProfile:
+    """'1x1:8x128:32x384' -> min/opt/max dims (rank 3, BxCxS, for multiple choice)."""
+    parts = text.strip().split(":")
+    layout = "BxCxS" if rank == 3 else "BxS"
+    if len(parts) != 3 or not all(DIMS.match(p) for p in parts):
+        raise EngineError(f"--shapes {text!r} must be MIN:OPT:MAX, each {layout}, e.g. 1x1:8x128:32x384")
+    dims = [tuple(int(d) for d in p.split("x")) for p in parts]
+    if any(len(d) != rank for d in dims):
+        raise EngineError(f"--shapes {text!r}: each of MIN:OPT:MAX needs {rank} dims ({layout}) for this task")
+    if any(v < 1 for d in dims for v in d):
+        raise EngineError(f"--shapes {text!r}: every dimension must be at least 1")
+    if not all(a <= b <= c for a, b, c in zip(*dims)):
+        raise EngineError(f"--shapes {text!r}: need MIN <= OPT <= MAX in every dimension")
+    if max_positions is not None and dims[2][-1] > max_positions:
+        raise EngineError(
+            f"--shapes {text!r}: a sequence of {dims[2][-1]} exceeds the model's {max_positions} positions"
+        )
+    return ShapeProfile(*dims)
+
+
+def import_tensorrt(flavour: str = "auto"):
+    names = {"auto": ("tensorrt_rtx", "tensorrt"), "tensorrt_rtx": ("tensorrt_rtx",), "tensorrt": ("tensorrt",)}
+    if flavour not in names:
+        raise EngineError(f"unknown TensorRT flavour {flavour!r}; use tensorrt_rtx or tensorrt")
+    for name in names[flavour]:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise EngineError(
+        "no TensorRT found: pip install 'albert-export[tensorrt]' (tensorrt-rtx, builds on CPU-only machines), "
+        "or NVIDIA's datacenter `tensorrt` from NVIDIA's package index"
+    )
+
+
+def flavour_of(trt) -> str:
+    return "tensorrt_rtx" if trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
+
+
+def parse_onnx(trt, builder, logger, onnx_path: Path):
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    flags = 0 if flavour_of(trt) == "tensorrt_rtx" else 1 << int(strongly_typed)  # RTX is always strongly typed
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    return network
+
+
+def set_compute_capabilities(trt, config, wanted: tuple[str, ...]) -> None:
+    config.num_compute_capabilities = len(wanted)
+    for index, capability in enumerate(wanted):
+        member = getattr(trt.ComputeCapability, "SM" + capability.replace(".", ""), None)
+        if member is None or not config.set_compute_capability(member, index):
+            supported = [m for m in dir(trt.ComputeCapability) if m.startswith("SM")]
+            raise EngineError(f"compute capability {capability} is not supported by this TensorRT ({supported})")
+
+
+def engine_from_onnx(
+    onnx_path: str | Path,
+    profile: ShapeProfile,
+    *,
+    flavour: str = "auto",
+    compute_capabilities: tuple[str, ...] | None = None,
+    log=lambda message: print(message, file=sys.stderr),
+) -> tuple[bytes, EngineInfo]:
+    """Build a serialized plan with one optimization profile shared by the three inputs."""
+    trt = import_tensorrt(flavour)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = parse_onnx(trt, builder, logger, Path(onnx_path))
+    config = builder.create_builder_config()
+    optimization_profile = builder.create_optimization_profile()
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    for name in names:
+        if name not in INPUT_NAMES:
+            raise EngineError(f"{Path(onnx_path).name} has an unexpected input {name!r}")
+        optimization_profile.set_shape(name, profile.minimum, profile.optimum, profile.maximum)
+    config.add_optimization_profile(optimization_profile)
+    if flavour_of(trt) == "tensorrt_rtx":
+        compute_capabilities = tuple(compute_capabilities or RTX_COMPUTE_CAPABILITIES)
+        set_compute_capabilities(trt, config, compute_capabilities)
+    else:
+        compute_capabilities = tuple(compute_capabilities or ("current",))
+    log(f"building {flavour_of(trt)} {trt.__version__} engine for compute capabilities "
+        f"{', '.join(compute_capabilities)} …")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError("TensorRT failed to build the engine; see the TensorRT messages above")
+    info = EngineInfo(
+        flavour=flavour_of(trt),
+        version=trt.__version__,
+        profiles=[{name: profile.as_lists() for name in names}],
+        compute_capabilities=list(compute_capabilities),
+    )
+    return bytes(plan), info

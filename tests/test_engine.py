@@ -1,0 +1,76 @@
+"""TensorRT-RTX builds strongly typed plans on this CPU-only machine; the plans cannot run here."""
+import warnings
+
+import pytest
+import torch
+
+from albert_export.config import AlbertConfig
+from albert_export.engine import EngineError, engine_from_onnx, import_tensorrt, parse_shapes
+from albert_export.modeling import model_for_task
+
+
+
+class OutputsAsTuple(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return tuple(self.model(input_ids, attention_mask, token_type_ids).values())
+
+
+@pytest.fixture(scope="module")
+def qa_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    model = model_for_task(config, "question-answering").eval()
+    path = tmp_path_factory.mktemp("engine") / "model.onnx"
+    ids = torch.ones(2, 7, dtype=torch.long)
+    axes = {"batch": 0, "sequence": 1}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(OutputsAsTuple(model), (ids, ids, ids * 0), str(path), input_names=names,
+                          output_names=["start_logits", "end_logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {v: k for k, v in axes.items()} for n in names})
+    return path
+
+
+def test_plan_is_built_for_the_requested_profile_and_capabilities(qa_onnx):
+    plan, info = engine_from_onnx(qa_onnx, parse_shapes("1x1:2x16:4x64"), compute_capabilities=("8.6",),
+                                  log=lambda _: None)
+    trt = import_tensorrt()
+    assert len(plan) > 100_000
+    assert info.flavour == "tensorrt_rtx" and info.version == trt.__version__
+    assert info.compute_capabilities == ["8.6"]
+    assert info.profiles == [{name: [[1, 1], [2, 16], [4, 64]]
+                              for name in ("input_ids", "attention_mask", "token_type_ids")}]
+
+
+def test_a_graph_tensorrt_cannot_parse_is_refused_by_name(tmp_path):
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not an onnx file")
+    with pytest.raises(EngineError, match="TensorRT could not parse model.onnx"):
+        engine_from_onnx(broken, parse_shapes("1x1:1x8:1x16"), log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    "text, rank, message",
+    [
+        ("1x1:8x128", 2, "must be MIN:OPT:MAX"),
+        ("1x1:8x128:32", 2, "must be MIN:OPT:MAX"),
+        ("1x1:8x128:4x384", 2, "MIN <= OPT <= MAX"),
+        ("0x1:8x128:32x384", 2, "at least 1"),
+        ("1x1:8x128:32x384", 3, "needs 3 dims \\(BxCxS\\)"),
+        ("1x1:8x128:32x1024", 2, "exceeds the model's 512 positions"),
+    ],
+)
+def test_bad_shapes_get_one_clear_error(text, rank, message):
+    with pytest.raises(EngineError, match=message):
+        parse_shapes(text, rank=rank, max_positions=512)
+
+
+def test_multiple_choice_shapes_have_three_dims():
+    profile = parse_shapes("1x2x1:4x4x64:8x4x128", rank=3)
+    assert profile.as_lists() == [[1, 2, 1], [4, 4, 64], [8, 4, 128]]
