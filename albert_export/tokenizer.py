@@ -1,0 +1,268 @@
+"""The bundle's tokenizer: a `tokenizers.Tokenizer` from an HF tokenizer.json or an ALBERT `spiece.model`.
+
+From a SentencePiece model we build what transformers' `AlbertConverter` builds (the tokenizer behind
+`AlbertTokenizerFast(vocab_file=...)`), without importing transformers or sentencepiece: the .model file is a
+small protobuf, read here directly. Special tokens the SentencePiece vocabulary lacks ([CLS], [SEP], <pad>,
+[MASK]) become added tokens after it, in the order transformers adds them, so ids match.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Iterator
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import Unigram
+
+from runtime.bundle import TOKENIZER, TokenizerSettings
+
+SPIECE = "spiece.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+MODEL_CONFIG = "config.json"
+DEFAULT_MAX_LENGTH = 512
+ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
+# transformers writes int(1e30) as model_max_length when the checkpoint sets none
+_UNSET_MAX_LENGTH = 1 << 40
+
+_PIECE_UNKNOWN, _PIECE_CONTROL, _PIECE_USER_DEFINED = 2, 3, 4
+_MODEL_TYPE_UNIGRAM = 1
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory or file that cannot be turned into the bundle's tokenizer."""
+
+
+# --- reading spiece.model (sentencepiece_model.proto, only the fields the converter uses) -----------------
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _proto_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
+    """(field number, value) for every field of one protobuf message; varints as int, the rest as bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos:pos + size], pos + size
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("truncated protobuf message")
+        yield number, value
+
+
+class _SentencePieceModel:
+    def __init__(self, data: bytes):
+        self.pieces: list[tuple[str, float, int]] = []  # (piece, score, type)
+        self.model_type = _MODEL_TYPE_UNIGRAM
+        self.unk_id = 0
+        self.precompiled_charsmap = b""
+        for number, value in _proto_fields(data):
+            if number == 1:
+                piece, score, kind = "", 0.0, 1
+                for field, item in _proto_fields(value):
+                    if field == 1:
+                        piece = item.decode("utf-8")
+                    elif field == 2:
+                        score = struct.unpack("<f", item)[0]
+                    elif field == 3:
+                        kind = item
+                self.pieces.append((piece, score, kind))
+            elif number == 2:  # TrainerSpec
+                for field, item in _proto_fields(value):
+                    if field == 3:
+                        self.model_type = item
+                    elif field == 40:
+                        self.unk_id = item
+            elif number == 3:  # NormalizerSpec
+                for field, item in _proto_fields(value):
+                    if field == 2:
+                        self.precompiled_charsmap = bytes(item)
+
+
+def _read_spiece(path: Path) -> _SentencePieceModel:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read the SentencePiece model {path}: {exc}") from exc
+    try:
+        model = _SentencePieceModel(data)
+    except (IndexError, ValueError, struct.error, AttributeError, TypeError) as exc:
+        raise TokenizerError(
+            f"{path} is not a SentencePiece model ({exc}); pass the spiece.model of an ALBERT checkpoint"
+        ) from exc
+    if not model.pieces or any(not piece for piece, _, _ in model.pieces):
+        raise TokenizerError(f"{path} holds no SentencePiece vocabulary; pass the spiece.model of an ALBERT checkpoint")
+    if model.model_type != _MODEL_TYPE_UNIGRAM:
+        raise TokenizerError(
+            f"{path} is a SentencePiece model of type {model.model_type}, not Unigram (1) as ALBERT uses"
+        )
+    if not 0 <= model.unk_id < len(model.pieces):
+        raise TokenizerError(f"{path} names unk id {model.unk_id} outside its {len(model.pieces)} pieces")
+    return model
+
+
+# --- the tokenizer --------------------------------------------------------------------------------------
+
+def _number_comma_penalized(piece: str, score: float) -> float:
+    # AlbertTokenizer splits pieces like "9," into "9" + ","; the fast tokenizer gets there by making them
+    # 100 nats less likely (transformers' AlbertConverter.vocab)
+    if len(piece) >= 2 and piece[-1] == "," and piece[-2].isdigit():
+        return score - 100
+    return score
+
+
+def _albert_normalizer(charsmap: bytes, do_lower_case: bool, keep_accents: bool) -> normalizers.Normalizer:
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if not keep_accents:
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if do_lower_case:
+        steps.append(normalizers.Lowercase())
+    if charsmap:
+        steps.append(normalizers.Precompiled(charsmap))
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    return normalizers.Sequence(steps)
+
+
+def _add_albert_special_tokens(tokenizer: Tokenizer, model: _SentencePieceModel) -> None:
+    # the converter makes control pieces special added tokens and user-defined pieces plain added tokens
+    spm_added = [
+        AddedToken(piece, normalized=False, special=kind == _PIECE_CONTROL)
+        for piece, _, kind in model.pieces
+        if kind in (_PIECE_CONTROL, _PIECE_USER_DEFINED)
+    ]
+    tokenizer.add_tokens(spm_added)
+    # then AlbertTokenizerFast adds its special tokens that are not added tokens yet, in transformers' role
+    # order (bos=[CLS], eos=[SEP], unk, sep, pad, cls, mask); [MASK] is always (re)added, lstrip=True so
+    # "a [MASK]" keeps the space out of the following text
+    already = {token.content for token in spm_added}
+    for content in ("[CLS]", "[SEP]", "<unk>", "<pad>"):
+        if content not in already:
+            tokenizer.add_tokens([AddedToken(content, normalized=False, special=True)])
+    tokenizer.add_tokens([AddedToken("[MASK]", lstrip=True, rstrip=False, normalized=False, special=True)])
+
+
+def tokenizer_from_spiece(
+    spiece_path: str | Path, *, do_lower_case: bool = True, keep_accents: bool = False, remove_space: bool = True
+) -> Tokenizer:
+    """The tokenizer `AlbertTokenizerFast(vocab_file=spiece_path, ...)` runs, with no truncation or padding.
+
+    remove_space is accepted because ALBERT tokenizer configs carry it, but as in AlbertTokenizerFast it changes
+    nothing: runs of spaces are always collapsed (the slow tokenizer's sentencepiece model collapses them too)."""
+    del remove_space
+    model = _read_spiece(Path(spiece_path))
+    vocab = [(piece, _number_comma_penalized(piece, score)) for piece, score, _ in model.pieces]
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=model.unk_id, byte_fallback=False))
+    _add_albert_special_tokens(tokenizer, model)
+    tokenizer.normalizer = _albert_normalizer(model.precompiled_charsmap, do_lower_case, keep_accents)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+    )
+    return tokenizer
+
+
+# --- a checkpoint's tokenizer directory -------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON ({exc}); fix or remove it") from exc
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # serialized AddedToken
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _special_tokens(tokenizer_config: dict[str, Any], special_map: dict[str, Any]) -> dict[str, str]:
+    roles = dict(ALBERT_SPECIAL_TOKENS)
+    for role in roles:
+        for source in (special_map, tokenizer_config):
+            text = _token_text(source.get(f"{role}_token"))
+            if text is not None:
+                roles[role] = text
+    return roles
+
+
+def _max_length(tokenizer_config: dict[str, Any], model_config: dict[str, Any]) -> int:
+    value = tokenizer_config.get("model_max_length")
+    if isinstance(value, (int, float)) and 0 < value < _UNSET_MAX_LENGTH:
+        return int(value)
+    value = model_config.get("max_position_embeddings")
+    if isinstance(value, int) and value > 0:
+        return value
+    return DEFAULT_MAX_LENGTH
+
+
+def _tokenizer_from_json(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for every parse error
+        raise TokenizerError(f"{path} is not a valid tokenizers tokenizer.json ({exc}); re-save the tokenizer") from exc
+
+
+def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, TokenizerSettings]:
+    """The tokenizer of a checkpoint directory (its tokenizer.json, else its spiece.model) and its settings."""
+    root = Path(path_dir)
+    if not root.is_dir():
+        raise TokenizerError(
+            f"{root} is not a directory; pass the checkpoint folder holding {TOKENIZER} or {SPIECE}"
+        )
+    tokenizer_config = _read_json(root / TOKENIZER_CONFIG)
+    do_lower_case = bool(tokenizer_config.get("do_lower_case", True))
+    keep_accents = bool(tokenizer_config.get("keep_accents", False))
+    if (root / TOKENIZER).is_file():
+        tokenizer = _tokenizer_from_json(root / TOKENIZER)
+    elif (root / SPIECE).is_file():
+        tokenizer = tokenizer_from_spiece(
+            root / SPIECE,
+            do_lower_case=do_lower_case,
+            keep_accents=keep_accents,
+            remove_space=bool(tokenizer_config.get("remove_space", True)),
+        )
+    else:
+        raise TokenizerError(
+            f"{root} has neither {TOKENIZER} nor {SPIECE}; save the tokenizer there "
+            "(tokenizer.save_pretrained) or pass a directory that has one"
+        )
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    special_tokens = _special_tokens(tokenizer_config, _read_json(root / SPECIAL_TOKENS_MAP))
+    missing = [f"{role}={text!r}" for role, text in special_tokens.items() if tokenizer.token_to_id(text) is None]
+    if missing:
+        raise TokenizerError(f"the tokenizer in {root} lacks the special tokens {', '.join(missing)}")
+    settings = TokenizerSettings(
+        max_length=_max_length(tokenizer_config, _read_json(root / MODEL_CONFIG)),
+        do_lower_case=do_lower_case,
+        keep_accents=keep_accents,
+        special_tokens=special_tokens,
+    )
+    return tokenizer, settings
