@@ -40,6 +40,7 @@ class TokenizerSettings:
     do_lower_case: bool
     keep_accents: bool = False
     special_tokens: dict[str, str] = field(default_factory=dict)  # role -> token, e.g. "mask" -> "[MASK]"
+    clean_up_tokenization_spaces: bool = False  # tokenizer_config.json's decode option (transformers default: False)
 
 
 @dataclass

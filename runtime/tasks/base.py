@@ -24,6 +24,7 @@ class TaskContext:
     config: dict[str, Any]  # the bundle's HF-style config.json
     max_length: int  # model_max_length (max positions usable by the tokenizer)
     special_tokens: dict[str, str]  # role -> token text: "cls", "sep", "pad", "mask", "unk"
+    clean_up_tokenization_spaces: bool = False  # HF's decode option (tokenizer_config.json), for decoded text
 
     @property
     def id2label(self) -> dict[int, str]:

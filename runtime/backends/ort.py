@@ -1,0 +1,105 @@
+"""onnxruntime: CPU by default; CUDA (with IO binding) or the TensorRT execution provider when installed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import BackendError, OptionError
+
+_ONNX_DTYPES = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def default_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise BackendError(
+            "--device cuda needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
+            f"{', '.join(available)}. Install onnxruntime-gpu or use --device cpu"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str = "cpu",
+        providers: list | None = None,
+        threads: int | None = None,
+        graph_optimization_level: str = "all",
+    ):
+        if graph_optimization_level not in _LEVELS:
+            raise OptionError(
+                f"graph_optimization_level {graph_optimization_level!r} is not one of {', '.join(_LEVELS)}"
+            )
+        if threads is not None and threads < 1:
+            raise OptionError(f"threads must be at least 1, got {threads}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _LEVELS[graph_optimization_level]
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if providers is None:
+            providers = default_providers(device)
+        else:
+            providers = [_PROVIDER_ALIASES.get(p, p) if isinstance(p, str) else p for p in providers]
+            missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]
+            if missing:
+                raise BackendError(
+                    f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                    f"(it offers {', '.join(ort.get_available_providers())})"
+                )
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise BackendError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._input_dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self.providers = self.session.get_providers()
+        self._io_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+    def _feeds(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = set(inputs) - set(self.input_names)
+        if unknown:
+            raise BackendError(f"model has no input(s) {sorted(unknown)}; it takes {self.input_names}")
+        feeds = {}
+        for name, array in inputs.items():
+            dtype = self._input_dtypes[name]
+            feeds[name] = np.ascontiguousarray(array, dtype=dtype) if dtype is not None else array
+        return feeds
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self._feeds(inputs)
+        if not self._io_binding:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))

@@ -1,0 +1,23 @@
+"""Errors the runtime raises on purpose: each names the problem and what to do about it."""
+from __future__ import annotations
+
+from .bundle import BundleError
+from .taskspec import UnknownTaskError
+
+__all__ = ["BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError", "TruncationWarning"]
+
+
+class InputError(ValueError):
+    """One input cannot be processed: empty text, no mask token, a JSON object with the wrong keys, ..."""
+
+
+class OptionError(ValueError):
+    """Options that cannot be honoured together or do not apply to the bundle's task."""
+
+
+class BackendError(RuntimeError):
+    """The inference engine cannot be created or run (missing package, provider, device or engine file)."""
+
+
+class TruncationWarning(UserWarning):
+    """A text was longer than the model's maximum positions and was cut."""

@@ -1,0 +1,61 @@
+"""Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from ..errors import InputError, OptionError
+from ..tokenizer import encode, feature_from_encoding, require_text
+from .base import TaskContext
+
+T = TypeVar("T")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """transformers' pipelines' numpy softmax (text-classification), in the logits' dtype."""
+    shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def as_batch(inputs: Any) -> tuple[list, bool]:
+    """(items, was_single): a list or tuple of inputs is a batch, anything else one input."""
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs), False
+    return [inputs], True
+
+
+def text_or_pair(item: Any, task: str, pairs: bool) -> str | tuple[str, str]:
+    """A string, or for tasks that take pairs a {"text", "text_pair"?} dict, as a tokenizer input."""
+    if isinstance(item, str):
+        return require_text(item)
+    if isinstance(item, dict) and "text" in item and set(item) <= {"text", "text_pair"}:
+        if "text_pair" not in item or item["text_pair"] is None:
+            return require_text(item["text"])
+        if not pairs:
+            raise InputError(f"{task} takes single texts, not text pairs")
+        return require_text(item["text"]), require_text(item["text_pair"], "text_pair")
+    expected = 'a string or a {"text", "text_pair"} object' if pairs else "a string"
+    shown = sorted(item) if isinstance(item, dict) else type(item).__name__
+    raise InputError(f"{task} takes {expected}; got {shown}")
+
+
+def encode_features(ctx: TaskContext, texts: list, truncation: Any):
+    encodings = encode(ctx.tokenizer, texts, max_length=ctx.max_length, truncation=truncation)
+    return encodings, [feature_from_encoding(e) for e in encodings]
+
+
+def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise OptionError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def single_or_list(results: list[T], single: bool, wrap: Callable[[T], Any] = lambda r: r) -> Any:
+    return wrap(results[0]) if single else results

@@ -1,0 +1,54 @@
+"""multiple-choice (no HF pipeline exists; this is AlbertForMultipleChoice + softmax over the choices).
+
+Input: {"prompt": str, "choices": [str, ...]} (at least two choices). Each choice is encoded as the pair
+(prompt, choice), as transformers' run_swag example does, truncated "longest_first" to the model's maximum.
+Result: a list of {"choice": index, "text": choice, "score": probability}, sorted by score, best first (ties
+keep the choices' order); top_k=k keeps the k best. A list of inputs gives a list of such lists.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..taskspec import TASKS
+from ..tokenizer import encode, require_text, stacked_feature
+from .base import TaskContext
+from .common import as_batch, positive_int, softmax
+
+PARAMETERS = frozenset({"top_k", "truncation"})
+
+
+def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
+    if not isinstance(item, dict) or set(item) != {"prompt", "choices"}:
+        shown = sorted(item) if isinstance(item, dict) else type(item).__name__
+        raise InputError(f'multiple-choice takes {{"prompt": str, "choices": [str, ...]}}; got {shown}')
+    choices = item["choices"]
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise InputError("multiple-choice needs a list of at least two choices")
+    return require_text(item["prompt"], "prompt"), [require_text(c, f"choice {i}") for i, c in enumerate(choices)]
+
+
+def run_each(ctx: TaskContext, items: list, top_k: int | None = None, truncation: Any = None) -> list:
+    top_k = positive_int("top_k", top_k, allow_none=True)
+    examples = [_prompt_and_choices(item) for item in items]
+    pad_id = ctx.tokenizer.token_to_id(ctx.special_tokens.get("pad", "<pad>")) or 0
+    features = []
+    for prompt, choices in examples:
+        encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=ctx.max_length, truncation=truncation)
+        features.append(stacked_feature(encodings, pad_id))
+    name = TASKS["multiple-choice"].outputs[0]
+    results = []
+    for (_, choices), output in zip(examples, ctx.runner.run(features)):
+        scores = softmax(output[name].astype(np.float32))
+        order = np.argsort(-scores, kind="stable")
+        ranked = [{"choice": int(i), "text": choices[i], "score": float(scores[i])} for i in order]
+        results.append(ranked if top_k is None else ranked[:top_k])
+    return results
+
+
+def run(ctx: TaskContext, inputs: Any, **params: Any) -> Any:
+    items, single = as_batch(inputs)
+    results = run_each(ctx, items, **params)
+    return results[0] if single else results
