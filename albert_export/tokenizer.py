@@ -222,6 +222,15 @@ def _max_length(tokenizer_config: dict[str, Any], model_config: dict[str, Any]) 
     return DEFAULT_MAX_LENGTH
 
 
+def _normalizer_types(normalizer: dict[str, Any] | None) -> set[str]:
+    if not normalizer:
+        return set()
+    types = {normalizer.get("type", "")}
+    for step in normalizer.get("normalizers", []):
+        types |= _normalizer_types(step)
+    return types
+
+
 def _tokenizer_from_json(path: Path) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(path))
@@ -241,6 +250,9 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
     keep_accents = bool(tokenizer_config.get("keep_accents", False))
     if (root / TOKENIZER).is_file():
         tokenizer = _tokenizer_from_json(root / TOKENIZER)
+        # tokenizer.json's normalizer is what runs (AlbertTokenizerFast ignores the config's flags then)
+        steps = _normalizer_types(json.loads(tokenizer.to_str()).get("normalizer"))
+        do_lower_case, keep_accents = "Lowercase" in steps, "StripAccents" not in steps
     elif (root / SPIECE).is_file():
         tokenizer = tokenizer_from_spiece(
             root / SPIECE,

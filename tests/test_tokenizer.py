@@ -264,22 +264,24 @@ def test_directory_with_tokenizer_json(tmp_path):
     assert tokenizer.truncation is None and tokenizer.padding is None
     reference = AlbertTokenizerFast(vocab_file=str(SPIECE), do_lower_case=False)
     assert _ours(tokenizer, PAIRS) == _theirs(reference, PAIRS, offsets=True)
-    assert (settings.max_length, settings.do_lower_case) == (128, False)
+    assert (settings.max_length, settings.do_lower_case, settings.keep_accents) == (128, False, False)
 
 
 def test_tokenizer_json_is_preferred_over_spiece_model(tmp_path):
     AlbertTokenizerFast(vocab_file=str(SPIECE), do_lower_case=False).save_pretrained(tmp_path)
     (tmp_path / "tokenizer_config.json").unlink()  # spiece.model would now be read lowercasing
-    tokenizer, _ = tokenizer_from_pretrained(tmp_path)
+    tokenizer, settings = tokenizer_from_pretrained(tmp_path)
+    assert (settings.do_lower_case, settings.keep_accents) == (False, False)  # read off tokenizer.json's normalizer
     assert tokenizer.encode("Hello").ids == tokenizer_from_spiece(SPIECE, do_lower_case=False).encode("Hello").ids
     assert tokenizer.encode("Hello").ids != tokenizer_from_spiece(SPIECE).encode("Hello").ids
 
 
 def test_round_trip_through_saved_tokenizer_json(tmp_path):
-    ours = tokenizer_from_spiece(SPIECE)
+    ours = tokenizer_from_spiece(SPIECE, keep_accents=True)
     ours.save(str(tmp_path / "tokenizer.json"))
-    reloaded, _ = tokenizer_from_pretrained(tmp_path)
+    reloaded, settings = tokenizer_from_pretrained(tmp_path)
     assert _ours(reloaded, PAIRS) == _ours(ours, PAIRS)
+    assert (settings.do_lower_case, settings.keep_accents, settings.max_length) == (True, True, 512)
 
 
 # --- errors -------------------------------------------------------------------------------------------------
