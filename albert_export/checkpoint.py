@@ -5,6 +5,7 @@ a checkpoint is never unpickled.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -31,6 +32,10 @@ class CheckpointError(ValueError):
 
 class HeadInitializedWarning(UserWarning):
     """A task head was not in the checkpoint and was initialized (deterministically)."""
+
+
+class UnusedWeightsWarning(UserWarning):
+    """The checkpoint holds weights the task model does not use (another head, or the pooler)."""
 
 
 def default_model_dir() -> Path:
@@ -62,9 +67,18 @@ def download_from_hub(repo_id: str) -> Path:
         ) from exc
     patterns = ["config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json", "spiece.model",
                 "special_tokens_map.json"]
+    # Read at call time: huggingface_hub reads these once, at import, which may be before the user set them.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
     try:
-        local = snapshot_download(repo_id, allow_patterns=patterns)
-    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the user
+        local = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline,
+                                  cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    except Exception as exc:  # unknown repo, gated repo, no network: all end the same way for the user
+        if offline:
+            raise CheckpointError(
+                f"{repo_id!r} is not a local directory, and HF_HUB_OFFLINE is set, so the hub is not asked and "
+                "the id is not in the local cache either; pass a local checkpoint directory (config.json + "
+                "model.safetensors), or unset HF_HUB_OFFLINE to download it"
+            ) from exc
         raise CheckpointError(
             f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
@@ -109,28 +123,37 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def tied_keys(model: AlbertForTask) -> set[str]:
-    """Keys that alias another parameter (the MLM decoder): optional in a checkpoint."""
-    return {"predictions.decoder.bias", "predictions.decoder.weight"} if hasattr(model, "predictions") else set()
+    """Keys that alias another parameter, so a checkpoint may omit them: the MLM decoder's bias is always
+    predictions.bias, and its weight is the word embedding matrix when tie_word_embeddings is set."""
+    if not hasattr(model, "predictions"):
+        return set()
+    return {"predictions.decoder.bias"} | ({"predictions.decoder.weight"} if model.config.tie_word_embeddings else set())
 
 
-def initialize_module(module: nn.Module, config: AlbertConfig, generator: torch.Generator) -> None:
-    """transformers' _init_weights, with a seeded generator so a fresh head is the same every export."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            sub.weight.data.normal_(0.0, config.initializer_range, generator=generator)
-            if sub.bias is not None:
-                sub.bias.data.zero_()
-        elif isinstance(sub, nn.Embedding):
-            sub.weight.data.normal_(0.0, config.initializer_range, generator=generator)
-        elif isinstance(sub, nn.LayerNorm):
-            sub.weight.data.fill_(1.0)
-            sub.bias.data.zero_()
+def initialize_parameter(model: nn.Module, key: str, config: AlbertConfig, generator: torch.Generator) -> None:
+    """transformers' _init_weights for one missing parameter, seeded so a fresh head is the same every export.
+
+    Parameter by parameter, never module by module: a module can hold a loaded alias (the MLM decoder holds the
+    word embeddings and predictions.bias), which must not be overwritten.
+    """
+    owner_name, _, attribute = key.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    parameter = getattr(owner, attribute)
+    with torch.no_grad():
+        if attribute == "bias":
+            parameter.zero_()
+        elif isinstance(owner, nn.LayerNorm):
+            parameter.fill_(1.0)
+        else:
+            parameter.normal_(0.0, config.initializer_range, generator=generator)
 
 
 def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy a normalized state dict into the model; errors and warnings name the keys."""
     expected = model.state_dict()
     optional = tied_keys(model)
+    if "predictions.bias" in expected and "predictions.bias" not in state and "predictions.decoder.bias" in state:
+        state = {**state, "predictions.bias": state["predictions.decoder.bias"]}  # older saves keep only this alias
     misshaped = [
         f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(tensor.shape)})"
         for key, tensor in expected.items()
@@ -145,15 +168,12 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
     unexpected = [key for key in state if key not in expected]
     with torch.no_grad():
         for key, tensor in expected.items():
-            if key in state:
+            if key in state and key not in optional:  # an alias takes the value of the parameter it aliases
                 tensor.copy_(state[key].to(tensor.dtype))
     if missing:
         generator = torch.Generator().manual_seed(HEAD_INIT_SEED)
-        fresh = sorted({key.rsplit(".", 1)[0] for key in missing})
-        for name in fresh:
-            initialize_module(model.get_submodule(name), model.config, generator)
-        if "predictions.bias" in missing:
-            model.predictions.bias.data.zero_()
+        for key in missing:
+            initialize_parameter(model, key, model.config, generator)
         warnings.warn(
             f"{source}: {', '.join(missing)} were not in the checkpoint and are newly initialized (seed "
             f"{HEAD_INIT_SEED}); train the {model.task} head before relying on its outputs",
@@ -162,7 +182,7 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
         )
     if unexpected:
         warnings.warn(f"{source}: checkpoint weights not used by the {model.task} model: {', '.join(unexpected)}",
-                      stacklevel=3)
+                      UnusedWeightsWarning, stacklevel=3)
     model.tie_weights()
 
 

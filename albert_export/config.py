@@ -31,7 +31,7 @@ class AlbertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    classifier_dropout_prob: float = 0.1
+    classifier_dropout_prob: float | None = 0.1
     position_embedding_type: str = "absolute"
     pad_token_id: int = 0
     bos_token_id: int = 2

@@ -40,6 +40,12 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return (1.0 - mask) * torch.finfo(dtype).min
 
 
+def classifier_dropout(config: AlbertConfig) -> nn.Dropout:
+    """HF allows classifier_dropout_prob None (token classification then uses hidden_dropout_prob)."""
+    probability = config.classifier_dropout_prob
+    return nn.Dropout(config.hidden_dropout_prob if probability is None else probability)
+
+
 class AlbertEmbeddings(nn.Module):
     def __init__(self, config: AlbertConfig):
         super().__init__()
@@ -160,7 +166,7 @@ class AlbertMLMHead(nn.Module):
 class AlbertSOPHead(nn.Module):
     def __init__(self, config: AlbertConfig):
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, 2)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -238,7 +244,7 @@ class AlbertForSequenceClassification(AlbertForTask):
 
     def __init__(self, config):
         super().__init__(config)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def head(self, hidden):
@@ -251,7 +257,7 @@ class AlbertForTokenClassification(AlbertForTask):
 
     def __init__(self, config):
         super().__init__(config)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def head(self, hidden):
@@ -278,7 +284,7 @@ class AlbertForMultipleChoice(AlbertForTask):
 
     def __init__(self, config):
         super().__init__(config)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, 1)
 
     def head(self, hidden):
