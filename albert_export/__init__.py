@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 
 from .checkpoint import CheckpointError, from_pretrained  # noqa: E402
 from .config import AlbertConfig, ConfigError  # noqa: E402
+from .export import export  # noqa: E402
 
-__all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "from_pretrained", "__version__"]
+__all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "export", "from_pretrained", "__version__"]

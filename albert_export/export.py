@@ -1,0 +1,205 @@
+"""PyTorch reference -> bundle: trace the three pieces, assemble (unrolled | loop), validate, write.
+
+The pieces are traced with the TorchScript exporter (torch.onnx.export(dynamo=False)): it produces plain ONNX
+ops with dynamic axes for every piece in well under a second, names initializers after the parameters, and
+supports opsets up to 20. (The dynamo exporter needs opset >= 18 and makes every piece a function-heavy graph
+that is slower to trace; nothing here needs it.)
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
+from graphs.size import array_digest, node_count
+from runtime.bundle import MODEL, TOKENIZER, Manifest, TensorSpec
+from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
+
+from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
+from .checkpoint import from_pretrained, resolve_checkpoint
+from .modeling import AlbertForTask
+from .tokenizer import tokenizer_from_pretrained
+from .validate import validate_onnx
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 14  # opset 13 lacks nothing we use, but 14 is the oldest the optimization passes are written for
+MAX_OPSET = 20  # the TorchScript exporter's newest; onnxruntime runs all of 14..20
+PRECISION = "fp32"
+TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
+
+
+class ExportOptionError(ValueError):
+    """An export option with a value this exporter cannot honour."""
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_opset(opset: int) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportOptionError(
+            f"opset {opset!r} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
+            f"(the range both the exporter and onnxruntime support; default {DEFAULT_OPSET})"
+        )
+    return opset
+
+
+def check_layers(layers: str) -> str:
+    if layers not in LAYER_MODES:
+        raise ExportOptionError(f"--layers {layers!r} is not a layers mode; choose {' or '.join(LAYER_MODES)}")
+    return layers
+
+
+class EmbeddingsPiece(nn.Module):
+    def __init__(self, model: AlbertForTask):
+        super().__init__()
+        self.albert = model.albert
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.albert.embed(input_ids, attention_mask, token_type_ids)  # (B, S, H), (B, 1, 1, S)
+
+
+class HeadPiece(nn.Module):
+    def __init__(self, model: AlbertForTask):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden):
+        return tuple(self.model.head(hidden).values())
+
+
+def onnx_from_torch(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+                    dynamic_axes: dict[str, dict[int, str]], opset: int) -> onnx.ModelProto:
+    """One traced piece as an in-memory ONNX model (through a temporary file, so large pieces work)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="albert-piece-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; validation is the real check
+        path = Path(tmp) / "piece.onnx"
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+        return onnx.load(str(path))
+
+
+def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Pieces:
+    """Trace embeddings, each layer group and the head of the reference model."""
+    config = model.config
+    ids = torch.randint(0, config.vocab_size, TRACE_SHAPE)
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    tokens = {0: "batch", 1: "sequence"}
+    bias_axes = {0: "batch", 3: "sequence"}
+    embed = onnx_from_torch(
+        EmbeddingsPiece(model), (ids, mask, types), list(INPUT_NAMES), ["hidden", "attention_bias"],
+        {**{name: tokens for name in INPUT_NAMES}, "hidden": tokens, "attention_bias": bias_axes}, opset)
+    with torch.no_grad():
+        hidden, bias = model.albert.embed(ids, mask, types)
+        head_outputs = model.head(hidden)
+    groups = [
+        onnx_from_torch(group, (hidden, bias), ["hidden", "attention_bias"], ["hidden_out"],
+                        {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}, opset)
+        for group in model.albert.encoder.albert_layer_groups
+    ]
+    output_axes = {name: {axis: ("batch", "sequence")[axis] for axis in range(min(2, tensor.dim()))}
+                   for name, tensor in head_outputs.items()}
+    head = onnx_from_torch(HeadPiece(model), (hidden,), ["hidden"], list(head_outputs), {"hidden": tokens,
+                           **output_axes}, opset)
+    return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
+                  multiple_choice=TASKS[model.task].multiple_choice)
+
+
+def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
+    """Content digest -> checkpoint parameter name, and of each matrix's transpose -> name + '.T'."""
+    names: dict[str, str] = {}
+    for name, parameter in model.named_parameters():  # tied parameters are listed once
+        array = parameter.detach().cpu().numpy()
+        names.setdefault(array_digest(array), name)
+        if array.ndim == 2:
+            names.setdefault(array_digest(array.T), name + ".T")
+    return names
+
+
+def onnx_from_reference(model: AlbertForTask, layers: str = "unrolled", opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The whole reference model as one ONNX graph, weights stored once, initializers named after parameters."""
+    graph = assemble(pieces_from_torch(model, check_opset(opset)), check_layers(layers))
+    name_initializers(graph, parameter_names_by_digest(model))
+    graph.producer_version = albert_version()
+    return graph
+
+
+def albert_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Manifest:
+    spec = TASKS[task]
+    return Manifest(
+        task=task,
+        layers=layers,
+        precision=PRECISION,
+        opset=opset,
+        inputs=[TensorSpec(name, "int64", list(input_dims(task))) for name in INPUT_NAMES],
+        outputs=[TensorSpec(name, "float32", list(dims)) for name, dims in zip(spec.outputs, spec.output_dims)],
+        tokenizer=tokenizer_settings,
+        files={},
+        producer={"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
+                  "onnx": onnx.__version__},
+    )
+
+
+def default_output_dir(task: str, precision: str = PRECISION) -> Path:
+    return Path(f"albert-{task}-{precision}")
+
+
+def export(
+    path_or_hub_id: str | Path | None = None,
+    task: str = "fill-mask",
+    output_dir: str | Path | None = None,
+    *,
+    layers: str = "unrolled",
+    opset: int = DEFAULT_OPSET,
+    validate: bool = True,
+    atol: float | None = None,
+    overwrite: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    log: Callable[[str], None] = stderr_log,
+) -> Path:
+    """What `albert-export` does: checkpoint -> validated bundle directory; returns its path."""
+    started = time.perf_counter()
+    task = canonical_task(task)
+    check_layers(layers)
+    check_opset(opset)
+    output = check_output_dir(output_dir or default_output_dir(task), overwrite)
+    checkpoint = resolve_checkpoint(path_or_hub_id)
+    log(f"loading {checkpoint} for {task}")
+    model = from_pretrained(checkpoint, task)
+    tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
+    log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
+    graph = onnx_from_reference(model, layers, opset)
+    log(f"assembled {layers} graph: {node_count(graph)} nodes, {len(graph.graph.initializer)} initializers")
+    manifest = manifest_for(task, layers, opset, tokenizer_settings)
+    with BundleWriter(output, overwrite) as bundle:
+        save_model(graph, bundle.path, external_data_threshold)
+        del graph
+        tokenizer.save(str(bundle.path / TOKENIZER))
+        model.config.save(bundle.path)
+        if validate:
+            log("validating against the PyTorch reference with onnxruntime (CPU)")
+            manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=PRECISION,
+                                                atol=atol)
+            worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
+            log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
+        path = bundle.commit(manifest)
+    log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    return path
+

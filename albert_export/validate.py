@@ -1,0 +1,128 @@
+"""The exported graph against the PyTorch reference: onnxruntime CPU on odd shapes, with padding.
+
+Shapes (optimum's habit): batch 1 and 3; sequence 1, 7, 33 and the model's maximum; rows of a batch of 3 are
+padded to different lengths. Multiple choice adds 3 choices at batch 1 and 2 at batch 3.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.bundle import Validation
+from runtime.taskspec import TASKS
+
+from .tolerances import tolerance_for
+
+
+class ValidationError(Exception):
+    """An output of the exported graph is further from the reference than its tolerance allows."""
+
+    def __init__(self, output: str, max_abs_diff: float, max_rel_diff: float, atol: float, shape: tuple[int, ...]):
+        self.output, self.max_abs_diff, self.max_rel_diff, self.atol, self.shape = (
+            output, max_abs_diff, max_rel_diff, atol, shape)
+        super().__init__(
+            f"output {output!r} differs from the PyTorch reference: max abs diff {max_abs_diff:.3g} "
+            f"(tolerance {atol:g}), max rel diff {max_rel_diff:.3g}, at input shape {list(shape)}"
+        )
+
+
+@dataclass
+class Comparison:
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst_shape: tuple[int, ...] = ()
+    passed: bool = True
+
+
+def validation_shapes(max_positions: int, multiple_choice: bool = False) -> list[tuple[int, ...]]:
+    sequences = [1, 7, 33, max_positions]
+    batches = [1, 3, 3, 1]
+    shapes = []
+    for batch, sequence in zip(batches, sequences):
+        sequence = min(sequence, max_positions)
+        shape = (batch, 3 if batch == 1 else 2, sequence) if multiple_choice else (batch, sequence)
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
+def validation_inputs(shape: tuple[int, ...], vocab_size: int, type_vocab_size: int, seed: int = 0):
+    """Random ids and token types; row r of a batch keeps a shrinking prefix unmasked (padding at the end)."""
+    rng = np.random.default_rng(seed + sum(shape))
+    input_ids = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
+    token_type_ids = rng.integers(0, type_vocab_size, size=shape, dtype=np.int64)
+    attention_mask = np.ones(shape, dtype=np.int64)
+    rows = attention_mask.reshape(-1, shape[-1])
+    for row in range(1, rows.shape[0]):
+        rows[row, max(1, shape[-1] - (shape[-1] * row) // rows.shape[0]):] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def reference_outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        outputs = model(**{name: torch.from_numpy(array) for name, array in inputs.items()})
+    return {name: tensor.float().numpy() for name, tensor in outputs.items()}
+
+
+def onnx_session(model_path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float, np.ndarray]:
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {actual.shape} where the reference has {expected.shape}")
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    rel = diff / np.maximum(np.abs(expected), 1e-6)
+    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), diff
+
+
+def validate_onnx(
+    model_path: str | Path,
+    reference: torch.nn.Module,
+    task: str,
+    *,
+    precision: str = "fp32",
+    atol: float | None = None,
+    shapes: list[tuple[int, ...]] | None = None,
+    threads: int | None = None,
+) -> Validation:
+    """Run the graph and the reference on every shape; raise ValidationError for the worst failing output."""
+    config = reference.config
+    spec = TASKS[task]
+    shapes = shapes or validation_shapes(config.max_position_embeddings, spec.multiple_choice)
+    session = onnx_session(model_path, threads)
+    tolerances = {name: tolerance_for(precision, name, atol) for name in spec.outputs}
+    results = {name: Comparison() for name in spec.outputs}
+    for shape in shapes:
+        inputs = validation_inputs(shape, config.vocab_size, config.type_vocab_size)
+        expected = reference_outputs(reference, inputs)
+        actual = dict(zip(spec.outputs, session.run(list(spec.outputs), inputs)))
+        for name in spec.outputs:
+            try:
+                max_abs, max_rel, diff = compare(actual[name], expected[name])
+            except ValueError as exc:
+                raise ValidationError(name, float("inf"), float("inf"), tolerances[name].atol, shape) from exc
+            tolerance, result = tolerances[name], results[name]
+            passed = bool(np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(expected[name])))
+            if max_abs >= result.max_abs:
+                result.worst_shape = shape
+            result.max_abs, result.max_rel = max(result.max_abs, max_abs), max(result.max_rel, max_rel)
+            result.passed &= passed
+    for name, result in results.items():
+        if not result.passed:
+            raise ValidationError(name, result.max_abs, result.max_rel, tolerances[name].atol, result.worst_shape)
+    return Validation(
+        tolerance={name: tolerance.atol for name, tolerance in tolerances.items()},
+        max_abs_diff={name: result.max_abs for name, result in results.items()},
+        max_rel_diff={name: result.max_rel for name, result in results.items()},
+        shapes=[list(shape) for shape in shapes],
+        reference="pytorch",
+    )

@@ -1,0 +1,332 @@
+"""Traced pieces -> one ALBERT graph, the layer groups unrolled or kept as ONNX Loops, each weight stored once.
+
+The exporter traces three pieces: embeddings (ids, mask, types -> hidden, additive attention bias), one graph per
+layer group (hidden, bias -> hidden) and the task head (hidden -> outputs). Here they are joined:
+
+  unrolled  layer i inlines the graph of its group; every copy reads the SAME initializers (only node and
+            value names are made unique per copy).
+  loop      one ONNX Loop per consecutive run of layers that use the same group. ALBERT uses group
+            int(i / (N / G)) at layer i, so the N layers are G runs of N/G layers: G Loops in a row, Loop g with
+            trip count N/G and the body of group g. The hidden state is loop-carried; the attention bias and
+            the weights are read from the outer scope (the body owns no initializer). G = 1 is one Loop.
+
+Multiple choice: inputs (batch, choices, sequence) are flattened to (batch*choices, sequence) before the
+embeddings, and the head's (batch*choices, 1) scores are reshaped to logits (batch, choices), C read from the
+input shape.
+
+Afterwards `share_initializers` merges tensors with equal content and replaces a tensor that is the transpose of
+another (the tied MLM decoder: the embedding matrix V x E and the exporter's folded E x V copy) by a Transpose
+node, so the file stores each weight once.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .size import all_graphs, array_digest, subgraphs
+
+LAYER_MODES = ("unrolled", "loop")
+ATTENTION_BIAS = "attention_bias"
+MULTIPLE_CHOICE_OUTPUT = "logits"
+
+
+class AssemblyError(ValueError):
+    """Pieces that do not fit together (wrong inputs/outputs, mismatched opsets, unknown mode)."""
+
+
+@dataclass
+class Pieces:
+    embed: onnx.ModelProto  # (input_ids, attention_mask, token_type_ids) -> (hidden, attention bias)
+    groups: list[onnx.ModelProto]  # one per layer group: (hidden, attention bias) -> hidden
+    head: onnx.ModelProto  # hidden -> task outputs
+    layer_groups: list[int]  # the group used at each layer, len == num_hidden_layers
+    multiple_choice: bool = False  # inputs (B, C, S); the head returns (B*C, 1) scores
+
+
+def layer_runs(layer_groups: list[int]) -> list[tuple[int, int]]:
+    """[0, 0, 1, 1] -> [(0, 2), (1, 2)]: consecutive layers that use the same group."""
+    runs: list[tuple[int, int]] = []
+    for group in layer_groups:
+        if runs and runs[-1][0] == group:
+            runs[-1] = (group, runs[-1][1] + 1)
+        else:
+            runs.append((group, 1))
+    return runs
+
+
+def copy_nodes(graph: onnx.GraphProto, rename: Callable[[str], str], prefix: str) -> list[onnx.NodeProto]:
+    """The graph's nodes with every value renamed (subgraphs included) and node names prefixed."""
+    copies = []
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        rename_node(copy, rename)
+        copy.name = prefix + (node.name or node.output[0])
+        copies.append(copy)
+    return copies
+
+
+def rename_node(node: onnx.NodeProto, rename: Callable[[str], str]) -> None:
+    node.input[:] = [rename(name) if name else name for name in node.input]
+    node.output[:] = [rename(name) if name else name for name in node.output]
+    for sub in subgraphs(node):
+        for value in list(sub.input) + list(sub.output) + list(sub.value_info):
+            value.name = rename(value.name)
+        for tensor in sub.initializer:
+            tensor.name = rename(tensor.name)
+        for inner in sub.node:
+            rename_node(inner, rename)
+
+
+def renamer(prefix: str, fixed: dict[str, str], initializers: dict[str, str]) -> Callable[[str], str]:
+    def rename(name: str) -> str:
+        if name in fixed:
+            return fixed[name]
+        if name in initializers:
+            return initializers[name]
+        return prefix + name
+
+    return rename
+
+
+def value_info(name: str, like: onnx.ValueInfoProto, dims: Iterable[str | int] | None = None) -> onnx.ValueInfoProto:
+    elem_type = like.type.tensor_type.elem_type
+    if dims is None:
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in
+                like.type.tensor_type.shape.dim]
+    return helper.make_tensor_value_info(name, elem_type, list(dims))
+
+
+def check_pieces(pieces: Pieces) -> None:
+    def io(model):
+        return len(model.graph.input), len(model.graph.output)
+
+    if io(pieces.embed) != (3, 2):
+        raise AssemblyError(f"the embeddings piece must map 3 inputs to (hidden, attention bias), has {io(pieces.embed)}")
+    for index, group in enumerate(pieces.groups):
+        if io(group) != (2, 1):
+            raise AssemblyError(f"layer group {index} must map (hidden, attention bias) to hidden, has {io(group)}")
+    if len(pieces.head.graph.input) != 1:
+        raise AssemblyError("the head piece must take the hidden state as its only input")
+    if pieces.multiple_choice and len(pieces.head.graph.output) != 1:
+        raise AssemblyError("a multiple-choice head must return one (batch*choices, 1) score tensor")
+    used = set(pieces.layer_groups)
+    if not pieces.layer_groups or not used <= set(range(len(pieces.groups))):
+        raise AssemblyError(f"layer_groups {pieces.layer_groups} must name groups 0..{len(pieces.groups) - 1}")
+    opsets = {opset_of(model) for model in [pieces.embed, *pieces.groups, pieces.head]}
+    if len(opsets) != 1:
+        raise AssemblyError(f"the pieces were traced at different opsets: {sorted(opsets)}")
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
+    """One model from the pieces; `layers` is "unrolled" or "loop" (see the module docstring)."""
+    if layers not in LAYER_MODES:
+        raise AssemblyError(f"unknown layers mode {layers!r}; use one of {', '.join(LAYER_MODES)}")
+    check_pieces(pieces)
+    initializers: list[onnx.TensorProto] = []
+
+    def take_initializers(model: onnx.ModelProto, prefix: str) -> dict[str, str]:
+        names = {}
+        for tensor in model.graph.initializer:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = names[tensor.name] = prefix + tensor.name
+            initializers.append(copy)
+        return names
+
+    nodes: list[onnx.NodeProto] = []
+    embed_graph = pieces.embed.graph
+    graph_inputs, embed_inputs = model_inputs(embed_graph, pieces.multiple_choice, nodes)
+    hidden, bias = embed_graph.output[0].name, embed_graph.output[1].name
+    embed_names = take_initializers(pieces.embed, "embed/")
+    fixed = {**embed_inputs, hidden: "hidden_0", bias: ATTENTION_BIAS}
+    nodes += copy_nodes(embed_graph, renamer("embed/", fixed, embed_names), "embed/")
+    group_names = [take_initializers(group, f"group{index}/") for index, group in enumerate(pieces.groups)]
+
+    current = "hidden_0"
+    if layers == "unrolled":
+        for layer, group in enumerate(pieces.layer_groups):
+            graph = pieces.groups[group].graph
+            out = f"hidden_{layer + 1}"
+            fixed = {graph.input[0].name: current, graph.input[1].name: ATTENTION_BIAS, graph.output[0].name: out}
+            prefix = f"layer{layer}/"
+            nodes += copy_nodes(graph, renamer(prefix, fixed, group_names[group]), prefix)
+            current = out
+    else:
+        layer = 0
+        for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
+            layer += count
+            out = f"hidden_{layer}"
+            trip_count = f"loop{run}/trip_count"
+            initializers.append(numpy_helper.from_array(np.array(count, dtype=np.int64), trip_count))
+            body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}")
+            nodes.append(helper.make_node("Loop", [trip_count, "", current], [out], name=f"loop{run}", body=body))
+            current = out
+
+    head_graph = pieces.head.graph
+    head_names = take_initializers(pieces.head, "head/")
+    fixed = {head_graph.input[0].name: current}
+    if pieces.multiple_choice:
+        scores = "head/choice_scores"
+        fixed[head_graph.output[0].name] = scores
+    else:
+        fixed.update({output.name: output.name for output in head_graph.output})
+    nodes += copy_nodes(head_graph, renamer("head/", fixed, head_names), "head/")
+    if pieces.multiple_choice:
+        nodes += unflatten_choices(scores, graph_inputs[0].name)
+        graph_outputs = [value_info(MULTIPLE_CHOICE_OUTPUT, head_graph.output[0], ["batch", "choices"])]
+    else:
+        graph_outputs = [value_info(output.name, output) for output in head_graph.output]
+
+    graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
+                              producer_name="albert-export", ir_version=pieces.embed.ir_version)
+    hoist_constants(model)
+    share_initializers(model)
+    return model
+
+
+def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: list[onnx.NodeProto]):
+    """The graph inputs, and how the embeddings piece's inputs map onto them (flattened for multiple choice)."""
+    if not multiple_choice:
+        inputs = [value_info(value.name, value) for value in embed_graph.input]
+        return inputs, {value.name: value.name for value in embed_graph.input}
+    inputs, mapping = [], {}
+    for value in embed_graph.input:
+        inputs.append(value_info(value.name, value, ["batch", "choices", "sequence"]))
+        flat = mapping[value.name] = f"flat/{value.name}"
+        nodes.append(helper.make_node("Flatten", [value.name], [flat], name=flat, axis=2))  # (B*C, S)
+    return inputs, mapping
+
+
+def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
+    """(B*C, 1) scores -> (B, C) logits, C taken from the input's shape."""
+    return [
+        helper.make_node("Shape", [input_ids], ["choices/input_shape"], name="choices/shape"),
+        helper.make_node("Constant", [], ["choices/axis"], name="choices/axis",
+                         value=numpy_helper.from_array(np.array([1], dtype=np.int64))),
+        helper.make_node("Gather", ["choices/input_shape", "choices/axis"], ["choices/count"], name="choices/gather",
+                         axis=0),
+        helper.make_node("Constant", [], ["choices/minus_one"], name="choices/minus_one",
+                         value=numpy_helper.from_array(np.array([-1], dtype=np.int64))),
+        helper.make_node("Concat", ["choices/minus_one", "choices/count"], ["choices/shape_out"],
+                         name="choices/concat", axis=0),
+        helper.make_node("Reshape", [scores, "choices/shape_out"], [MULTIPLE_CHOICE_OUTPUT], name="choices/reshape"),
+    ]
+
+
+def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, str], name: str) -> onnx.GraphProto:
+    """The Loop body: (iteration, cond, hidden) -> (cond, hidden); bias and weights come from the outer scope."""
+    iteration, cond_in, cond_out = f"{prefix}iteration", f"{prefix}cond_in", f"{prefix}cond_out"
+    hidden_in, hidden_out = f"{prefix}hidden_in", f"{prefix}hidden_out"
+    fixed = {group.input[0].name: hidden_in, group.input[1].name: ATTENTION_BIAS, group.output[0].name: hidden_out}
+    nodes = [helper.make_node("Identity", [cond_in], [cond_out], name=f"{prefix}cond")]
+    nodes += copy_nodes(group, renamer(prefix, fixed, initializer_names), prefix)
+    return helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+         value_info(hidden_in, group.input[0])],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         value_info(hidden_out, group.output[0])],
+    )
+
+
+def rename_everywhere(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename values in every graph (node inputs/outputs, graph outputs), subgraphs included."""
+    if not mapping:
+        return
+    for graph in all_graphs(model.graph):
+        for node in graph.node:
+            node.input[:] = [mapping.get(name, name) for name in node.input]
+        for output in graph.output:
+            output.name = mapping.get(output.name, output.name)
+
+
+def hoist_constants(model: onnx.ModelProto, min_elements: int = 16) -> int:
+    """Constant nodes holding a tensor of min_elements or more become initializers, so sharing sees them."""
+    hoisted = 0
+    for graph in all_graphs(model.graph):
+        keep = []
+        for node in graph.node:
+            tensor = constant_tensor(node)
+            if tensor is not None and np.prod(tensor.dims, dtype=np.int64) >= min_elements:
+                initializer = onnx.TensorProto()
+                initializer.CopyFrom(tensor)
+                initializer.name = node.output[0]
+                model.graph.initializer.append(initializer)
+                hoisted += 1
+            else:
+                keep.append(node)
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
+    return hoisted
+
+
+def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant":
+        return None
+    for attribute in node.attribute:
+        if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
+            return attribute.t
+    return None
+
+
+def share_initializers(model: onnx.ModelProto) -> tuple[int, int]:
+    """Merge initializers of equal content; one that is another's transpose becomes a Transpose node.
+
+    The first tensor in graph order is kept (the embedding matrix before the decoder's folded transpose).
+    Returns (merged, transposed).
+    """
+    graph = model.graph
+    kept: dict[str, str] = {}  # digest -> kept name
+    merged: dict[str, str] = {}
+    transposes: list[onnx.NodeProto] = []
+    survivors = []
+    for tensor in graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        digest = array_digest(array)
+        if digest in kept:
+            merged[tensor.name] = kept[digest]
+            continue
+        if array.ndim == 2 and array.size > 1:
+            original = kept.get(array_digest(array.T))
+            if original is not None:
+                transposes.append(helper.make_node("Transpose", [original], [tensor.name],
+                                                   name=f"shared_transpose/{tensor.name}", perm=[1, 0]))
+                continue
+        kept[digest] = tensor.name
+        survivors.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(survivors)
+    rename_everywhere(model, merged)
+    for node in reversed(transposes):
+        graph.node.insert(0, node)
+    return len(merged), len(transposes)
+
+
+def name_initializers(model: onnx.ModelProto, names_by_digest: dict[str, str]) -> int:
+    """Give initializers readable names (e.g. the checkpoint's parameter names) found by content digest."""
+    taken = {name for graph in all_graphs(model.graph) for node in graph.node for name in node.output}
+    taken |= {value.name for value in model.graph.input}
+    taken |= {tensor.name for tensor in model.graph.initializer}
+    mapping = {}
+    for tensor in model.graph.initializer:
+        name = names_by_digest.get(array_digest(numpy_helper.to_array(tensor)))
+        if name and name not in taken:
+            mapping[tensor.name] = name
+            taken.add(name)
+    for tensor in model.graph.initializer:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    rename_everywhere(model, mapping)
+    return len(mapping)
