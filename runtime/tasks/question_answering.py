@@ -1,0 +1,354 @@
+"""Extractive question answering, reproducing transformers 4.57's `QuestionAnsweringPipeline` (fast tokenizer path).
+
+Flow per example: tokenize (question, context) with "only_second" truncation, `doc_stride` overlap and overflow
+windows -> p_mask (1 where a token cannot be part of the answer) -> start/end logits per window -> softmax with
+masked logits at -10000 -> best (start, end) spans of at most `max_answer_len` tokens -> character spans in the
+context (widened to whole words when `align_to_words`) -> answers whose text agrees ignoring case have their
+scores summed -> the `top_k` best, plus the null answer (its score the minimum over windows) when
+`handle_impossible_answer`.
+
+The numpy steps are kept operation for operation as HF writes them (float32, argpartition, the `np.isin` over
+`nonzero()`), because the candidate order and the tie-breaks depend on them.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from runtime.tasks.base import Feature, TaskContext
+
+DEFAULT_MAX_SEQ_LEN = 384
+DEFAULT_MAX_DOC_STRIDE = 128
+UNDESIRED_LOGIT = -10000.0
+NULL_SCORE_START = 1000000  # large and positive: any window's null score replaces it
+
+_KNOWN_PARAMS = {
+    "question", "context", "top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+    "handle_impossible_answer", "align_to_words", "padding",
+}
+
+
+@dataclass(frozen=True)
+class QASettings:
+    max_seq_len: int
+    doc_stride: int
+    padding: str  # "do_not_pad" | "longest" | "max_length"
+    top_k: int = 1
+    max_answer_len: int = 15
+    handle_impossible_answer: bool = False
+    align_to_words: bool = True
+
+
+@dataclass
+class Window:
+    """One model input cut from an example: the tokenizer's encoding plus the masks the postprocessing needs."""
+
+    encoding: Encoding
+    feature: Feature
+    p_mask: np.ndarray  # (1, S) int64, 1 where the token cannot be part of an answer
+    attention_mask: np.ndarray  # (1, S) int64
+
+
+def run(ctx: TaskContext, inputs: Any = None, **params: Any) -> dict | list:
+    """Answer questions from contexts. `inputs`: a {"question", "context"} dict or a list of them; or pass
+    `question=` and `context=` (strings, or lists). One example gives one result (a dict, or a list of dicts when
+    top_k > 1 finds several answers); several examples give a list of those."""
+    examples = examples_from_inputs(inputs, params)
+    settings = settings_from_params(ctx, params)
+    windows_per_example = [windows_for_example(ctx, question, context, settings) for question, context in examples]
+    features = [window.feature for windows in windows_per_example for window in windows]
+    outputs = iter(ctx.runner.run(features)) if features else iter(())
+    results = []
+    for (_, context), windows in zip(examples, windows_per_example):
+        logits = [(next(outputs), window) for window in windows]
+        results.append(answers_from_windows(context, logits, settings))
+    if len(examples) == 1:
+        return results[0]
+    return results
+
+
+def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """Mirror HF's QuestionAnsweringArgumentHandler: the accepted shapes and its error messages."""
+    if inputs is not None:
+        items = inputs
+    elif "question" in params and "context" in params:
+        question, context = params["question"], params["context"]
+        if isinstance(question, list) and isinstance(context, str):
+            items = [{"question": q, "context": context} for q in question]
+        elif isinstance(question, list) and isinstance(context, list):
+            if len(question) != len(context):
+                raise ValueError("Questions and contexts don't have the same lengths")
+            items = [{"question": q, "context": c} for q, c in zip(question, context)]
+        elif isinstance(question, str) and isinstance(context, str):
+            items = [{"question": question, "context": context}]
+        else:
+            raise ValueError("Arguments can't be understood")
+    else:
+        raise ValueError(
+            f"Unknown arguments {params}: pass question= and context=, or a {{'question', 'context'}} dict or a list of them"
+        )
+
+    if isinstance(items, dict):
+        items = [items]
+    elif isinstance(items, (list, tuple)):
+        items = list(items)
+    else:
+        raise ValueError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
+    return [_example_from_item(item) for item in items]
+
+
+def _example_from_item(item: Any) -> tuple[str, str]:
+    if not isinstance(item, dict):
+        raise ValueError(f"{item} argument needs to be of type (SquadExample, dict)")
+    for key in ("question", "context"):
+        if key not in item:
+            raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
+        if item[key] is None:
+            raise ValueError(f"`{key}` cannot be None")
+        if isinstance(item[key], str) and len(item[key]) == 0:
+            raise ValueError(f"`{key}` cannot be empty")
+    return item["question"], item["context"]
+
+
+def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings:
+    unknown = sorted(set(params) - _KNOWN_PARAMS)
+    if unknown:
+        warnings.warn(f"question-answering ignores unknown parameters {unknown}", UserWarning, stacklevel=3)
+
+    top_k = params.get("top_k")
+    if params.get("topk") is not None and top_k is None:
+        warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning, stacklevel=3)
+        top_k = params["topk"]
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k parameter should be >= 1 (got {top_k})")
+    max_answer_len = params.get("max_answer_len")
+    if max_answer_len is not None and max_answer_len < 1:
+        raise ValueError(f"max_answer_len parameter should be >= 1 (got {max_answer_len}")
+
+    max_seq_len = params.get("max_seq_len")
+    if max_seq_len is None:
+        max_seq_len = min(ctx.max_length, DEFAULT_MAX_SEQ_LEN)
+    doc_stride = params.get("doc_stride")
+    if doc_stride is None:
+        doc_stride = min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE)
+    if doc_stride > max_seq_len:
+        raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
+    # max_question_len is accepted for HF compatibility: only HF's slow-tokenizer path uses it.
+
+    settings = QASettings(max_seq_len=max_seq_len, doc_stride=doc_stride, padding=_padding_strategy(params.get("padding")))
+    overrides = {
+        name: params[name]
+        for name in ("max_answer_len", "handle_impossible_answer", "align_to_words")
+        if params.get(name) is not None
+    }
+    if top_k is not None:
+        overrides["top_k"] = top_k
+    return QASettings(**{**settings.__dict__, **overrides})
+
+
+def _padding_strategy(padding: Any) -> str:
+    if padding is None or padding is False or padding == "do_not_pad":
+        return "do_not_pad"
+    if padding is True or padding == "longest":
+        return "longest"
+    if padding == "max_length":
+        return "max_length"
+    raise ValueError(f"padding must be one of False/'do_not_pad', True/'longest', 'max_length' (got {padding!r})")
+
+
+def windows_for_example(ctx: TaskContext, question: str, context: str, settings: QASettings) -> list[Window]:
+    """Tokenize like HF's fast path: question first, context truncated "only_second" into overlapping windows."""
+    encodings = encode_with_overflow(ctx.tokenizer, question, context, settings.max_seq_len, settings.doc_stride)
+    pad_to = None
+    if settings.padding == "max_length":
+        pad_to = settings.max_seq_len
+    elif settings.padding == "longest":
+        pad_to = len(encodings[0].ids)
+    cls_id = _token_id(ctx, "cls")
+    return [_window(encoding, cls_id, pad_to) for encoding in encodings]
+
+
+def encode_with_overflow(
+    tokenizer: Tokenizer, question: str, context: str, max_seq_len: int, doc_stride: int
+) -> list[Encoding]:
+    """The encodings HF's fast tokenizer makes for `tokenizer(question, context, truncation="only_second",
+    max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True)`: the first window, then the
+    overflowing ones. Raises ValueError when the question leaves no room for the context."""
+    windowing = _configured_copy(tokenizer, max_seq_len, doc_stride)
+    try:
+        encoding = windowing.encode(question, context)
+    except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
+        raise ValueError(
+            f"cannot split the context into windows of max_seq_len={max_seq_len} with doc_stride={doc_stride}: "
+            f"{error}. Use a shorter question, a larger max_seq_len or a smaller doc_stride."
+        ) from error
+    return [encoding, *encoding.overflowing]
+
+
+_COPIES: dict[int, tuple[Tokenizer, dict[tuple[int, int], Tokenizer]]] = {}
+
+
+def _configured_copy(tokenizer: Tokenizer, max_seq_len: int, doc_stride: int) -> Tokenizer:
+    """A private copy with only_second truncation, cached per (shared tokenizer, settings): the shared one is
+    never mutated."""
+    owner, copies = _COPIES.get(id(tokenizer), (None, {}))
+    if owner is not tokenizer:
+        copies = {}
+        _COPIES[id(tokenizer)] = (tokenizer, copies)
+    key = (max_seq_len, doc_stride)
+    if key not in copies:
+        copy = Tokenizer.from_str(tokenizer.to_str())
+        copy.no_padding()
+        copy.enable_truncation(max_seq_len, stride=doc_stride, strategy="only_second", direction="right")
+        copies[key] = copy
+    return copies[key]
+
+
+def _token_id(ctx: TaskContext, role: str) -> int | None:
+    token = ctx.special_tokens.get(role)
+    return None if token is None else ctx.tokenizer.token_to_id(token)
+
+
+def _window(encoding: Encoding, cls_id: int | None, pad_to: int | None) -> Window:
+    ids = np.asarray(encoding.ids, dtype=np.int64)
+    length = len(ids)
+    p_mask = np.array([sequence_id != 1 for sequence_id in encoding.sequence_ids], dtype=np.int64)
+    if cls_id is not None:
+        p_mask[ids == cls_id] = 0  # keep CLS unmasked: it carries the null answer
+    feature = {
+        "input_ids": ids,
+        "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
+        "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
+    }
+    attention_mask = feature["attention_mask"]
+    if pad_to is not None and pad_to > length:
+        # Padding never changes an answer (pad positions are masked out), only the array sizes HF searches over;
+        # the model runs on the unpadded window and the logits are padded afterwards.
+        extra = pad_to - length
+        p_mask = np.concatenate([p_mask, np.ones(extra, dtype=np.int64)])
+        attention_mask = np.concatenate([attention_mask, np.zeros(extra, dtype=np.int64)])
+    return Window(encoding=encoding, feature=feature, p_mask=p_mask[None], attention_mask=attention_mask[None])
+
+
+def answers_from_windows(context: str, outputs: list[tuple[dict[str, np.ndarray], Window]], settings: QASettings):
+    """HF's postprocess: collect span candidates from every window, merge case-insensitive duplicates, rank."""
+    min_null_score: float = NULL_SCORE_START
+    answers: list[dict[str, Any]] = []
+    pre_top_k = settings.top_k * 2 + 10 if settings.align_to_words else settings.top_k  # alignment may drop some
+    for output, window in outputs:
+        padded_length = window.p_mask.shape[1]
+        start = _padded_logits(output["start_logits"], padded_length)
+        end = _padded_logits(output["end_logits"], padded_length)
+        starts, ends, scores, min_null_score = select_starts_ends(
+            start,
+            end,
+            window.p_mask,
+            window.attention_mask,
+            min_null_score,
+            pre_top_k,
+            settings.handle_impossible_answer,
+            settings.max_answer_len,
+        )
+        for s, e, score in zip(starts, ends, scores):
+            start_index, end_index = char_span(window.encoding, int(s), int(e), settings.align_to_words)
+            text = context[start_index:end_index]
+            same = next((answer for answer in answers if answer["answer"].lower() == text.lower()), None)
+            if same is not None:
+                same["score"] += score.item()
+            else:
+                answers.append({"score": score.item(), "start": start_index, "end": end_index, "answer": text})
+
+    if settings.handle_impossible_answer:
+        answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
+    answers = sorted(answers, key=lambda answer: answer["score"], reverse=True)[: settings.top_k]
+    if len(answers) == 1:
+        return answers[0]
+    return answers
+
+
+def _padded_logits(logits: np.ndarray, length: int) -> np.ndarray:
+    logits = np.asarray(logits)
+    if logits.dtype != np.float32:
+        logits = logits.astype(np.float32)
+    if logits.shape[-1] < length:
+        logits = np.concatenate([logits, np.zeros(length - logits.shape[-1], dtype=np.float32)])
+    return logits[None]
+
+
+def select_starts_ends(
+    start: np.ndarray,
+    end: np.ndarray,
+    p_mask: np.ndarray,
+    attention_mask: np.ndarray | None,
+    min_null_score: float = NULL_SCORE_START,
+    top_k: int = 1,
+    handle_impossible_answer: bool = False,
+    max_answer_len: int = 15,
+):
+    """HF's `select_starts_ends`: mask tokens that cannot answer, softmax, keep the null (CLS) score, decode."""
+    undesired_tokens = np.abs(np.array(p_mask) - 1)
+    if attention_mask is not None:
+        undesired_tokens = undesired_tokens & attention_mask
+    undesired_tokens_mask = undesired_tokens == 0.0
+
+    start = np.where(undesired_tokens_mask, UNDESIRED_LOGIT, start)
+    end = np.where(undesired_tokens_mask, UNDESIRED_LOGIT, end)
+
+    start = np.exp(start - start.max(axis=-1, keepdims=True))
+    start = start / start.sum()
+    end = np.exp(end - end.max(axis=-1, keepdims=True))
+    end = end / end.sum()
+
+    if handle_impossible_answer:
+        min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
+
+    start[0, 0] = end[0, 0] = 0.0  # CLS is never a span
+    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
+    return starts, ends, scores, min_null_score
+
+
+def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int, undesired_tokens: np.ndarray):
+    """HF's `decode_spans`: score every (start, end) with start <= end < start + max_answer_len, keep the best."""
+    if start.ndim == 1:
+        start = start[None]
+    if end.ndim == 1:
+        end = end[None]
+
+    outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
+    candidates = np.tril(np.triu(outer), max_answer_len - 1)
+
+    scores_flat = candidates.flatten()
+    if topk == 1:
+        idx_sort = [np.argmax(scores_flat)]
+    elif len(scores_flat) < topk:
+        idx_sort = np.argsort(-scores_flat)
+    else:
+        idx = np.argpartition(-scores_flat, topk)[0:topk]
+        idx_sort = idx[np.argsort(-scores_flat[idx])]
+
+    starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
+    # As in HF, isin() sees nonzero()'s (rows, cols) tuple, so index 0 (the row index) always counts as allowed.
+    allowed = undesired_tokens.nonzero()
+    desired_spans = np.isin(starts, allowed) & np.isin(ends, allowed)
+    starts = starts[desired_spans]
+    ends = ends[desired_spans]
+    scores = candidates[0, starts, ends]
+    return starts, ends, scores
+
+
+def char_span(encoding: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
+    """Character span of tokens s..e in the context; whole words when aligning (HF's `get_indices`)."""
+    if align_to_words:
+        try:
+            start_word = encoding.token_to_word(s)
+            end_word = encoding.token_to_word(e)
+            start_index = encoding.word_to_chars(start_word, sequence_index=1)[0]
+            end_index = encoding.word_to_chars(end_word, sequence_index=1)[1]
+            return start_index, end_index
+        except Exception:  # special tokens have no word: fall back to token offsets, as HF does
+            pass
+    return encoding.offsets[s][0], encoding.offsets[e][1]
