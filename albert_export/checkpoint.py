@@ -127,7 +127,8 @@ def tied_keys(model: AlbertForTask) -> set[str]:
     predictions.bias, and its weight is the word embedding matrix when tie_word_embeddings is set."""
     if not hasattr(model, "predictions"):
         return set()
-    return {"predictions.decoder.bias"} | ({"predictions.decoder.weight"} if model.config.tie_word_embeddings else set())
+    tied_weight = {"predictions.decoder.weight"} if model.config.tie_word_embeddings else set()
+    return {"predictions.decoder.bias"} | tied_weight
 
 
 def initialize_parameter(model: nn.Module, key: str, config: AlbertConfig, generator: torch.Generator) -> None:

@@ -184,3 +184,18 @@ def test_parameter_names_equal_transformers_state_dict_keys(pairs):
         if head == "feature-extraction":  # HF's bare AlbertModel has no "albert." prefix
             ours_keys = {key.removeprefix("albert.") for key in ours_keys}
         assert ours_keys == expected, head
+
+
+@pytest.mark.parametrize("activation", ["gelu_fast", "gelu_pytorch_tanh", "swish"])
+def test_other_accepted_activations_match_transformers(tmp_path, activation):
+    """The config also accepts these HF activation names; each must compute what transformers computes."""
+    torch.manual_seed(0)
+    reference = transformers.AlbertForMaskedLM(transformers.AlbertConfig(**SMALL, num_hidden_layers=2,
+                                                                         hidden_act=activation)).eval()
+    perturb(reference, seed=7)
+    reference.save_pretrained(tmp_path)
+    ours = albert_export.from_pretrained(str(tmp_path), "fill-mask")
+    input_ids, attention_mask, token_type_ids = make_inputs(3, 7, seed=4)
+    diffs = compare(reference, ours, "fill-mask", dict(input_ids=input_ids, attention_mask=attention_mask,
+                                                       token_type_ids=token_type_ids))
+    assert diffs["logits"] <= TOLERANCE
