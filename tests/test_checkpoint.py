@@ -9,7 +9,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from albert_export import CheckpointError, from_pretrained
+from albert_export import CheckpointError, ConfigError, from_pretrained
 from albert_export.checkpoint import HeadInitializedWarning, UnusedWeightsWarning, resolve_checkpoint
 
 torch.set_num_threads(1)
@@ -201,7 +201,7 @@ def test_directory_without_weights(tmp_path):
 
 def test_directory_without_config(tmp_path, pretraining_dir):
     (tmp_path / "model.safetensors").write_bytes((pretraining_dir / "model.safetensors").read_bytes())
-    with pytest.raises(Exception, match="config.json does not exist"):
+    with pytest.raises(ConfigError, match="config.json does not exist; an ALBERT checkpoint needs a config.json"):
         from_pretrained(str(tmp_path), "fill-mask")
 
 
@@ -286,3 +286,23 @@ def test_classifier_dropout_none_loads_as_transformers_does(tmp_path):
         expected = reference(INPUT_IDS, attention_mask=ATTENTION_MASK).logits
         actual = model(INPUT_IDS, attention_mask=ATTENTION_MASK)["logits"]
     assert (expected - actual).abs().max().item() <= 1e-5
+
+
+def test_tied_decoder_in_checkpoint_does_not_override_word_embeddings(tmp_path):
+    """As in transformers: with tie_word_embeddings the decoder is the embedding matrix, whatever the file says."""
+    reference = save_hf(tmp_path, transformers.AlbertForMaskedLM)
+    state = load_file(tmp_path / "model.safetensors")
+    state["predictions.decoder.weight"] = torch.randn(TINY["vocab_size"], TINY["embedding_size"])
+    state["predictions.decoder.bias"] = torch.randn(TINY["vocab_size"])
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = load_quietly(tmp_path, "fill-mask")
+    assert torch.equal(model.predictions.decoder.weight, reference.albert.embeddings.word_embeddings.weight)
+    assert torch.equal(model.predictions.decoder.bias, reference.predictions.bias)
+
+
+def test_multiple_choice_needs_a_choices_dimension(pretraining_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = from_pretrained(str(pretraining_dir), "multiple-choice")
+    with pytest.raises(ValueError, match=r"multiple-choice inputs are \(batch, choices, sequence\); got shape \(2, 6\)"):
+        model(INPUT_IDS)
