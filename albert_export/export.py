@@ -26,6 +26,7 @@ from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_d
 from .checkpoint import from_pretrained, resolve_checkpoint
 from .modeling import AlbertForTask
 from .tokenizer import tokenizer_from_pretrained
+from .tolerances import tolerance_for
 from .validate import validate_onnx
 
 DEFAULT_OPSET = 17
@@ -91,14 +92,15 @@ def onnx_from_torch(module: nn.Module, args: tuple, input_names: list[str], outp
 
 
 def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Pieces:
-    """Trace embeddings, each layer group and the head of the reference model."""
+    """Trace embeddings, each layer group and the head of the reference model (left in eval mode)."""
     config = model.config
+    model.eval()
     ids = torch.randint(0, config.vocab_size, TRACE_SHAPE)
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
     tokens = {0: "batch", 1: "sequence"}
     bias_axes = {0: "batch", 3: "sequence"}
     embed = onnx_from_torch(
-        EmbeddingsPiece(model), (ids, mask, types), list(INPUT_NAMES), ["hidden", "attention_bias"],
+        EmbeddingsPiece(model).eval(), (ids, mask, types), list(INPUT_NAMES), ["hidden", "attention_bias"],
         {**{name: tokens for name in INPUT_NAMES}, "hidden": tokens, "attention_bias": bias_axes}, opset)
     with torch.no_grad():
         hidden, bias = model.albert.embed(ids, mask, types)
@@ -110,8 +112,9 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
     ]
     output_axes = {name: {axis: ("batch", "sequence")[axis] for axis in range(min(2, tensor.dim()))}
                    for name, tensor in head_outputs.items()}
-    head = onnx_from_torch(HeadPiece(model), (hidden,), ["hidden"], list(head_outputs), {"hidden": tokens,
+    head = onnx_from_torch(HeadPiece(model).eval(), (hidden,), ["hidden"], list(head_outputs), {"hidden": tokens,
                            **output_axes}, opset)
+    model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
                   multiple_choice=TASKS[model.task].multiple_choice)
 
@@ -179,6 +182,7 @@ def export(
     task = canonical_task(task)
     check_layers(layers)
     check_opset(opset)
+    tolerance_for(PRECISION, "*", atol)  # a bad --atol fails now, not after tracing
     output = check_output_dir(output_dir or default_output_dir(task), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")

@@ -1,0 +1,83 @@
+"""albert-export: parse, one library call, print the bundle path. Progress goes to stderr; a failure is one
+`albert-export: error: ...` line and exit status 1 (2 for bad usage); ALBERT_EXPORT_DEBUG=1 shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from runtime.taskspec import TASKS
+
+DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled or kept as a Loop, weights once)."
+
+
+def task_help() -> str:
+    return ", ".join(f"{spec.name} ({', '.join(spec.aliases)})" if spec.aliases else spec.name
+                     for spec in TASKS.values())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+    parser = argparse.ArgumentParser(prog="albert-export", description=DESCRIPTION)
+    source = parser.add_argument_group("model")
+    source.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID",
+                        help="checkpoint directory or hub id (default: the embedded tiny model)")
+    source.add_argument("--task", required=True, help=f"one of: {task_help()}")
+    graph = parser.add_argument_group("graph")
+    graph.add_argument("--layers", choices=("unrolled", "loop"), default="unrolled",
+                       help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
+    graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                       help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    checks = parser.add_argument_group("validation")
+    checks.add_argument("--no-validate", dest="validate", action="store_false",
+                        help="skip the onnxruntime-vs-PyTorch check (the manifest then has no validation)")
+    checks.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance for every output (default: the table for the precision)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", default=None, metavar="DIR",
+                        help="bundle directory (default ./albert-<task>-<precision>)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an existing bundle at --output (never a non-bundle folder)")
+    return parser
+
+
+def export_options(args: argparse.Namespace) -> dict:
+    """argparse namespace -> keyword arguments of albert_export.export (same names, underscores)."""
+    return {
+        "layers": args.layers,
+        "opset": args.opset,
+        "validate": args.validate,
+        "atol": args.atol,
+        "overwrite": args.overwrite,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .export import export
+
+        path = export(args.model, args.task, args.output, **export_options(args))
+    except KeyboardInterrupt:
+        print("albert-export: interrupted; no bundle was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback (unless asked for)
+        if os.environ.get("ALBERT_EXPORT_DEBUG"):
+            raise
+        print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def error_line(exc: Exception) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if type(exc).__module__.split(".")[0] in ("albert_export", "runtime", "graphs"):
+        return message
+    return f"{type(exc).__name__}: {message}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
