@@ -292,7 +292,8 @@ class AlbertForMultipleChoice(AlbertForTask):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         if input_ids.dim() != 3:
-            raise ValueError(f"multiple-choice inputs are (batch, choices, sequence); got shape {tuple(input_ids.shape)}")
+            shape = tuple(input_ids.shape)
+            raise ValueError(f"multiple-choice inputs are (batch, choices, sequence); got shape {shape}")
         choices = input_ids.shape[1]
         flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
         scores = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids))["choice_scores"]

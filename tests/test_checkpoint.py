@@ -304,5 +304,5 @@ def test_multiple_choice_needs_a_choices_dimension(pretraining_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = from_pretrained(str(pretraining_dir), "multiple-choice")
-    with pytest.raises(ValueError, match=r"multiple-choice inputs are \(batch, choices, sequence\); got shape \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"inputs are \(batch, choices, sequence\); got shape \(2, 6\)"):
         model(INPUT_IDS)
