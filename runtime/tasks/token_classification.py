@@ -1,0 +1,391 @@
+"""Token classification (NER), reproducing transformers 4.57's `TokenClassificationPipeline` with a fast tokenizer.
+
+Flow per text: tokenize (truncated to model_max_length, or split into overlapping chunks when `stride` is given)
+-> logits per token -> softmax -> one pre-entity per non-special token (token text, scores, character offsets,
+whether it continues the previous word) -> aggregation (none / simple / first / average / max) -> drop
+`ignore_labels` -> with several chunks, keep the longest (then best-scoring) of overlapping entities.
+
+Word boundaries: a tokenizer whose model has a `continuing_subword_prefix` (WordPiece "##") marks sub-words
+exactly; others (ALBERT's SentencePiece Unigram) use HF's fallback heuristic, a token continues a word when the
+characters around its start contain no space. Scores are numpy float32, as HF returns them.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from runtime.tasks.base import TaskContext
+
+STRATEGIES = ("none", "simple", "first", "average", "max")
+WORD_STRATEGIES = ("first", "average", "max")
+NO_TRUNCATION_ABOVE = int(1e20)  # HF's LARGE_INTEGER: a model_max_length past it means "no limit"
+_KNOWN_PARAMS = {
+    "ignore_labels", "grouped_entities", "ignore_subwords", "aggregation_strategy", "offset_mapping",
+    "is_split_into_words", "stride", "delimiter",
+}
+
+
+class UnknownAggregationStrategy(KeyError, ValueError):
+    """An aggregation_strategy outside none/simple/first/average/max (a KeyError like HF's, and a ValueError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
+    """Classify the tokens of one text (-> list of entity dicts) or of a list of texts (-> list of lists).
+    Parameters as in HF: aggregation_strategy, ignore_labels, stride, is_split_into_words, delimiter,
+    offset_mapping, and the deprecated grouped_entities / ignore_subwords."""
+    unknown = sorted(set(params) - _KNOWN_PARAMS)
+    if unknown:
+        raise TypeError(f"token-classification got unexpected parameters {unknown}; known: {sorted(_KNOWN_PARAMS)}")
+    texts, offset_mapping = _texts_from_inputs(inputs, params.get("offset_mapping"))
+    is_split_into_words = bool(params.get("is_split_into_words", False))
+    delimiter = params.get("delimiter")
+    delimiter = " " if delimiter is None else delimiter
+    strategy = _strategy_from_params(params)
+    stride = params.get("stride")
+    if stride is not None:
+        _check_stride(ctx, stride, strategy)
+    ignore_labels = params.get("ignore_labels")
+    if ignore_labels is None:
+        ignore_labels = ["O"]
+
+    if is_split_into_words and not all(isinstance(text, list) for text in texts):
+        items, single = [inputs], False  # one pre-split text: HF still answers with a batch of one
+    elif isinstance(inputs, list):
+        items, single = texts, False
+    else:
+        items, single = [inputs], True
+
+    chunked = [_chunks(ctx, item, is_split_into_words, delimiter, stride) for item in items]
+    features = [chunk.feature for _, chunks in chunked for chunk in chunks]
+    outputs = iter(ctx.runner.run(features)) if features else iter(())
+    results = []
+    for sentence, chunks in chunked:
+        chunk_outputs = [(next(outputs)["logits"], chunk) for chunk in chunks]
+        results.append(entities_from_chunks(ctx, sentence, chunk_outputs, strategy, ignore_labels, offset_mapping))
+    return results[0] if single else results
+
+
+def _texts_from_inputs(inputs: Any, offset_mapping: Any) -> tuple[list, Any]:
+    if inputs is not None and isinstance(inputs, (list, tuple)) and len(inputs) > 0:
+        texts = list(inputs)
+    elif isinstance(inputs, str):
+        texts = [inputs]
+    else:
+        raise ValueError("At least one input is required.")
+    if offset_mapping:
+        if isinstance(offset_mapping, list) and isinstance(offset_mapping[0], tuple):
+            offset_mapping = [offset_mapping]
+        if len(offset_mapping) != len(texts):
+            raise ValueError("offset_mapping should have the same batch size as the input")
+    return texts, offset_mapping
+
+
+def _strategy_from_params(params: dict[str, Any]) -> str | None:
+    """The requested strategy, or None when none was asked for (HF then aggregates as "none")."""
+    strategy = params.get("aggregation_strategy")
+    grouped, ignore_subwords = params.get("grouped_entities"), params.get("ignore_subwords")
+    if grouped is not None or ignore_subwords is not None:
+        if grouped and ignore_subwords:
+            strategy = "first"
+        elif grouped and not ignore_subwords:
+            strategy = "simple"
+        else:
+            strategy = "none"
+        for name, value in (("grouped_entities", grouped), ("ignore_subwords", ignore_subwords)):
+            if value is not None:
+                warnings.warn(
+                    f"`{name}` is deprecated and will be removed in version v5.0.0, defaulted to"
+                    f' `aggregation_strategy="{strategy}"` instead.',
+                    stacklevel=4,
+                )
+    if strategy is None:
+        return None
+    name = str(getattr(strategy, "value", strategy)).lower()
+    if name not in STRATEGIES:
+        raise UnknownAggregationStrategy(f"aggregation_strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
+    return name
+
+
+def _check_stride(ctx: TaskContext, stride: int, strategy: str | None) -> None:
+    if stride >= ctx.max_length:
+        raise ValueError(
+            "`stride` must be less than `tokenizer.model_max_length` (or even lower if the tokenizer adds special tokens)"
+        )
+    if strategy == "none":
+        raise ValueError(
+            "`stride` was provided to process all the text but `aggregation_strategy="
+            '"none"`, please select another one instead.'
+        )
+
+
+class Chunk:
+    """One model input cut from a text, with what the postprocessing reads from its encoding."""
+
+    def __init__(self, encoding: Encoding, word_to_chars: list[tuple[int, int]] | None):
+        self.encoding = encoding
+        self.word_to_chars = word_to_chars
+        self.feature = {
+            "input_ids": np.asarray(encoding.ids, dtype=np.int64),
+            "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
+            "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
+        }
+
+
+def _chunks(ctx: TaskContext, item: Any, is_split_into_words: bool, delimiter: str, stride: int | None):
+    word_to_chars = None
+    if is_split_into_words:
+        if not isinstance(item, list):
+            raise ValueError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
+        sentence = delimiter.join(item)
+        word_to_chars, position = [], 0
+        for word in item:
+            word_to_chars.append((position, position + len(word)))
+            position += len(word) + len(delimiter)
+    elif not isinstance(item, str):
+        raise ValueError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
+    else:
+        sentence = item
+    encodings = encode_chunks(ctx.tokenizer, item, ctx.max_length, stride, is_split_into_words)
+    return sentence, [Chunk(encoding, word_to_chars) for encoding in encodings]
+
+
+def encode_chunks(
+    tokenizer: Tokenizer, text: str | list[str], max_length: int, stride: int | None, is_split_into_words: bool = False
+) -> list[Encoding]:
+    """The encodings HF's fast tokenizer makes for the pipeline: truncated at max_length (when it is a real limit);
+    with `stride`, the first chunk and then the overflowing ones, each overlapping the previous by `stride` tokens.
+    Padding the chunks to one length, as HF does, changes nothing for the result and is left out."""
+    copy = _configured_copy(tokenizer, max_length if max_length and 0 < max_length <= NO_TRUNCATION_ABOVE else None,
+                            stride or 0)
+    try:
+        encoding = copy.encode(text, is_pretokenized=is_split_into_words)
+    except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
+        raise ValueError(f"cannot split the text into chunks of {max_length} tokens with stride={stride}: {error}") from error
+    return [encoding, *encoding.overflowing] if stride is not None else [encoding]
+
+
+_COPIES: dict[int, tuple[Tokenizer, dict[tuple, Tokenizer]]] = {}
+
+
+def _configured_copy(tokenizer: Tokenizer, max_length: int | None, stride: int) -> Tokenizer:
+    """A private copy with the truncation HF uses, cached per (shared tokenizer, settings)."""
+    owner, copies = _COPIES.get(id(tokenizer), (None, {}))
+    if owner is not tokenizer:
+        copies = {}
+        _COPIES[id(tokenizer)] = (tokenizer, copies)
+    key = (max_length, stride)
+    if key not in copies:
+        copy = Tokenizer.from_str(tokenizer.to_str())
+        copy.no_padding()
+        if max_length is None:
+            copy.no_truncation()
+        else:
+            copy.enable_truncation(max_length, stride=stride, strategy="longest_first", direction="right")
+        copies[key] = copy
+    return copies[key]
+
+
+def entities_from_chunks(
+    ctx: TaskContext,
+    sentence: str,
+    chunk_outputs: list[tuple[np.ndarray, Chunk]],
+    strategy: str | None,
+    ignore_labels: list[str],
+    offset_mapping: Any = None,
+) -> list[dict]:
+    """HF's postprocess over all chunks of one text."""
+    strategy = strategy or "none"
+    all_entities: list[dict] = []
+    for logits, chunk in chunk_outputs:
+        logits = np.asarray(logits)
+        if logits.dtype != np.float32:
+            logits = logits.astype(np.float32)
+        maxes = np.max(logits, axis=-1, keepdims=True)
+        shifted_exp = np.exp(logits - maxes)
+        scores = shifted_exp / shifted_exp.sum(axis=-1, keepdims=True)
+        offsets = offset_mapping[0] if offset_mapping else chunk.encoding.offsets
+        pre_entities = gather_pre_entities(ctx, sentence, chunk, scores, offsets, strategy)
+        grouped = aggregate(ctx, pre_entities, strategy)
+        all_entities.extend(
+            entity
+            for entity in grouped
+            if entity.get("entity", None) not in ignore_labels and entity.get("entity_group", None) not in ignore_labels
+        )
+    if len(chunk_outputs) > 1:
+        all_entities = aggregate_overlapping_entities(all_entities)
+    return all_entities
+
+
+def gather_pre_entities(
+    ctx: TaskContext, sentence: str, chunk: Chunk, scores: np.ndarray, offsets: list, strategy: str
+) -> list[dict]:
+    tokenizer = ctx.tokenizer
+    encoding = chunk.encoding
+    word_aware = bool(getattr(tokenizer.model, "continuing_subword_prefix", None))
+    unk_token = ctx.special_tokens.get("unk")
+    unk_id = None if unk_token is None else tokenizer.token_to_id(unk_token)
+    if not word_aware and strategy in WORD_STRATEGIES:
+        warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=4)
+
+    pre_entities = []
+    for idx, token_scores in enumerate(scores):
+        if encoding.special_tokens_mask[idx]:
+            continue
+        token_id = encoding.ids[idx]
+        word = tokenizer.id_to_token(token_id)
+        start_ind, end_ind = offsets[idx]
+        if chunk.word_to_chars is not None:  # pre-split words: offsets are within each word
+            word_index = encoding.word_ids[idx]
+            if word_index is not None:
+                start_char, _ = chunk.word_to_chars[word_index]
+                start_ind += start_char
+                end_ind += start_char
+        word_ref = sentence[start_ind:end_ind]
+        if word_aware:
+            is_subword = len(word) != len(word_ref)
+        else:
+            is_subword = start_ind > 0 and " " not in sentence[start_ind - 1 : start_ind + 1]
+        if token_id == unk_id:
+            word = word_ref
+            is_subword = False
+        pre_entities.append(
+            {"word": word, "scores": token_scores, "start": start_ind, "end": end_ind, "index": idx, "is_subword": is_subword}
+        )
+    return pre_entities
+
+
+def aggregate(ctx: TaskContext, pre_entities: list[dict], strategy: str) -> list[dict]:
+    id2label = ctx.id2label
+    if strategy in ("none", "simple"):
+        entities = []
+        for pre_entity in pre_entities:
+            entity_idx = pre_entity["scores"].argmax()
+            entities.append(
+                {
+                    "entity": id2label[int(entity_idx)],
+                    "score": pre_entity["scores"][entity_idx],
+                    "index": pre_entity["index"],
+                    "word": pre_entity["word"],
+                    "start": pre_entity["start"],
+                    "end": pre_entity["end"],
+                }
+            )
+    else:
+        entities = aggregate_words(ctx, pre_entities, strategy)
+    if strategy == "none":
+        return entities
+    return group_entities(ctx, entities)
+
+
+def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str) -> dict:
+    """One word from its tokens, the label chosen by the first token, the most confident token, or the mean."""
+    word = tokens_to_string(ctx.tokenizer, [entity["word"] for entity in entities])
+    if strategy == "first":
+        scores = entities[0]["scores"]
+        idx = scores.argmax()
+        score = scores[idx]
+    elif strategy == "max":
+        scores = max(entities, key=lambda entity: entity["scores"].max())["scores"]
+        idx = scores.argmax()
+        score = scores[idx]
+    elif strategy == "average":
+        average_scores = np.nanmean(np.stack([entity["scores"] for entity in entities]), axis=0)
+        idx = average_scores.argmax()
+        score = average_scores[idx]
+    else:
+        raise ValueError(f"aggregation_strategy {strategy!r} does not aggregate words")
+    return {
+        "entity": ctx.id2label[int(idx)],
+        "score": score,
+        "word": word,
+        "start": entities[0]["start"],
+        "end": entities[-1]["end"],
+    }
+
+
+def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str) -> list[dict]:
+    word_entities = []
+    word_group = None
+    for entity in entities:
+        if word_group is None:
+            word_group = [entity]
+        elif entity["is_subword"]:
+            word_group.append(entity)
+        else:
+            word_entities.append(aggregate_word(ctx, word_group, strategy))
+            word_group = [entity]
+    if word_group is not None:
+        word_entities.append(aggregate_word(ctx, word_group, strategy))
+    return word_entities
+
+
+def group_sub_entities(ctx: TaskContext, entities: list[dict]) -> dict:
+    scores = np.nanmean([entity["score"] for entity in entities])
+    return {
+        "entity_group": entities[0]["entity"].split("-", 1)[-1],
+        "score": np.mean(scores),
+        "word": tokens_to_string(ctx.tokenizer, [entity["word"] for entity in entities]),
+        "start": entities[0]["start"],
+        "end": entities[-1]["end"],
+    }
+
+
+def get_tag(entity_name: str) -> tuple[str, str]:
+    """("B" | "I", tag); a label without a B-/I- prefix counts as a continuation."""
+    if entity_name.startswith("B-"):
+        return "B", entity_name[2:]
+    if entity_name.startswith("I-"):
+        return "I", entity_name[2:]
+    return "I", entity_name
+
+
+def group_entities(ctx: TaskContext, entities: list[dict]) -> list[dict]:
+    """Merge adjacent entities of one tag; a B- label always starts a new group."""
+    entity_groups = []
+    current: list[dict] = []
+    for entity in entities:
+        if not current:
+            current.append(entity)
+            continue
+        bi, tag = get_tag(entity["entity"])
+        _, last_tag = get_tag(current[-1]["entity"])
+        if tag == last_tag and bi != "B":
+            current.append(entity)
+        else:
+            entity_groups.append(group_sub_entities(ctx, current))
+            current = [entity]
+    if current:
+        entity_groups.append(group_sub_entities(ctx, current))
+    return entity_groups
+
+
+def aggregate_overlapping_entities(entities: list[dict]) -> list[dict]:
+    """Across stride chunks: of entities that overlap, keep the longer one, or on a tie the higher score."""
+    if len(entities) == 0:
+        return entities
+    entities = sorted(entities, key=lambda x: x["start"])
+    aggregated = []
+    previous = entities[0]
+    for entity in entities:
+        if previous["start"] <= entity["start"] < previous["end"]:
+            current_length = entity["end"] - entity["start"]
+            previous_length = previous["end"] - previous["start"]
+            if current_length > previous_length or current_length == previous_length and entity["score"] > previous["score"]:
+                previous = entity
+        else:
+            aggregated.append(previous)
+            previous = entity
+    aggregated.append(previous)
+    return aggregated
+
+
+def tokens_to_string(tokenizer: Tokenizer, tokens: list[str]) -> str:
+    """HF's fast `convert_tokens_to_string`: the tokenizer's decoder, or tokens joined by spaces."""
+    decoder = tokenizer.decoder
+    return decoder.decode(tokens) if decoder is not None else " ".join(tokens)

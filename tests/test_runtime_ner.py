@@ -1,0 +1,281 @@
+"""token-classification head vs transformers 4.57's TokenClassificationPipeline on the same random ALBERT.
+
+The runtime head gets the HF model through a test-only runner (torch allowed here). Scores must agree within 1e-4
+(and be numpy float32, as HF returns them); labels, words, indexes and offsets exactly.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import AlbertConfig, AlbertForTokenClassification, AlbertTokenizerFast, pipeline
+
+from runtime.tasks import token_classification as ner
+from runtime.tasks.base import TaskContext
+from tests.conftest import DATA
+
+torch.set_num_threads(1)
+SCORE_TOLERANCE = 1e-4
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
+STRATEGIES = ["none", "simple", "first", "average", "max"]
+
+
+class TorchRunner:
+    """The Runner contract over a torch module, one feature at a time (as the HF pipeline runs them)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def run(self, features):
+        with torch.no_grad():
+            return [
+                {"logits": self.model(**{k: torch.from_numpy(v)[None] for k, v in feature.items()})["logits"][0].numpy()}
+                for feature in features
+            ]
+
+
+def albert_tokenizer(model_max_length: int) -> AlbertTokenizerFast:
+    return AlbertTokenizerFast(vocab_file=str(DATA / "sentencepiece_test_model.model"), model_max_length=model_max_length)
+
+
+def context_for(tokenizer: AlbertTokenizerFast, model: torch.nn.Module) -> TaskContext:
+    return TaskContext(
+        tokenizer=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),  # its own: HF mutates its backend
+        runner=TorchRunner(model),
+        config=json.loads(model.config.to_json_string()),  # id2label keys are strings, as in a bundle
+        max_length=tokenizer.model_max_length,
+        special_tokens=SPECIAL_TOKENS,
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = AlbertConfig(
+        vocab_size=len(albert_tokenizer(512)), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512, initializer_range=0.2,
+        num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    model = AlbertForTokenClassification(config).eval()
+    with torch.no_grad():  # confident, varied predictions: entities of every type, and "O" for about a third
+        model.classifier.weight.mul_(3.0)
+        model.classifier.bias.copy_(torch.tensor([-0.3, -3.5, 2.2, 2.0, -4.5, 0.3, 1.4, 0.6, 2.7]))
+    return model
+
+
+@pytest.fixture(scope="module", params=[512, 24], ids=["max512", "max24"])
+def pipelines(request, model):
+    """(runtime ctx, HF pipeline) for a tokenizer with that model_max_length (24: texts get truncated/strided)."""
+    tokenizer = albert_tokenizer(request.param)
+    return context_for(tokenizer, model), pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def full(model):
+    tokenizer = albert_tokenizer(512)
+    return context_for(tokenizer, model), pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
+
+
+def conll_sentences() -> list[str]:
+    lines = (DATA / "conll2003_sample.jsonl").read_text().splitlines()
+    return [" ".join(json.loads(line)["words"]) for line in lines if line.strip()]
+
+
+def conll_words() -> list[list[str]]:
+    lines = (DATA / "conll2003_sample.jsonl").read_text().splitlines()
+    return [json.loads(line)["words"] for line in lines if line.strip()]
+
+
+def long_text() -> str:
+    text = (DATA / "botchan.txt").read_text()
+    start = text.index("CHAPTER I")
+    return text[start : start + 700]
+
+
+def assert_same(ours, theirs, where="result"):
+    if isinstance(theirs, list):
+        assert isinstance(ours, list), f"{where}: HF gives a list, the runtime {ours!r}"
+        assert len(ours) == len(theirs), f"{where}: {len(ours)} entities vs HF's {len(theirs)}: {ours} vs {theirs}"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same(a, b, f"{where}[{i}]")
+        return
+    assert isinstance(ours, dict) and list(ours) == list(theirs), f"{where}: {ours} vs HF {theirs}"
+    for key, value in theirs.items():
+        if key == "score":
+            assert abs(ours[key] - value) <= SCORE_TOLERANCE, f"{where}: {ours} vs HF {theirs}"
+            assert type(ours[key]) is type(value), f"{where}: score {type(ours[key])} vs HF {type(value)}"
+        else:
+            assert ours[key] == value and type(ours[key]) is type(value), f"{where}.{key}: {ours} vs HF {theirs}"
+
+
+def call_both(ctx, hf, inputs, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HF's fallback-heuristic warning; the runtime's is tested on its own
+        return ner.run(ctx, inputs, **options), hf(inputs, **options)
+
+
+def test_fixture_model_predicts_every_label(full):
+    ctx, hf = full
+    labels = {entity["entity"] for result in hf(conll_sentences(), ignore_labels=[]) for entity in result}
+    assert labels == set(LABELS)
+
+
+@pytest.mark.parametrize("ignore_labels", [None, []], ids=["default-ignore", "ignore-nothing"])
+@pytest.mark.parametrize("strategy", [None, *STRATEGIES])
+def test_conll_sentences_match_hf(full, strategy, ignore_labels):
+    ctx, hf = full
+    options = {} if strategy is None else {"aggregation_strategy": strategy}
+    if ignore_labels is not None:
+        options["ignore_labels"] = ignore_labels
+    sentences = conll_sentences()
+    ours, theirs = call_both(ctx, hf, sentences, **options)
+    assert_same(ours, theirs, f"conll {options}")
+    assert sum(map(len, theirs)) > 30
+    for sentence in sentences[:3]:
+        ours, theirs = call_both(ctx, hf, sentence, **options)
+        assert_same(ours, theirs, f"{sentence!r} {options}")
+
+
+def test_word_strategies_merge_subwords_and_simple_groups_words(full):
+    """The parity above exercises aggregation for real: sub-word tokens are merged into words, and groups span
+    several words."""
+    ctx, hf = full
+    sentences = conll_sentences()
+    tokens = sum(map(len, ner.run(ctx, sentences, ignore_labels=[])))
+    words = sum(map(len, ner.run(ctx, sentences, aggregation_strategy="first", ignore_labels=[])))
+    assert words < tokens * 0.6
+    grouped = ner.run(ctx, sentences, aggregation_strategy="max")
+    spans = [sentence[e["start"] : e["end"]].strip() for sentence, result in zip(sentences, grouped) for e in result]
+    assert any(" " in span for span in spans)
+
+
+@pytest.mark.parametrize("strategy", [None, *STRATEGIES])
+def test_long_text_is_truncated_like_hf(pipelines, strategy):
+    ctx, hf = pipelines
+    options = {} if strategy is None else {"aggregation_strategy": strategy, "ignore_labels": []}
+    ours, theirs = call_both(ctx, hf, long_text(), **options)
+    assert_same(ours, theirs)
+    if ctx.max_length == 24:
+        assert max(entity["end"] for entity in ours) < 120  # only the first 22 tokens were classified
+
+
+@pytest.mark.parametrize("strategy", [None, "simple", "first", "average", "max"])
+@pytest.mark.parametrize("stride", [0, 5, 16])
+def test_stride_chunks_match_hf(pipelines, strategy, stride):
+    ctx, hf = pipelines
+    options = {"stride": stride, "ignore_labels": []}
+    if strategy is not None:
+        options["aggregation_strategy"] = strategy
+    if ctx.max_length == 512 and stride == 16:
+        options["ignore_labels"] = ["O", "B-PER"]
+    ours, theirs = call_both(ctx, hf, [long_text(), conll_sentences()[2]], **options)
+    assert_same(ours, theirs, str(options))
+    if ctx.max_length == 24:
+        assert max(entity["end"] for entity in ours[0]) > 650  # the whole text was classified, chunk by chunk
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_unknown_tokens_and_accents_match_hf(full, strategy):
+    ctx, hf = full
+    text = "Müller flew from 東京 to Zürich — via Paris, 2 ½ hours."
+    ours, theirs = call_both(ctx, hf, text, aggregation_strategy=strategy, ignore_labels=[])
+    assert_same(ours, theirs)
+    assert any(entity["word"] == "東京" for entity in ours) or strategy != "none"  # <unk> shows the source text
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_pre_split_words_match_hf(full, strategy):
+    ctx, hf = full
+    words = conll_words()
+    for inputs, options in [
+        (words[2], {"is_split_into_words": True}),  # one word list: HF answers with a batch of one
+        (words[:4], {"is_split_into_words": True}),
+        (words[1], {"is_split_into_words": True, "delimiter": "  "}),
+    ]:
+        ours, theirs = call_both(ctx, hf, inputs, aggregation_strategy=strategy, **options)
+        assert_same(ours, theirs, f"{inputs} {options}")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"grouped_entities": True},
+        {"grouped_entities": True, "ignore_subwords": True},
+        {"grouped_entities": False, "ignore_subwords": True},
+    ],
+)
+def test_deprecated_grouping_options_match_hf(full, options):
+    ctx, hf = full
+    with pytest.warns(UserWarning, match="deprecated"):
+        ours = ner.run(ctx, conll_sentences()[:3], **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = hf(conll_sentences()[:3], **options)
+    assert_same(ours, theirs)
+
+
+def test_empty_text_has_no_entities(full):
+    ctx, hf = full
+    assert ner.run(ctx, "") == hf("") == []
+    assert ner.run(ctx, ["", "Tom"], ignore_labels=[])[0] == []
+
+
+def test_fallback_heuristic_warns_for_word_strategies(full):
+    ctx, _ = full
+    with pytest.warns(UserWarning, match="fallback heuristic"):
+        ner.run(ctx, "Hello there", aggregation_strategy="average")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ner.run(ctx, "Hello there", aggregation_strategy="simple")
+
+
+BAD_INPUTS = [
+    ([], {}, ValueError, "At least one input is required"),
+    (None, {}, ValueError, "At least one input is required"),
+    (("a tuple", "of texts"), {}, ValueError, "must be an untokenized string"),
+    ("Hello", {"is_split_into_words": True}, ValueError, "must be a list of tokens"),
+    ("Hello", {"aggregation_strategy": "longest"}, KeyError, "LONGEST|longest"),
+    ("Hello", {"stride": 512}, ValueError, "`stride` must be less than `tokenizer.model_max_length`"),
+    ("Hello", {"stride": 4, "aggregation_strategy": "none"}, ValueError, "please select another one"),
+    ("Hello", {"aggregation": "simple"}, TypeError, "aggregation"),
+]
+
+
+@pytest.mark.parametrize("inputs, options, error, message", BAD_INPUTS)
+def test_bad_inputs_raise_what_hf_raises(full, inputs, options, error, message):
+    ctx, hf = full
+    with pytest.raises(error, match=message):
+        hf(inputs, **options)
+    with pytest.raises(error, match=message):
+        ner.run(ctx, inputs, **options)
+
+
+def test_unknown_strategy_error_names_the_choices(full):
+    ctx, _ = full
+    with pytest.raises(ValueError, match="none, simple, first, average, max"):
+        ner.run(ctx, "Hello", aggregation_strategy="longest")
+
+
+def test_shared_tokenizer_is_left_unconfigured(full):
+    ctx, _ = full
+    ner.run(ctx, long_text(), stride=4, aggregation_strategy="first")
+    assert ctx.tokenizer.truncation is None and ctx.tokenizer.padding is None
+
+
+def test_scores_are_float32_softmax_of_the_logits(full):
+    ctx, _ = full
+    entity = ner.run(ctx, "Tom", ignore_labels=[])[0]
+    logits = ctx.runner.run([{
+        "input_ids": np.array(ctx.tokenizer.encode("Tom").ids, dtype=np.int64),
+        "attention_mask": np.ones(len(ctx.tokenizer.encode("Tom").ids), dtype=np.int64),
+        "token_type_ids": np.zeros(len(ctx.tokenizer.encode("Tom").ids), dtype=np.int64),
+    }])[0]["logits"][entity["index"]]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert isinstance(entity["score"], np.float32)
+    assert entity["score"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+    assert entity["entity"] == LABELS[int(probabilities.argmax())]
