@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForTokenClassification, AlbertTokenizerFast, pipeline
 
+from runtime.runner import BatchRunner
 from runtime.tasks import token_classification as ner
 from runtime.tasks.base import TaskContext
 from tests.conftest import DATA
@@ -279,3 +280,29 @@ def test_scores_are_float32_softmax_of_the_logits(full):
     assert isinstance(entity["score"], np.float32)
     assert entity["score"] == pytest.approx(float(probabilities.max()), abs=1e-6)
     assert entity["entity"] == LABELS[int(probabilities.argmax())]
+
+
+class TorchBackend:
+    """The Backend protocol over a torch module, for the runtime's own BatchRunner (padded batches)."""
+
+    input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def infer(self, inputs):
+        with torch.no_grad():
+            return {"logits": self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})["logits"].numpy()}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_runtime_batch_runner_with_padding_matches_hf(pipelines, model, strategy):
+    """Through the runtime's BatchRunner: sentences and stride chunks of different lengths padded in batches of 3."""
+    ctx, hf = pipelines
+    ctx = TaskContext(**{**ctx.__dict__, "runner": BatchRunner(TorchBackend(model), {"logits": (1,)}, batch_size=3)})
+    texts = conll_sentences() + [long_text()]
+    options = {"aggregation_strategy": strategy, "ignore_labels": []}
+    if strategy != "none":
+        options["stride"] = 6
+    ours, theirs = call_both(ctx, hf, texts, **options)
+    assert_same(ours, theirs, str(options))

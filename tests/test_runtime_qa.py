@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForQuestionAnswering, AlbertTokenizerFast, pipeline
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+from runtime.runner import BatchRunner
 from runtime.tasks import question_answering as qa
 from runtime.tasks.base import TaskContext
 from tests.conftest import DATA
@@ -39,6 +40,21 @@ class TorchRunner:
                 result = self.model(**{name: torch.from_numpy(array)[None] for name, array in feature.items()})
                 outputs.append({name: result[name][0].numpy() for name in self.output_names})
         return outputs
+
+
+class TorchBackend:
+    """The Backend protocol over a torch module, for the runtime's own BatchRunner (padded batches)."""
+
+    input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, model: torch.nn.Module, output_names: tuple[str, ...]):
+        self.model = model
+        self.output_names = output_names
+
+    def infer(self, inputs):
+        with torch.no_grad():
+            result = self.model(**{name: torch.from_numpy(array) for name, array in inputs.items()})
+        return {name: result[name].numpy() for name in self.output_names}
 
 
 def context_for(tokenizer: AlbertTokenizerFast, model: torch.nn.Module) -> TaskContext:
@@ -303,3 +319,17 @@ def test_decode_spans_keeps_hf_index_zero_quirk():
     assert (0, 0) in set(zip(starts.tolist(), ends.tolist()))
     assert (2, 2) in set(zip(starts.tolist(), ends.tolist()))
     assert (1, 1) not in set(zip(starts.tolist(), ends.tolist()))
+
+
+def test_runtime_batch_runner_with_padding_matches_hf(model, tokenizer, hf_qa):
+    """Through the runtime's BatchRunner: windows of different lengths padded together in batches of 4."""
+    outputs = ("start_logits", "end_logits")
+    ctx = context_for(tokenizer, model)
+    ctx.runner = BatchRunner(TorchBackend(model, outputs), {name: (1,) for name in outputs}, batch_size=4,
+                             pad_token_id=tokenizer.pad_token_id)
+    examples = squad_examples()
+    options = {"top_k": 3, "handle_impossible_answer": True}
+    assert_same(qa.run(ctx, examples, **options), hf_qa(examples, **options))
+    long = {"question": "What did his father say?", "context": long_context()}
+    options = {"top_k": 3, "max_seq_len": 64, "doc_stride": 20}
+    assert_same(qa.run(ctx, [long, examples[0]], **options), hf_qa([long, examples[0]], **options))

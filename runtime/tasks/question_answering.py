@@ -26,10 +26,10 @@ DEFAULT_MAX_DOC_STRIDE = 128
 UNDESIRED_LOGIT = -10000.0
 NULL_SCORE_START = 1000000  # large and positive: any window's null score replaces it
 
-_KNOWN_PARAMS = {
+PARAMETERS = frozenset({
     "question", "context", "top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
     "handle_impossible_answer", "align_to_words", "padding",
-}
+})
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _example_from_item(item: Any) -> tuple[str, str]:
 
 
 def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings:
-    unknown = sorted(set(params) - _KNOWN_PARAMS)
+    unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         warnings.warn(f"question-answering ignores unknown parameters {unknown}", UserWarning, stacklevel=3)
 

@@ -22,10 +22,10 @@ from runtime.tasks.base import TaskContext
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
 NO_TRUNCATION_ABOVE = int(1e20)  # HF's LARGE_INTEGER: a model_max_length past it means "no limit"
-_KNOWN_PARAMS = {
+PARAMETERS = frozenset({
     "ignore_labels", "grouped_entities", "ignore_subwords", "aggregation_strategy", "offset_mapping",
     "is_split_into_words", "stride", "delimiter",
-}
+})
 
 
 class UnknownAggregationStrategy(KeyError, ValueError):
@@ -39,9 +39,9 @@ def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
     """Classify the tokens of one text (-> list of entity dicts) or of a list of texts (-> list of lists).
     Parameters as in HF: aggregation_strategy, ignore_labels, stride, is_split_into_words, delimiter,
     offset_mapping, and the deprecated grouped_entities / ignore_subwords."""
-    unknown = sorted(set(params) - _KNOWN_PARAMS)
+    unknown = sorted(set(params) - PARAMETERS)
     if unknown:
-        raise TypeError(f"token-classification got unexpected parameters {unknown}; known: {sorted(_KNOWN_PARAMS)}")
+        raise TypeError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
     texts, offset_mapping = _texts_from_inputs(inputs, params.get("offset_mapping"))
     is_split_into_words = bool(params.get("is_split_into_words", False))
     delimiter = params.get("delimiter")
