@@ -17,7 +17,7 @@ from typing import Any
 
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
-from .errors import OptionError
+from .errors import InputError, OptionError
 from .runner import BatchRunner, sequence_axes
 from .taskspec import TASKS, canonical_task
 from .tasks.base import TaskContext
@@ -147,7 +147,14 @@ class Pipeline:
         return context, params
 
     def __call__(self, inputs: Any = None, **params: Any) -> Any:
+        top_k_in_call = "top_k" in params
+        if inputs is None and self.task == "multiple-choice" and {"prompt", "choices"} <= set(params):
+            inputs = {"prompt": params.pop("prompt"), "choices": params.pop("choices")}
+        if inputs is None and self.task != "question-answering":
+            raise InputError(f"{self.task} needs an input: call the pipeline with a text or a list of texts")
         context, params = self._context_and_params(params)
+        if self.task == "text-classification":
+            params["_top_k_in_call"] = top_k_in_call
         return self.head.run(context, inputs, **params)
 
     def run_each(self, items: list, **params: Any) -> list:

@@ -87,10 +87,16 @@ def run_each(
     return [[r] if legacy and isinstance(item, str) else r for item, r in zip(items, results)]
 
 
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> Any:
+def run(ctx: TaskContext, inputs: Any, _top_k_in_call: bool | None = None, **params: Any) -> Any:
+    """_top_k_in_call: whether top_k was given to this call rather than to the pipeline; HF decides the legacy
+    [result] wrapping of a single string by that alone (so pipeline(top_k=None)("text") gives [[...]])."""
     items, single = as_batch(inputs)
     results = run_each(ctx, items, **params)
-    if single:
-        return results[0]
     legacy = params.get("top_k", _NOT_GIVEN) == _NOT_GIVEN
+    wrap = legacy if _top_k_in_call is None else not _top_k_in_call
+    if single:
+        result = results[0]
+        if isinstance(items[0], str) and wrap != legacy:
+            result = [result] if wrap else result[0]
+        return result
     return [r[0] if legacy and isinstance(item, str) else r for item, r in zip(items, results)]
