@@ -306,3 +306,28 @@ def test_runtime_batch_runner_with_padding_matches_hf(pipelines, model, strategy
         options["stride"] = 6
     ours, theirs = call_both(ctx, hf, texts, **options)
     assert_same(ours, theirs, str(options))
+
+
+@pytest.mark.parametrize("strategy", ["none", "first"])
+def test_given_offset_mapping_is_used_like_hf(full, strategy):
+    ctx, hf = full
+    text = conll_sentences()[2]
+    offsets = [(min(start + 1, end), end) for start, end in ctx.tokenizer.encode(text).offsets]
+    ours, theirs = call_both(ctx, hf, text, offset_mapping=offsets, aggregation_strategy=strategy, ignore_labels=[])
+    assert_same(ours, theirs)
+    assert ours != ner.run(ctx, text, aggregation_strategy=strategy, ignore_labels=[])
+
+
+def test_config_without_id2label_gives_hf_default_labels(model):
+    tokenizer = albert_tokenizer(512)
+    fields = {k: v for k, v in model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = AlbertConfig(**fields, num_labels=len(LABELS))
+    assert config.id2label[3] == "LABEL_3"
+    plain = AlbertForTokenClassification(config).eval()
+    plain.load_state_dict(model.state_dict())
+    ctx = context_for(tokenizer, plain)
+    del ctx.config["id2label"]
+    hf = pipeline("token-classification", model=plain, tokenizer=tokenizer, device="cpu")
+    ours, theirs = call_both(ctx, hf, conll_sentences()[:3], aggregation_strategy="simple", ignore_labels=[])
+    assert_same(ours, theirs)
+    assert {entity["entity_group"] for result in ours for entity in result} >= {"LABEL_1", "LABEL_3"}

@@ -139,15 +139,17 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
         raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
     # max_question_len is accepted for HF compatibility: only HF's slow-tokenizer path uses it.
 
-    settings = QASettings(max_seq_len=max_seq_len, doc_stride=doc_stride, padding=_padding_strategy(params.get("padding")))
-    overrides = {
-        name: params[name]
-        for name in ("max_answer_len", "handle_impossible_answer", "align_to_words")
-        if params.get(name) is not None
+    given = {
+        name: value
+        for name, value in (
+            ("top_k", top_k),
+            ("max_answer_len", max_answer_len),
+            ("handle_impossible_answer", params.get("handle_impossible_answer")),
+            ("align_to_words", params.get("align_to_words")),
+        )
+        if value is not None
     }
-    if top_k is not None:
-        overrides["top_k"] = top_k
-    return QASettings(**{**settings.__dict__, **overrides})
+    return QASettings(max_seq_len=max_seq_len, doc_stride=doc_stride, padding=_padding_strategy(params.get("padding")), **given)
 
 
 def _padding_strategy(padding: Any) -> str:
@@ -271,9 +273,8 @@ def answers_from_windows(context: str, outputs: list[tuple[dict[str, np.ndarray]
 
 
 def _padded_logits(logits: np.ndarray, length: int) -> np.ndarray:
-    logits = np.asarray(logits)
-    if logits.dtype != np.float32:
-        logits = logits.astype(np.float32)
+    """(1, length) float32 logits: HF's arrays for a window, padded (with values that get masked) when asked."""
+    logits = np.asarray(logits, dtype=np.float32)[:length]
     if logits.shape[-1] < length:
         logits = np.concatenate([logits, np.zeros(length - logits.shape[-1], dtype=np.float32)])
     return logits[None]

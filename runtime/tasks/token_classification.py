@@ -203,9 +203,7 @@ def entities_from_chunks(
     strategy = strategy or "none"
     all_entities: list[dict] = []
     for logits, chunk in chunk_outputs:
-        logits = np.asarray(logits)
-        if logits.dtype != np.float32:
-            logits = logits.astype(np.float32)
+        logits = np.asarray(logits, dtype=np.float32)[: len(chunk.encoding.ids)]
         maxes = np.max(logits, axis=-1, keepdims=True)
         shifted_exp = np.exp(logits - maxes)
         scores = shifted_exp / shifted_exp.sum(axis=-1, keepdims=True)
@@ -260,8 +258,16 @@ def gather_pre_entities(
     return pre_entities
 
 
-def aggregate(ctx: TaskContext, pre_entities: list[dict], strategy: str) -> list[dict]:
+def labels(ctx: TaskContext, scores: np.ndarray) -> dict[int, str]:
+    """The config's id2label; LABEL_i (what HF's config gives) for ids it lacks."""
     id2label = ctx.id2label
+    return {i: id2label.get(i, f"LABEL_{i}") for i in range(scores.shape[-1])}
+
+
+def aggregate(ctx: TaskContext, pre_entities: list[dict], strategy: str) -> list[dict]:
+    if not pre_entities:
+        return []
+    id2label = labels(ctx, pre_entities[0]["scores"])
     if strategy in ("none", "simple"):
         entities = []
         for pre_entity in pre_entities:
@@ -277,13 +283,13 @@ def aggregate(ctx: TaskContext, pre_entities: list[dict], strategy: str) -> list
                 }
             )
     else:
-        entities = aggregate_words(ctx, pre_entities, strategy)
+        entities = aggregate_words(ctx, pre_entities, strategy, id2label)
     if strategy == "none":
         return entities
     return group_entities(ctx, entities)
 
 
-def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str) -> dict:
+def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str, id2label: dict[int, str]) -> dict:
     """One word from its tokens, the label chosen by the first token, the most confident token, or the mean."""
     word = tokens_to_string(ctx.tokenizer, [entity["word"] for entity in entities])
     if strategy == "first":
@@ -301,7 +307,7 @@ def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str) -> dic
     else:
         raise ValueError(f"aggregation_strategy {strategy!r} does not aggregate words")
     return {
-        "entity": ctx.id2label[int(idx)],
+        "entity": id2label[int(idx)],
         "score": score,
         "word": word,
         "start": entities[0]["start"],
@@ -309,7 +315,7 @@ def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str) -> dic
     }
 
 
-def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str) -> list[dict]:
+def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str, id2label: dict[int, str]) -> list[dict]:
     word_entities = []
     word_group = None
     for entity in entities:
@@ -318,10 +324,10 @@ def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str) -> li
         elif entity["is_subword"]:
             word_group.append(entity)
         else:
-            word_entities.append(aggregate_word(ctx, word_group, strategy))
+            word_entities.append(aggregate_word(ctx, word_group, strategy, id2label))
             word_group = [entity]
     if word_group is not None:
-        word_entities.append(aggregate_word(ctx, word_group, strategy))
+        word_entities.append(aggregate_word(ctx, word_group, strategy, id2label))
     return word_entities
 
 
