@@ -18,7 +18,7 @@ def task_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from .export import DEFAULT_OPSET, MIN_OPSET, max_opset
 
     parser = argparse.ArgumentParser(prog="albert-export", description=DESCRIPTION)
     source = parser.add_argument_group("model")
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--layers", choices=("unrolled", "loop"), default="unrolled",
                        help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                       help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+                       help=f"ONNX opset, {MIN_OPSET}..{max_opset()} (default {DEFAULT_OPSET})")
     checks = parser.add_argument_group("validation")
     checks.add_argument("--no-validate", dest="validate", action="store_false",
                         help="skip the onnxruntime-vs-PyTorch check (the manifest then has no validation)")

@@ -1,13 +1,16 @@
 """PyTorch reference -> bundle: trace the three pieces, assemble (unrolled | loop), validate, write.
 
-The pieces are traced with the TorchScript exporter (torch.onnx.export(dynamo=False)): it produces plain ONNX
-ops with dynamic axes for every piece in well under a second, names initializers after the parameters, and
-supports opsets up to 20. (The dynamo exporter needs opset >= 18 and makes every piece a function-heavy graph
-that is slower to trace; nothing here needs it.)
+The pieces are traced with the TorchScript exporter (torch.onnx.export(dynamo=False)): plain ONNX ops with
+dynamic axes, initializers named after the parameters, under a second per piece. It writes opsets up to 20;
+a newer opset (up to the newest onnxruntime runs) is reached by converting each traced piece with
+onnx.version_converter before assembly. (The dynamo exporter needs opset >= 18 and is slower to trace;
+nothing here needs it.)
 """
 from __future__ import annotations
 
+import functools
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx import version_converter
 from torch import nn
 
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
@@ -30,8 +34,8 @@ from .tolerances import tolerance_for
 from .validate import validate_onnx
 
 DEFAULT_OPSET = 17
-MIN_OPSET = 14  # opset 13 lacks nothing we use, but 14 is the oldest the optimization passes are written for
-MAX_OPSET = 20  # the TorchScript exporter's newest; onnxruntime runs all of 14..20
+MIN_OPSET = 14  # the oldest the graph passes are written for
+TRACE_MAX_OPSET = 20  # the TorchScript exporter's newest; newer opsets are converted to
 PRECISION = "fp32"
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
 
@@ -44,11 +48,30 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@functools.lru_cache(maxsize=1)
+def max_opset() -> int:
+    """The newest opset both onnx (to convert to) and the installed onnxruntime (to run) know."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])])
+    for opset in range(onnx.defs.onnx_opset_version(), TRACE_MAX_OPSET, -1):
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # onnxruntime refuses opsets newer than it knows
+            continue
+    return TRACE_MAX_OPSET
+
+
 def check_opset(opset: int) -> int:
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
         raise ExportOptionError(
-            f"opset {opset!r} is not supported; choose {MIN_OPSET}..{MAX_OPSET} "
-            f"(the range both the exporter and onnxruntime support; default {DEFAULT_OPSET})"
+            f"opset {opset!r} is not supported; choose {MIN_OPSET}..{max_opset()} "
+            f"(what this exporter and the installed onnxruntime support; default {DEFAULT_OPSET})"
         )
     return opset
 
@@ -80,15 +103,21 @@ class HeadPiece(nn.Module):
 def onnx_from_torch(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str],
                     dynamic_axes: dict[str, dict[int, str]], opset: int) -> onnx.ModelProto:
     """One traced piece as an in-memory ONNX model (through a temporary file, so large pieces work)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="albert-piece-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; validation is the real check
         path = Path(tmp) / "piece.onnx"
         with torch.no_grad():
-            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
-                              output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
-        return onnx.load(str(path))
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=min(opset, TRACE_MAX_OPSET),
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+        piece = onnx.load(str(path))
+    if opset > TRACE_MAX_OPSET:
+        try:
+            piece = version_converter.convert_version(piece, opset)
+        except Exception as exc:
+            raise ExportOptionError(f"the traced graph cannot be converted to opset {opset} ({exc}); "
+                                    f"use --opset {TRACE_MAX_OPSET} or lower") from exc
+    return piece
 
 
 def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Pieces:

@@ -1,0 +1,185 @@
+"""albert_export.export: every task in both layer modes against the reference and transformers, the bundle,
+opsets, the output directory rules, and failures that leave nothing behind."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+import albert_export
+from albert_export import validate as validate_module
+from albert_export.bundle_writer import OutputExistsError
+from albert_export.export import ExportOptionError, export, max_opset
+from albert_export.tokenizer import tokenizer_from_pretrained
+from albert_export.validate import ValidationError, onnx_session, validation_inputs
+from runtime.bundle import load_bundle
+from runtime.taskspec import TASKS
+from tests.export_helpers import hf_outputs, save_checkpoint
+
+torch.set_num_threads(1)
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    made = {}
+
+    def make(task: str):
+        if task not in made:
+            directory = tmp_path_factory.mktemp(task)
+            made[task] = directory, save_checkpoint(directory, task)
+        return made[task]
+
+    return make
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_in_both_modes_matches_the_reference_and_transformers(task, checkpoint, tmp_path):
+    directory, hf_model = checkpoint(task)
+    spec = TASKS[task]
+    shapes = [(3, 2, 9), (1, 4, 3)] if spec.multiple_choice else [(3, 9), (2, 1)]
+    results = {}
+    for layers in ("unrolled", "loop"):
+        bundle = export(directory, task, tmp_path / layers, layers=layers, log=quiet)
+        validation = load_bundle(bundle).manifest.validation
+        assert set(validation.max_abs_diff) == set(spec.outputs)
+        assert max(validation.max_abs_diff.values()) <= 1e-4
+        session = onnx_session(bundle / "model.onnx", threads=1)
+        for shape in shapes:
+            inputs = validation_inputs(shape, 1000, 2, seed=7)
+            outputs = dict(zip(spec.outputs, session.run(list(spec.outputs), inputs)))
+            expected = hf_outputs(hf_model, task, inputs)
+            for name in spec.outputs:
+                np.testing.assert_allclose(outputs[name], expected[name], atol=1e-4, rtol=0, err_msg=name)
+            results[layers, shape] = outputs
+    for shape in shapes:
+        for name in spec.outputs:
+            np.testing.assert_allclose(results["loop", shape][name], results["unrolled", shape][name], atol=1e-6,
+                                       rtol=0)
+
+
+def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
+    directory, _ = checkpoint("question-answering")
+    bundle = albert_export.export(directory, "qa", tmp_path / "bundle", layers="loop", log=quiet)
+    loaded = load_bundle(bundle)  # verifies every sha256
+    manifest = loaded.manifest
+    assert sorted(manifest.files) == ["config.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    assert (manifest.task, manifest.layers, manifest.precision, manifest.opset, manifest.format) == (
+        "question-answering", "loop", "fp32", 17, 1)
+    assert [(t.name, t.dtype, t.dims) for t in manifest.inputs] == [
+        (name, "int64", ["batch", "sequence"]) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    assert [(t.name, t.dtype, t.dims) for t in manifest.outputs] == [
+        ("start_logits", "float32", ["batch", "sequence"]), ("end_logits", "float32", ["batch", "sequence"])]
+    assert manifest.validation.tolerance == {"start_logits": 1e-4, "end_logits": 1e-4}
+    assert [1, 1] in manifest.validation.shapes and [1, 40] in manifest.validation.shapes
+    assert manifest.producer["name"] == "albert-export" and manifest.producer["version"] == albert_export.__version__
+    graph = onnx.load(str(bundle / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in graph.graph.output] == ["start_logits", "end_logits"]
+    assert graph.opset_import[0].version == 17
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["model_type"] == "albert" and config["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}
+    original, settings = tokenizer_from_pretrained(directory)
+    assert manifest.tokenizer == settings
+    text = "Plants create energy through photosynthesis."
+    assert Tokenizer.from_file(str(bundle / "tokenizer.json")).encode(text).ids == original.encode(text).ids
+
+
+def test_labels_reach_config_json(checkpoint, tmp_path):
+    directory, hf_model = checkpoint("token-classification")
+    bundle = export(directory, "ner", tmp_path / "ner", validate=False, log=quiet)
+    assert json.loads((bundle / "config.json").read_text())["id2label"] == {
+        str(i): label for i, label in hf_model.config.id2label.items()}
+    assert load_bundle(bundle).manifest.validation is None
+
+
+@pytest.mark.parametrize("opset", [14, 20, 21, max_opset()])
+def test_opsets_across_the_supported_range(opset, checkpoint, tmp_path):
+    directory, _ = checkpoint("text-classification")
+    bundle = export(directory, "cls", tmp_path / "b", layers="loop", opset=opset, log=quiet)
+    assert onnx.load(str(bundle / "model.onnx")).opset_import[0].version == opset
+    assert load_bundle(bundle).manifest.opset == opset
+
+
+@pytest.mark.parametrize("opset", [13, max_opset() + 1, "17"])
+def test_opset_outside_the_range_is_refused_before_tracing(opset, checkpoint, tmp_path):
+    directory, _ = checkpoint("text-classification")
+    with pytest.raises(ExportOptionError, match=f"opset {opset!r} is not supported; choose 14..{max_opset()}"):
+        export(directory, "cls", tmp_path / "b", opset=opset, log=quiet)
+    assert not (tmp_path / "b").exists()
+
+
+def test_default_output_is_named_after_task_and_precision(checkpoint, tmp_path, monkeypatch):
+    directory, _ = checkpoint("feature-extraction")
+    monkeypatch.chdir(tmp_path)
+    bundle = export(directory, "features", validate=False, log=quiet)
+    assert bundle == tmp_path / "albert-feature-extraction-fp32" and (bundle / "manifest.json").is_file()
+
+
+def test_existing_output_directory_rules(checkpoint, tmp_path):
+    directory, _ = checkpoint("feature-extraction")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export(directory, "features", empty, validate=False, log=quiet) == empty
+    with pytest.raises(OutputExistsError, match="already exists and is not empty; choose another --output, or pass "
+                                                "--overwrite"):
+        export(directory, "features", empty, validate=False, log=quiet)
+    before = (empty / "manifest.json").read_text()
+    replaced = export(directory, "features", empty, layers="loop", validate=False, overwrite=True, log=quiet)
+    assert load_bundle(replaced).manifest.layers == "loop" and (empty / "manifest.json").read_text() != before
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="is not an albert-export bundle"):
+        export(directory, "features", unrelated, overwrite=True, log=quiet)
+    assert (unrelated / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "notes"]  # no temporary siblings left
+
+
+def test_validation_failure_raises_a_typed_error_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    directory, _ = checkpoint("pretraining")
+    original = validate_module.reference_outputs
+
+    def shifted(model, inputs):
+        outputs = original(model, inputs)
+        outputs["sop_logits"] = outputs["sop_logits"] + 0.5
+        return outputs
+
+    monkeypatch.setattr(validate_module, "reference_outputs", shifted)
+    with pytest.raises(ValidationError) as caught:
+        export(directory, "pretraining", tmp_path / "b", log=quiet)
+    assert caught.value.output == "sop_logits" and 0.49 < caught.value.max_abs_diff < 0.51
+    assert "output 'sop_logits' differs from the PyTorch reference: max abs diff 0.5" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atol_replaces_the_table_value(checkpoint, tmp_path):
+    directory, _ = checkpoint("pretraining")
+    bundle = export(directory, "pretraining", tmp_path / "b", atol=1e-3, log=quiet)
+    assert load_bundle(bundle).manifest.validation.tolerance == {"prediction_logits": 1e-3, "sop_logits": 1e-3}
+    with pytest.raises(ValidationError, match="output 'prediction_logits' differs"):
+        export(directory, "pretraining", tmp_path / "c", atol=1e-12, log=quiet)
+    with pytest.raises(ValueError, match="atol must be a non-negative number"):
+        export(directory, "pretraining", tmp_path / "d", atol=-1.0, log=quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_interrupted_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    directory, _ = checkpoint("feature-extraction")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("albert_export.export"), "validate_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(directory, "features", tmp_path / "b", log=quiet)
+    assert list(tmp_path.iterdir()) == []
