@@ -222,9 +222,16 @@ class Runner:
                 if not self.report(number, error):
                     return False
                 continue
-            self.out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            self.out.write(json.dumps(result, ensure_ascii=False, default=_plain_number) + "\n")
         self.out.flush()
         return True
+
+
+def _plain_number(value: Any) -> Any:
+    """numpy scalars (token-classification scores are float32, as HF returns them) as JSON numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
