@@ -1,0 +1,173 @@
+"""The shape every fusion has: pattern (structure around an anchor op) / check (why not) / rewrite.
+
+`apply_fusion` visits every graph, Loop bodies included, so a fusion applies in every unrolled layer and in
+the body alike. A rewrite adds a fused node that takes over the name of the pattern's last output and marks the
+old producer replaced; what the old nodes computed dies and is removed. Weights a fusion derives (a concatenated
+QKV matrix) are built once per distinct source weights and stored in the outermost graph that holds the
+sources, so every layer and the Loop body read the one copy.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..walk import Constants, Names, Scope, consumers, producers, remove_dead, scopes, toposort, use_counts
+
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class FusionReport:
+    fused: int = 0
+    refused: Counter = field(default_factory=Counter)  # reason -> how many candidates it stopped
+
+    def as_dict(self) -> dict:
+        return {"fused": self.fused, "refused": dict(self.refused)}
+
+
+class Context:
+    """What a fusion sees of one graph while it runs: producers, readers, constants, fresh names."""
+
+    def __init__(self, model: onnx.ModelProto, scope: Scope, shared: dict, names: Names, pending: dict):
+        self.model, self.scope, self.graph = model, scope, scope.graph
+        self.producers = producers(scope.graph)
+        self.readers = consumers(scope.graph)
+        self.uses = use_counts(model.graph)
+        self.outputs = {value.name for value in scope.graph.output}
+        self.constants = Constants(scope)
+        self.names = names
+        self._shared = shared
+        self._pending = pending
+        self.replaced: set[str] = set()
+        self.added: list[onnx.NodeProto] = []
+
+    def producer(self, name: str, op_type: str | None = None) -> onnx.NodeProto | None:
+        node = self.producers.get(name)
+        if node is None or (op_type is not None and (node.op_type != op_type or node.domain not in ONNX_DOMAINS)):
+            return None
+        return node
+
+    def readers_of(self, name: str) -> list[onnx.NodeProto]:
+        return self.readers.get(name, [])
+
+    def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
+        """Whether `node` is the single reader of `name` anywhere in the model (and it is no graph output)."""
+        return self.uses[name] == list(node.input).count(name) and name not in self.outputs
+
+    def private(self, names: list[str], reader_of: dict[str, onnx.NodeProto]) -> str | None:
+        """None when each intermediate name is read only by the given pattern node; else the reason."""
+        for name in names:
+            if not self.only_reader(name, reader_of[name]):
+                return f"intermediate {name!r} is also read outside the pattern"
+        return None
+
+    def replace(self, node: onnx.NodeProto, last_output: str) -> None:
+        """Add the fused node; it produces `last_output`, so the pattern's old producer of it goes."""
+        self.replaced.add(last_output)
+        self.added.append(node)
+
+    def shared_initializer(self, key: tuple, base_name: str, sources: list[str],
+                           build: Callable[[], np.ndarray]) -> str:
+        """One initializer per key, stored with the outermost graph holding `sources`, reused by every layer."""
+        if key not in self._shared:
+            home = self.home_of(sources)
+            name = self.names.fresh(base_name)
+            home.add_initializer(numpy_helper.from_array(np.ascontiguousarray(build()), name))
+            self._shared[key] = name
+        return self._shared[key]
+
+    def shared_nodes(self, key: tuple, sources: list[str],
+                     build: Callable[[Callable[[str], str]], list[onnx.NodeProto]]) -> str:
+        """Nodes computed once per key in the outermost graph defining `sources`; returns their last output."""
+        if key not in self._shared:
+            home = self.defining_scope(sources)
+            nodes = build(self.names.fresh)
+            self._pending.setdefault(id(home), (home, []))[1].extend(nodes)
+            self._shared[key] = nodes[-1].output[0]
+        return self._shared[key]
+
+    def home_of(self, initializers: list[str]) -> Scope:
+        owners = [owner for owner in (self.scope.owner_of(name) for name in initializers) if owner is not None]
+        return max(owners, key=lambda owner: owner.depth) if owners else self.scope
+
+    def defining_scope(self, names: list[str]) -> Scope:
+        """The innermost graph among those that define (input, node output, initializer) any of `names`."""
+        deepest = None
+        for name in names:
+            for scope in self.scope.chain:
+                graph = scope.graph
+                if (scope.owner_of(name) is scope or any(value.name == name for value in graph.input)
+                        or any(name in node.output for node in graph.node)):
+                    if deepest is None or scope.depth > deepest.depth:
+                        deepest = scope
+                    break
+        return deepest or self.scope
+
+    def opset(self, domain: str = "") -> int:
+        for entry in self.model.opset_import:
+            if entry.domain == domain or (domain == "" and entry.domain == "ai.onnx"):
+                return entry.version
+        return 0
+
+
+class Fusion:
+    """Subclasses set `anchor` (op_type) and implement pattern / check / rewrite."""
+
+    name = "fusion"
+    anchor: str | tuple[str, ...] = ""
+    anchor_domains = ONNX_DOMAINS
+
+    def pattern(self, ctx: Context, node: onnx.NodeProto) -> dict | None:
+        """The matched nodes and values around `node`, or None when the structure is not there at all."""
+        raise NotImplementedError
+
+    def check(self, ctx: Context, match: dict) -> str | None:
+        """None to fuse; otherwise the reason this match is left alone."""
+        return None
+
+    def rewrite(self, ctx: Context, match: dict) -> None:
+        raise NotImplementedError
+
+
+def apply_fusion(model: onnx.ModelProto, fusion: Fusion, shared: dict | None = None) -> FusionReport:
+    """Run one fusion over every graph in place; dead pattern nodes are removed afterwards."""
+    report = FusionReport()
+    names = Names(model)
+    shared = {} if shared is None else shared
+    pending: dict[int, tuple[Scope, list[onnx.NodeProto]]] = {}
+    visited: list[tuple[Scope, Context]] = []
+    anchors = (fusion.anchor,) if isinstance(fusion.anchor, str) else fusion.anchor
+    for scope in scopes(model):
+        ctx = Context(model, scope, shared, names, pending)
+        for node in list(scope.graph.node):
+            if node.op_type not in anchors or node.domain not in fusion.anchor_domains:
+                continue
+            match = fusion.pattern(ctx, node)
+            if match is None:
+                continue
+            reason = fusion.check(ctx, match)
+            if reason:
+                report.refused[reason] += 1
+                continue
+            fusion.rewrite(ctx, match)
+            report.fused += 1
+        if ctx.added:
+            kept = [node for node in scope.graph.node if not ctx.replaced.intersection(node.output)]
+            del scope.graph.node[:]
+            scope.graph.node.extend(kept + ctx.added)
+        visited.append((scope, ctx))
+    # Nodes for enclosing graphs are placed last, innermost graphs first: ordering an outer graph copies the
+    # bodies it holds, so no body may be touched after its outer graph is.
+    for scope, _ in reversed(visited):
+        if id(scope) in pending:
+            scope.graph.node.extend(pending[id(scope)][1])
+    if report.fused:
+        remove_dead(model)
+        for scope in reversed(list(scopes(model))):
+            toposort(scope.graph)
+    return report

@@ -1,0 +1,121 @@
+"""LayerNormalization (ONNX opset >= 17) from its decomposition, as exporters write it below opset 17:
+
+    mean = ReduceMean(x, axes=[-1]); d = Sub(x, mean); v = ReduceMean(Pow(d, 2), axes=[-1])
+    y = Div(d, Sqrt(Add(v, eps)));   y = Mul(y, gamma); y = Add(y, beta)        (anchor: the Div)
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .fusion import Context, Fusion, FusionReport, apply_fusion
+
+
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """For a binary node reading `name`, the other operand."""
+    if len(node.input) != 2 or name not in node.input:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
+
+
+def single_reader(ctx: Context, name: str, op_type: str) -> onnx.NodeProto | None:
+    readers = ctx.readers_of(name)
+    if len(readers) == 1 and readers[0].op_type == op_type and ctx.uses[name] == 1 and name not in ctx.outputs:
+        return readers[0]
+    return None
+
+
+def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
+    for attribute in node.attribute:
+        if attribute.name == "axes":
+            return list(attribute.ints)
+    if len(node.input) > 1 and node.input[1]:
+        value = ctx.constants.value(node.input[1])
+        return None if value is None else [int(axis) for axis in value.reshape(-1)]
+    return None
+
+
+def keeps_dims(node: onnx.NodeProto) -> bool:
+    return next((a.i for a in node.attribute if a.name == "keepdims"), 1) == 1
+
+
+class LayerNormFusion(Fusion):
+    name = "layernorm"
+    anchor = "Div"
+
+    def pattern(self, ctx, div):
+        sub = ctx.producer(div.input[0], "Sub")
+        sqrt = ctx.producer(div.input[1], "Sqrt")
+        if sub is None or sqrt is None:
+            return None
+        x, mean_name = sub.input
+        mean = ctx.producer(mean_name, "ReduceMean")
+        add_eps = ctx.producer(sqrt.input[0], "Add")
+        if mean is None or mean.input[0] != x or add_eps is None:
+            return None
+        variance = next((ctx.producer(name, "ReduceMean") for name in add_eps.input
+                         if ctx.producer(name, "ReduceMean")), None)
+        if variance is None:
+            return None
+        square = ctx.producer(variance.input[0], "Pow") or ctx.producer(variance.input[0], "Mul")
+        if square is None or square.input[0] != div.input[0]:
+            return None
+        match = dict(x=x, div=div, sub=sub, sqrt=sqrt, mean=mean, add_eps=add_eps, variance=variance,
+                     square=square, eps=other_input(add_eps, variance.output[0]), scale=None, shift=None)
+        last = div.output[0]
+        mul = single_reader(ctx, last, "Mul")
+        if mul is not None and other_input(mul, last) in ctx.constants:
+            match.update(mul=mul, scale=other_input(mul, last))
+            last = mul.output[0]
+            add = single_reader(ctx, last, "Add")
+            if add is not None and other_input(add, last) in ctx.constants:
+                match.update(add=add, shift=other_input(add, last))
+                last = add.output[0]
+        match["last"] = last
+        return match
+
+    def check(self, ctx, match):
+        if ctx.opset() < 17:
+            return f"opset {ctx.opset()} < 17 has no LayerNormalization"
+        for reduce in (match["mean"], match["variance"]):
+            if reduce_axes(ctx, reduce) != [-1] or not keeps_dims(reduce):
+                return f"{reduce.op_type} reduces axes {reduce_axes(ctx, reduce)}, not the last axis alone"
+        square = match["square"]
+        if square.op_type == "Pow" and ctx.constants.scalar(square.input[1]) != 2.0:
+            return "the variance is not the mean of squares (Pow exponent is not 2)"
+        if square.op_type == "Mul" and square.input[0] != square.input[1]:
+            return "the variance is not the mean of squares"
+        eps = ctx.constants.value(match["eps"])
+        if eps is None or eps.size != 1:
+            return "epsilon is not a constant scalar"
+        if match["scale"] is None:
+            return "no constant scale follows the normalization (its width is unknown)"
+        for key in ("scale", "shift"):
+            value = ctx.constants.value(match[key]) if match[key] else None
+            if value is not None and value.ndim != 1:
+                return f"{key} has shape {list(value.shape)}, not one value per channel"
+        centred = match["sub"].output[0]
+        if ctx.uses[centred] != 1 + list(square.input).count(centred) or centred in ctx.outputs:
+            return "the centred input is read outside the pattern"
+        inner = [match[key].output[0] for key in ("mean", "square", "variance", "add_eps", "sqrt")]
+        if match["scale"] is not None:
+            inner.append(match["div"].output[0])
+        if match["shift"] is not None:
+            inner.append(match["mul"].output[0])
+        if any(ctx.uses[name] != 1 or name in ctx.outputs for name in inner):
+            return "an intermediate value is read outside the pattern"
+        return None
+
+    def rewrite(self, ctx, match):
+        eps = float(np.asarray(ctx.constants.value(match["eps"])).reshape(()))
+        inputs = [match["x"], match["scale"]] + ([match["shift"]] if match["shift"] else [])
+        node = helper.make_node("LayerNormalization", inputs, [match["last"]], axis=-1, epsilon=eps,
+                                name=ctx.names.fresh(f"{match['div'].name or 'LayerNorm'}/fused"))
+        ctx.replace(node, match["last"])
+
+
+def fuse_layernorm(model: onnx.ModelProto) -> dict:
+    """Decomposed LayerNorms -> LayerNormalization, in every graph; returns {"fused": n, "refused": {...}}."""
+    report: FusionReport = apply_fusion(model, LayerNormFusion())
+    return report.as_dict()

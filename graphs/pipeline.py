@@ -1,0 +1,59 @@
+"""Optimization profiles: one ordered list of passes each. Every pass visits Loop bodies and keeps weights shared.
+
+    none         structural clean-up only: the ops stay what the exporter wrote
+    portable     + standard-op fusions (LayerNormalization at opset >= 17, Gelu at opset >= 20); runs anywhere
+    onnxruntime  + com.microsoft fusions that only onnxruntime runs (SkipLayerNormalization, FastGelu/BiasGelu,
+                   Attention with one shared QKV weight)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import onnx
+
+from .passes.dedupe import dedupe_initializers
+from .passes.gelu import fuse_gelu
+from .passes.layernorm import fuse_layernorm
+from .passes.simplify import simplify
+
+Pass = tuple[str, Callable[[onnx.ModelProto], dict]]
+
+CLEANUP: list[Pass] = [
+    ("dedupe", dedupe_initializers),  # equal weights stored once, before anything compares names
+    ("simplify", simplify),  # CSE, then folding that never copies a shared weight, then dead code
+]
+
+PORTABLE: list[Pass] = CLEANUP + [
+    ("layernorm", fuse_layernorm),  # decomposed LayerNorm (exports below opset 17) -> LayerNormalization
+    ("gelu", partial(fuse_gelu, profile="portable")),  # Erf/Tanh decompositions -> Gelu (opset >= 20)
+    ("cleanup", simplify),  # the constants the fusions left unread
+]
+
+ONNXRUNTIME: list[Pass] = CLEANUP + [
+    ("layernorm", fuse_layernorm),  # first, so the LayerNorm fusions below see one form
+    ("gelu", partial(fuse_gelu, profile="onnxruntime")),  # -> FastGelu / BiasGelu, bias Add taken in
+    ("cleanup", simplify),
+]
+
+PROFILES: dict[str, list[Pass]] = {"none": CLEANUP, "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}
+
+
+class OptimizeError(ValueError):
+    """An unknown profile or a pass that broke the graph."""
+
+
+def optimize(model: onnx.ModelProto, profile: str = "none") -> tuple[onnx.ModelProto, dict[str, dict]]:
+    """A copy of `model` run through the profile's passes; the report maps each pass to its counts."""
+    if profile not in PROFILES:
+        raise OptimizeError(f"unknown optimization profile {profile!r}; use one of {', '.join(PROFILES)}")
+    optimized = onnx.ModelProto()
+    optimized.CopyFrom(model)
+    report: dict[str, dict] = {}
+    for name, run in PROFILES[profile]:
+        report[name if name not in report else f"{name}#{len(report)}"] = run(optimized)
+    try:
+        onnx.checker.check_model(optimized)
+    except onnx.checker.ValidationError as exc:
+        raise OptimizeError(f"profile {profile!r} produced an invalid graph: {exc}") from exc
+    return optimized, report
