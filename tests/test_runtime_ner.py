@@ -331,3 +331,16 @@ def test_config_without_id2label_gives_hf_default_labels(model):
     ours, theirs = call_both(ctx, hf, conll_sentences()[:3], aggregation_strategy="simple", ignore_labels=[])
     assert_same(ours, theirs)
     assert {entity["entity_group"] for result in ours for entity in result} >= {"LABEL_1", "LABEL_3"}
+
+
+@pytest.mark.parametrize("max_length, stride", [(24, 0), (24, 5), (24, 16), (40, 12)])
+def test_chunks_are_the_hf_fast_tokenizer_chunks(max_length, stride):
+    tokenizer = albert_tokenizer(max_length)
+    theirs = tokenizer(long_text(), truncation=True, stride=stride, return_overflowing_tokens=True,
+                       return_offsets_mapping=True, return_special_tokens_mask=True)
+    ours = ner.encode_chunks(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), long_text(), max_length, stride)
+    assert len(ours) == len(theirs["input_ids"]) > 10
+    for i, encoding in enumerate(ours):
+        assert encoding.ids == theirs["input_ids"][i]
+        assert encoding.offsets == [tuple(o) for o in theirs["offset_mapping"][i]]
+        assert encoding.special_tokens_mask == theirs["special_tokens_mask"][i]

@@ -333,3 +333,20 @@ def test_runtime_batch_runner_with_padding_matches_hf(model, tokenizer, hf_qa):
     long = {"question": "What did his father say?", "context": long_context()}
     options = {"top_k": 3, "max_seq_len": 64, "doc_stride": 20}
     assert_same(qa.run(ctx, [long, examples[0]], **options), hf_qa([long, examples[0]], **options))
+
+
+def test_deprecated_topk_and_unknown_options_warn_like_hf(ctx, hf_qa):
+    example = squad_examples()[0]
+    with pytest.warns(UserWarning, match="topk parameter is deprecated"):
+        ours = qa.run(ctx, example, topk=2)
+    with pytest.warns(UserWarning, match="topk parameter is deprecated"):
+        theirs = hf_qa(example, topk=2)
+    assert_same(ours, theirs)
+    with pytest.warns(UserWarning, match=r"ignores unknown parameters \['top_n'\]"):
+        qa.run(ctx, example, top_n=2)
+
+
+def test_max_question_len_is_accepted_and_ignored_as_hf_fast_path_does(ctx, hf_qa):
+    example = squad_examples()[3]
+    assert_same(qa.run(ctx, example, max_question_len=2), hf_qa(example, max_question_len=2))
+    assert_same(qa.run(ctx, example, max_question_len=2), qa.run(ctx, example))
