@@ -65,9 +65,10 @@ class BatchRunner:
         return inputs
 
     def _cut(self, name: str, value: np.ndarray, length: int) -> np.ndarray:
+        index = [slice(None)] * value.ndim
         for axis in self.sequence_axes.get(name, ()):
-            value = np.take(value, np.arange(length), axis=axis - 1)
-        return value
+            index[axis - 1] = slice(0, length)
+        return value[tuple(index)]
 
 
 def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
