@@ -191,6 +191,7 @@ def encode_with_overflow(
     return [encoding, *encoding.overflowing]
 
 
+MAX_CACHED = 8  # tokenizers, and settings per tokenizer, kept configured
 _COPIES: dict[int, tuple[Tokenizer, dict[tuple[int, int], Tokenizer]]] = {}
 
 
@@ -199,10 +200,14 @@ def _configured_copy(tokenizer: Tokenizer, max_seq_len: int, doc_stride: int) ->
     never mutated."""
     owner, copies = _COPIES.get(id(tokenizer), (None, {}))
     if owner is not tokenizer:
+        if len(_COPIES) >= MAX_CACHED:
+            _COPIES.clear()
         copies = {}
         _COPIES[id(tokenizer)] = (tokenizer, copies)
     key = (max_seq_len, doc_stride)
     if key not in copies:
+        if len(copies) >= MAX_CACHED:
+            copies.clear()
         copy = Tokenizer.from_str(tokenizer.to_str())
         copy.no_padding()
         copy.enable_truncation(max_seq_len, stride=doc_stride, strategy="only_second", direction="right")

@@ -170,6 +170,7 @@ def encode_chunks(
     return [encoding, *encoding.overflowing] if stride is not None else [encoding]
 
 
+MAX_CACHED = 8  # tokenizers, and settings per tokenizer, kept configured
 _COPIES: dict[int, tuple[Tokenizer, dict[tuple, Tokenizer]]] = {}
 
 
@@ -177,10 +178,14 @@ def _configured_copy(tokenizer: Tokenizer, max_length: int | None, stride: int) 
     """A private copy with the truncation HF uses, cached per (shared tokenizer, settings)."""
     owner, copies = _COPIES.get(id(tokenizer), (None, {}))
     if owner is not tokenizer:
+        if len(_COPIES) >= MAX_CACHED:
+            _COPIES.clear()
         copies = {}
         _COPIES[id(tokenizer)] = (tokenizer, copies)
     key = (max_length, stride)
     if key not in copies:
+        if len(copies) >= MAX_CACHED:
+            copies.clear()
         copy = Tokenizer.from_str(tokenizer.to_str())
         copy.no_padding()
         if max_length is None:
