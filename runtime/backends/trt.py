@@ -58,7 +58,10 @@ class TensorRTBackend:
         self.trt = _import_tensorrt()
         self.cudart = _import_cudart()
         logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self.engine = self.trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        try:
+            self.engine = self.trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        except Exception as exc:  # TensorRT raises RuntimeError/TypeError variants by version
+            raise BackendError(f"TensorRT cannot load {engine_path}: {exc}") from exc
         if self.engine is None:
             raise BackendError(
                 f"TensorRT cannot load {engine_path}: built for another TensorRT version or GPU; rebuild the engine"

@@ -1,0 +1,82 @@
+"""Backends: dtype casting to what the model declares, options, and honest errors for what is not here."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from runtime import pipeline
+from runtime.backends.ort import OnnxRuntimeBackend
+from runtime.bundle import ENGINE, MANIFEST, sha256_file
+from runtime.errors import BackendError, OptionError
+from runtime.runner import BatchRunner
+
+
+@pytest.fixture()
+def int32_model(tmp_path):
+    """input_ids int32 [b, s], attention_mask int64 -> logits float [b, s] = input_ids * attention_mask."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids64"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["ids64", "attention_mask"], ["product"]),
+            helper.make_node("Cast", ["product"], ["logits"], to=TensorProto.FLOAT),
+        ],
+        "tiny",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_inputs_are_cast_to_the_declared_dtypes(int32_model):
+    backend = OnnxRuntimeBackend(int32_model, threads=1, graph_optimization_level="disable")
+    assert backend.input_names == ["input_ids", "attention_mask"] and backend.output_names == ["logits"]
+    out = backend.infer({"input_ids": np.array([[3, 4, 5]], dtype=np.int64), "attention_mask": np.array([[1, 1, 0]])})
+    assert out["logits"].dtype == np.float32 and out["logits"].tolist() == [[3.0, 4.0, 0.0]]
+    with pytest.raises(BackendError, match="no input"):
+        backend.infer({"input_ids": np.ones((1, 2)), "attention_mask": np.ones((1, 2)), "token_type_ids": np.ones((1, 2))})
+
+
+def test_runner_pads_right_groups_by_length_and_cuts_back(int32_model):
+    backend = OnnxRuntimeBackend(int32_model)
+    runner = BatchRunner(backend, {"logits": (1,)}, batch_size=2, pad_token_id=7)
+    features = [
+        {"input_ids": np.arange(1, n + 1), "attention_mask": np.ones(n, dtype=np.int64), "token_type_ids": np.zeros(n, dtype=np.int64)}
+        for n in (5, 2, 4, 1, 3)
+    ]
+    outputs = runner.run(features)
+    assert [o["logits"].tolist() for o in outputs] == [list(map(float, range(1, n + 1))) for n in (5, 2, 4, 1, 3)]
+
+
+def test_backend_option_errors(int32_model):
+    with pytest.raises(OptionError, match="graph_optimization_level"):
+        OnnxRuntimeBackend(int32_model, graph_optimization_level="max")
+    with pytest.raises(OptionError, match="threads"):
+        OnnxRuntimeBackend(int32_model, threads=0)
+    with pytest.raises(BackendError, match="not available"):
+        OnnxRuntimeBackend(int32_model, providers=["tensorrt"])
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
+        OnnxRuntimeBackend(int32_model, device="cuda")
+    assert OnnxRuntimeBackend(int32_model, providers=["cpu"]).providers == ["CPUExecutionProvider"]
+
+
+def test_tensorrt_backend_says_what_is_missing(handmade_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("fill-mask"), copy)
+    (copy / ENGINE).write_bytes(b"not a real engine")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"][ENGINE] = sha256_file(copy / ENGINE)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BackendError, match="tensorrt|cuda-python|TensorRT cannot load"):
+        pipeline(copy, backend="tensorrt", device="cuda")
+    with pytest.raises(OptionError, match="takes neither"):
+        pipeline(copy, backend="tensorrt", device="cuda", threads=2)
