@@ -1,0 +1,136 @@
+"""albert-export end to end in a subprocess, and its failures: one clear line, exit 1, no bundle, no traceback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from albert_export import cli
+from albert_export import validate as validate_module
+from runtime.bundle import load_bundle
+from tests.export_helpers import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("qa-checkpoint")
+    save_checkpoint(directory, "question-answering")
+    return directory
+
+
+def albert_export_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("ALBERT_EXPORT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "albert_export.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_exports_a_validated_bundle(checkpoint, tmp_path):
+    result = albert_export_process("--model", str(checkpoint), "--task", "qa", "--layers", "loop", "--opset", "18",
+                                   cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    bundle = tmp_path / "albert-question-answering-fp32"
+    assert result.stdout.strip() == str(bundle)
+    assert "validated on 4 shapes" in result.stderr and "Traceback" not in result.stderr
+    manifest = load_bundle(bundle).manifest
+    assert (manifest.task, manifest.layers, manifest.opset) == ("question-answering", "loop", 18)
+    assert max(manifest.validation.max_abs_diff.values()) <= 1e-4
+
+
+def test_cli_failure_is_one_line_without_traceback(checkpoint, tmp_path):
+    result = albert_export_process("--model", str(checkpoint), "--task", "summarization", cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "albert-export: error: unknown task 'summarization'; choose one of: fill-mask (mlm), text-classification "
+        "(sequence-classification, cls), token-classification (ner), question-answering (qa), multiple-choice (mc), "
+        "feature-extraction (features), pretraining"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    status = cli.main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def error_of(capsys, *args: str) -> str:
+    status, out, err = run_main(capsys, *args)
+    assert status == 1 and out == ""
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_missing_model_directory(capsys, tmp_path):
+    assert error_of(capsys, "--model", str(tmp_path / "nowhere"), "--task", "mlm", "--output", str(tmp_path / "o")) \
+        == f"albert-export: error: checkpoint directory {str(tmp_path / 'nowhere')!r} does not exist"
+    assert not (tmp_path / "o").exists()
+
+
+def test_broken_model_directories(capsys, tmp_path, checkpoint):
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    assert "config.json does not exist; an ALBERT checkpoint needs a config.json" in error_of(
+        capsys, "--model", str(no_config), "--task", "mlm", "--output", str(tmp_path / "o"))
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    assert "config.json is not valid JSON" in error_of(
+        capsys, "--model", str(bad_json), "--task", "mlm", "--output", str(tmp_path / "o"))
+    bad_weights = tmp_path / "bad-weights"
+    bad_weights.mkdir()
+    (bad_weights / "config.json").write_text((checkpoint / "config.json").read_text())
+    (bad_weights / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert "model.safetensors cannot be read" in error_of(
+        capsys, "--model", str(bad_weights), "--task", "qa", "--output", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_non_empty_output_is_refused(capsys, tmp_path, checkpoint):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "something").write_text("x")
+    assert error_of(capsys, "--model", str(checkpoint), "--task", "qa", "--output", str(output)) == (
+        f"albert-export: error: output directory {output} already exists and is not empty; choose another "
+        "--output, or pass --overwrite to replace a previous bundle")
+    assert [p.name for p in output.iterdir()] == ["something"]
+
+
+@pytest.mark.parametrize("opset", ["13", "99"])
+def test_opset_out_of_range(capsys, tmp_path, checkpoint, opset):
+    message = error_of(capsys, "--model", str(checkpoint), "--task", "qa", "--opset", opset, "--output",
+                       str(tmp_path / "o"))
+    assert message.startswith(f"albert-export: error: opset {opset} is not supported; choose 14..")
+
+
+def test_validation_failure_exits_non_zero_and_leaves_no_bundle(capsys, tmp_path, checkpoint, monkeypatch):
+    original = validate_module.reference_outputs
+
+    def shifted(model, inputs):
+        outputs = original(model, inputs)
+        outputs["end_logits"] = outputs["end_logits"] - 0.25
+        return outputs
+
+    monkeypatch.setattr(validate_module, "reference_outputs", shifted)
+    message = error_of(capsys, "--model", str(checkpoint), "--task", "qa", "--output", str(tmp_path / "o"))
+    assert message.startswith("albert-export: error: output 'end_logits' differs from the PyTorch reference: "
+                              "max abs diff 0.25 (tolerance 0.0001)")
+    assert list(tmp_path.iterdir()) == []
+    status, out, _ = run_main(capsys, "--model", str(checkpoint), "--task", "qa", "--output", str(tmp_path / "o"),
+                              "--no-validate")
+    assert status == 0 and out.strip() == str(tmp_path / "o")
+    assert load_bundle(tmp_path / "o").manifest.validation is None
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--layers", "loop"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: --task" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--task", "qa", "--layers", "folded"])
+    assert "invalid choice: 'folded'" in capsys.readouterr().err
