@@ -186,6 +186,8 @@ def test_unknown_tokens_and_accents_match_hf(full, strategy):
     text = "Müller flew from 東京 to Zürich — via Paris, 2 ½ hours."
     ours, theirs = call_both(ctx, hf, text, aggregation_strategy=strategy, ignore_labels=[])
     assert_same(ours, theirs)
+    spaced = "  Tom   went\tto\nNew-York ``quickly''  "
+    assert_same(*call_both(ctx, hf, spaced, aggregation_strategy=strategy, ignore_labels=[]))
     assert any(entity["word"] == "東京" for entity in ours) or strategy != "none"  # <unk> shows the source text
 
 

@@ -215,6 +215,8 @@ def test_input_shapes_match_hf(ctx, hf_qa):
         ({"question": "Who?", "context": "   "}, {"top_k": 3, "handle_impossible_answer": True}),
         ({"question": "Where?", "context": "Paris"}, {"top_k": 5}),  # fewer spans than top_k
         ({"question": "Where is it?", "context": "In Paris, France."}, {"top_k": 20, "max_answer_len": 1}),
+        ({"question": "Where?", "context": "He said ``Zürich'' \u2014 and 東京, Ǆemal\tok.\n\n  Then   left."}, {"top_k": 10}),
+        ({"question": "  Where?  ", "context": "\n  Paris  \n"}, {"top_k": 3, "align_to_words": False}),
     ],
 )
 def test_tiny_contexts_match_hf(ctx, hf_qa, example, options):
