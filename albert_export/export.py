@@ -22,7 +22,7 @@ from onnx import version_converter
 from torch import nn
 
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
-from graphs.size import array_digest, node_count
+from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
 from runtime.bundle import MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
 
@@ -167,6 +167,17 @@ def onnx_from_reference(model: AlbertForTask, layers: str = "unrolled", opset: i
     return graph
 
 
+def graph_stats(graph: onnx.ModelProto, model: nn.Module) -> dict[str, int]:
+    """Recorded in the manifest (extra.graph): how big the graph is against the weights it stores."""
+    return {
+        "nodes": node_count(graph),
+        "top_level_nodes": node_count(graph, recursive=False),
+        "initializers": len(graph.graph.initializer),
+        "tensor_bytes": sum(tensor_nbytes(tensor) for _, tensor in stored_tensors(graph)),
+        "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),  # tied ones once
+    }
+
+
 def albert_version() -> str:
     from . import __version__
 
@@ -219,10 +230,13 @@ def export(
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
-    log(f"assembled {layers} graph: {node_count(graph)} nodes, {len(graph.graph.initializer)} initializers")
     manifest = manifest_for(task, layers, opset, tokenizer_settings)
+    stats = manifest.extra["graph"] = graph_stats(graph, model)
+    log(f"assembled {layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
+        f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")
     with BundleWriter(output, overwrite) as bundle:
-        save_model(graph, bundle.path, external_data_threshold)
+        files = save_model(graph, bundle.path, external_data_threshold)
+        stats["model_bytes"] = sum(file.stat().st_size for file in files)
         del graph
         tokenizer.save(str(bundle.path / TOKENIZER))
         model.config.save(bundle.path)

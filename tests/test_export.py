@@ -49,6 +49,7 @@ def test_every_task_in_both_modes_matches_the_reference_and_transformers(task, c
     results = {}
     for layers in ("unrolled", "loop"):
         bundle = export(directory, task, tmp_path / layers, layers=layers, log=quiet)
+        onnx.checker.check_model(str(bundle / "model.onnx"), full_check=True)
         validation = load_bundle(bundle).manifest.validation
         assert set(validation.max_abs_diff) == set(spec.outputs)
         assert max(validation.max_abs_diff.values()) <= 1e-4
@@ -82,6 +83,9 @@ def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
     assert manifest.validation.tolerance == {"start_logits": 1e-4, "end_logits": 1e-4}
     assert [1, 1] in manifest.validation.shapes and [1, 40] in manifest.validation.shapes
     assert manifest.producer["name"] == "albert-export" and manifest.producer["version"] == albert_export.__version__
+    stats = manifest.extra["graph"]
+    assert stats["model_bytes"] == (bundle / "model.onnx").stat().st_size
+    assert stats["tensor_bytes"] <= 1.02 * stats["parameter_bytes"] and stats["top_level_nodes"] < stats["nodes"]
     graph = onnx.load(str(bundle / "model.onnx"))
     assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in graph.graph.output] == ["start_logits", "end_logits"]
