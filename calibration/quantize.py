@@ -1,0 +1,94 @@
+"""fp32 graph + calibration batches -> INT8 QDQ graph, its calibration table, and how close it stays to fp32."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from graphs.passes.qdq import insert_qdq, quantization_targets
+
+from .ranges import DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, ranges
+from .table import CalibrationTable
+
+QA_MAX_ANSWER_TOKENS = 15  # the QA pipeline's default max_answer_len
+
+
+def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, method: str = "percentile",
+                   percentile: float = DEFAULT_PERCENTILE, layers: str = "", samples: int | None = None,
+                   per_channel: bool = True, progress: bool = True, threads: int = 0,
+                   ) -> tuple[onnx.ModelProto, CalibrationTable, dict[str, int]]:
+    """Calibrate the activations that feed MatMul/Gemm on `batches` and insert Q/DQ. `model` is not changed.
+    Returns (int8 model, calibration table, counts of the QDQ pass)."""
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    tensors = quantization_targets(quantized)  # also drops per-use Identity copies of weights, as insert_qdq does
+    if not tensors:
+        raise CalibrationError("the graph has no MatMul/Gemm with activation inputs: nothing to quantize")
+    histograms = collect_histograms(quantized, tensors, batches, progress=progress, total=len(batches), threads=threads)
+    amax = ranges(histograms, method, percentile)
+    counts = insert_qdq(quantized, amax, per_channel=per_channel)
+    table = CalibrationTable(
+        method=method, percentile=percentile if method == "percentile" else None,
+        samples=samples if samples is not None else sum(len(b["input_ids"]) for b in batches),
+        batches=len(batches), amax=amax, layers=layers,
+    )
+    return quantized, table, counts
+
+
+def _run_all(model: onnx.ModelProto, batches, threads: int) -> list[dict[str, np.ndarray]]:
+    session = calibration_session(model, threads)
+    names = [o.name for o in session.get_outputs()]
+    inputs = {i.name for i in session.get_inputs()}
+    return [dict(zip(names, session.run(names, {k: v for k, v in b.items() if k in inputs}))) for b in batches]
+
+
+def _best_spans(start: np.ndarray, end: np.ndarray, mask: np.ndarray) -> list[tuple[int, int]]:
+    spans = []
+    for s_logits, e_logits, valid in zip(start, end, mask.astype(bool)):
+        scores = s_logits[:, None] + e_logits[None, :]
+        length = len(s_logits)
+        i, j = np.indices((length, length))
+        allowed = (j >= i) & (j - i < QA_MAX_ANSWER_TOKENS) & valid[:, None] & valid[None, :]
+        scores = np.where(allowed, scores, -np.inf)
+        spans.append(tuple(int(x) for x in np.unravel_index(np.argmax(scores), scores.shape)))
+    return spans
+
+
+def accuracy_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]],
+                    task: str, threads: int = 0) -> dict:
+    """How the candidate (INT8 or fp16) graph compares with the fp32 graph on `batches`:
+    max_abs_diff per output, top1_agreement per logits output (over unpadded positions for token-level
+    outputs, over the sequence for QA start/end), and qa_span_agreement (best span, as the QA head picks)."""
+    expected, actual = _run_all(reference, batches, threads), _run_all(candidate, batches, threads)
+    report: dict = {"max_abs_diff": {}, "top1_agreement": {}, "examples": int(sum(len(b["input_ids"]) for b in batches))}
+    for name in expected[0]:
+        report["max_abs_diff"][name] = float(max(np.abs(e[name] - a[name]).max() for e, a in zip(expected, actual)))
+        if task == "feature-extraction":
+            continue
+        agree = total = 0
+        for batch, e, a in zip(batches, expected, actual):
+            x, y = e[name], a[name]
+            mask = batch["attention_mask"].astype(bool)
+            if task == "question-answering":
+                x, y = np.where(mask, x, -np.inf), np.where(mask, y, -np.inf)
+                same = np.argmax(x, -1) == np.argmax(y, -1)
+            elif x.ndim == 3 and mask.ndim == 2 and x.shape[:2] == mask.shape:  # token level: unpadded tokens
+                same = (np.argmax(x, -1) == np.argmax(y, -1))[mask]
+            else:
+                same = np.argmax(x, -1) == np.argmax(y, -1)
+            agree += int(np.sum(same))
+            total += int(np.size(same))
+        report["top1_agreement"][name] = agree / max(total, 1)
+    if task == "question-answering":
+        agree = total = 0
+        for batch, e, a in zip(batches, expected, actual):
+            mask = batch["attention_mask"]
+            spans_e = _best_spans(e["start_logits"], e["end_logits"], mask)
+            spans_a = _best_spans(a["start_logits"], a["end_logits"], mask)
+            agree += sum(s == t for s, t in zip(spans_e, spans_a))
+            total += len(spans_e)
+        report["qa_span_agreement"] = agree / max(total, 1)
+    return report

@@ -1,0 +1,182 @@
+"""INT8 by QuantizeLinear/DequantizeLinear pairs (QDQ) on the inputs of MatMul and Gemm.
+
+  activations  symmetric int8 per tensor, scale = amax / 127 from calibration (`amax`: tensor name -> amax).
+               In an unrolled graph every layer's tensors have their own names, so each layer gets its own
+               scales; in a Loop body a tensor is one name for all iterations, so it gets one scale (the
+               calibration takes the max over iterations).
+  weights      symmetric int8 per output channel, stored as an int8 initializer (the file shrinks ~4x) with ONE
+               DequantizeLinear per weight however many MatMuls read it: the N unrolled layers share the DQ
+               output, and a weight read only inside a Loop body is dequantized once inside that body (the body
+               is the one copy of the layer; onnxruntime fuses DQ + MatMul there into an integer MatMul).
+Embedding gathers, LayerNorm and Softmax stay float. `quantization_targets` lists the activations to calibrate.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ._precision import Names, Scope, build_scopes, bypass_constant_identities, reads, subgraphs, value_types
+
+QUANTIZED_OPS = frozenset({"MatMul", "Gemm"})
+INT8_MAX = 127
+MIN_QDQ_OPSET = 13  # per-axis DequantizeLinear
+
+
+class QDQError(ValueError):
+    """A model or calibration table the QDQ pass cannot use."""
+
+
+def _float_activation_inputs(node: onnx.NodeProto, scope: Scope, types: dict[str, int]) -> list[int]:
+    """Input positions of a MatMul/Gemm that carry float activations (Gemm's bias C excluded)."""
+    positions = [0, 1] if node.op_type == "MatMul" else [0, 1][: min(2, len(node.input))]
+    return [i for i in positions if types.get(node.input[i]) == TensorProto.FLOAT and not _weight(scope, node.input[i])]
+
+
+def _weight(scope: Scope, name: str) -> onnx.TensorProto | None:
+    """The 2-D float initializer `name` visible from scope, or None."""
+    owner = scope.owner_of(name)
+    tensor = None if owner is None else owner.initializers.get(name)
+    if tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
+        return tensor
+    return None
+
+
+def _quantized(node: onnx.NodeProto, exclude: frozenset[str]) -> bool:
+    return node.op_type in QUANTIZED_OPS and node.domain in ("", "ai.onnx") and node.name not in exclude
+
+
+def _targets(model: onnx.ModelProto, exclude: frozenset[str]) -> tuple[list[Scope], list]:
+    """Every graph as a Scope, and (scope, node, value types) for each MatMul/Gemm to quantize."""
+    bypass_constant_identities(model)
+    types = value_types(model)
+    scopes = build_scopes(model, types)
+    return scopes, [(scope, node, types) for scope in scopes for node in scope.graph.node if _quantized(node, exclude)]
+
+
+def quantization_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Activation tensors whose ranges the QDQ pass needs, in graph order (Loop body tensors included)."""
+    found: dict[str, None] = {}
+    for scope, node, types in _targets(model, exclude)[1]:
+        for position in _float_activation_inputs(node, scope, types):
+            found.setdefault(node.input[position])
+    return list(found)
+
+
+def _channel_axis(node: onnx.NodeProto) -> int:
+    """The weight axis of output channels: B is (K, N) for MatMul and Gemm, (N, K) for Gemm with transB."""
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1
+
+
+def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8: (int8 values, float32 scale per channel along `axis`)."""
+    amax = np.abs(weight).max(axis=1 - axis)
+    scale = (np.maximum(amax, 1e-12) / INT8_MAX).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = -1
+    values = np.clip(np.rint(weight / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return values, scale
+
+
+def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool = True,
+               exclude: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Rewrite `model` in place with Q/DQ on every MatMul/Gemm input (nodes named in `exclude` stay float).
+
+    Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight), weight_bytes_saved.
+    Raises QDQError when an activation has no amax (calibrate first) or the opset is too old.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_QDQ_OPSET:
+        raise QDQError(f"QDQ needs opset >= {MIN_QDQ_OPSET} (per-channel DequantizeLinear); the model has {opset}. "
+                       "Re-export with --opset 13 or newer")
+    scopes, targets = _targets(model, exclude)
+    names = Names(model)
+    missing = sorted({node.input[p] for scope, node, types in targets
+                      for p in _float_activation_inputs(node, scope, types)} - set(amax))
+    if missing:
+        raise QDQError(f"no calibrated range for {len(missing)} tensor(s), e.g. {missing[:3]}; "
+                       "run the calibration on this same graph before inserting Q/DQ")
+
+    weight_readers: dict[str, list[tuple[Scope, onnx.NodeProto]]] = {}
+    for scope, node, _ in targets:
+        if _weight(scope, node.input[1]) is not None:
+            weight_readers.setdefault(node.input[1], []).append((scope, node))
+
+    counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "weight_bytes_saved": 0}
+    inserts: dict[int, list[onnx.NodeProto]] = {}  # id(scope) -> nodes to put at the top of that graph
+    weight_dq: dict[str, str] = {}
+    for weight_name, readers in weight_readers.items():
+        owner = readers[0][0].owner_of(weight_name)
+        axes = {_channel_axis(node) for _, node in readers}
+        tensor = owner.initializers[weight_name]
+        array = numpy_helper.to_array(tensor)
+        axis = axes.pop() if len(axes) == 1 and per_channel else None
+        if axis is None:  # per tensor
+            scale = np.float32(max(float(np.abs(array).max()), 1e-12) / INT8_MAX)
+            values = np.clip(np.rint(array / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+            scale = np.asarray(scale, dtype=np.float32)
+        else:
+            values, scale = quantize_weight(array, axis)
+        quantized = names.fresh(f"{weight_name}_int8")
+        scale_name = names.fresh(f"{weight_name}_scale")
+        zero_name = names.fresh(f"{weight_name}_zero_point")
+        owner.graph.initializer.extend([
+            numpy_helper.from_array(values, quantized),
+            numpy_helper.from_array(scale, scale_name),
+            numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zero_name),
+        ])
+        reader_scopes = {id(scope) for scope, _ in readers}
+        home = readers[0][0] if len(reader_scopes) == 1 else owner
+        dequantized = names.fresh(f"{weight_name}_dequantized")
+        attributes = {} if axis is None else {"axis": axis}
+        inserts.setdefault(id(home), []).append(helper.make_node(
+            "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized],
+            name=names.fresh(f"DequantizeLinear_{weight_name}"), **attributes))
+        weight_dq[weight_name] = dequantized
+        counts["weight_dq"] += 1
+
+    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+        _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude)
+
+    still_read = reads(model.graph)
+    for scope in build_scopes(model, {}):
+        unused = [t for t in scope.graph.initializer if t.name in weight_dq and t.name not in still_read]
+        counts["weight_bytes_saved"] += sum(numpy_helper.to_array(t).nbytes * 3 // 4 for t in unused)
+        for tensor in unused:
+            scope.graph.initializer.remove(tensor)
+    return counts
+
+
+def _rewrite_scope(scope: Scope, amax: dict[str, float], weight_dq: dict[str, str],
+                   top: list[onnx.NodeProto], names: Names, counts: dict, exclude: frozenset) -> None:
+    graph = scope.graph
+    qdq_of: dict[str, str] = {}
+    nodes = list(top)
+    for node in graph.node:
+        if _quantized(node, exclude):
+            for position, name in enumerate(node.input[:2]):
+                if name in weight_dq:
+                    node.input[position] = weight_dq[name]
+                    continue
+                if name not in amax:
+                    continue
+                if name not in qdq_of:
+                    scale = np.asarray(max(float(amax[name]), 1e-12) / INT8_MAX, dtype=np.float32)
+                    scale_name = names.fresh(f"{name}_scale")
+                    zero_name = names.fresh(f"{name}_zero_point")
+                    graph.initializer.extend([numpy_helper.from_array(scale, scale_name),
+                                              numpy_helper.from_array(np.asarray(0, dtype=np.int8), zero_name)])
+                    quantized, dequantized = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_dequantized")
+                    nodes.append(helper.make_node("QuantizeLinear", [name, scale_name, zero_name], [quantized],
+                                                  name=names.fresh(f"QuantizeLinear_{name}")))
+                    nodes.append(helper.make_node("DequantizeLinear", [quantized, scale_name, zero_name], [dequantized],
+                                                  name=names.fresh(f"DequantizeLinear_{name}")))
+                    qdq_of[name] = dequantized
+                    counts["activation_qdq"] += 1
+                node.input[position] = qdq_of[name]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -1,0 +1,142 @@
+"""QDQ pass: tiny ALBERT graph -> ORT fp32 -> calibrate + insert Q/DQ -> op counts (one DequantizeLinear per
+shared weight, int8 initializers) -> ORT -> close to fp32, on the unrolled graph and on the Loop graph."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration import int8_from_fp32
+from graphs.passes.qdq import QDQError, insert_qdq, quantization_targets, quantize_weight
+from tests.precision_graphs import (
+    QA_OUTPUTS, all_nodes, loop_graph, op_count, run, sample_inputs, tiny_model, unrolled_graph,
+)
+
+torch.set_num_threads(1)
+INT8_ATOL = 0.3  # tiny random model, logits of magnitude ~4; observed ~0.1
+BUILDERS = {"unrolled": unrolled_graph, "loop": loop_graph}
+SHARED_WEIGHTS = 6  # query, key, value, dense, ffn, ffn_output
+ALL_WEIGHTS = SHARED_WEIGHTS + 2  # + embedding_hidden_mapping_in, qa_outputs
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return [sample_inputs(batch=4, sequence=11, seed=seed) for seed in range(4)]
+
+
+def _loop_body(graph: onnx.ModelProto) -> onnx.GraphProto:
+    return next(n for n in graph.graph.node if n.op_type == "Loop").attribute[0].g
+
+
+@pytest.mark.parametrize("mode", sorted(BUILDERS))
+def test_int8_graph_has_one_dequantize_per_weight_and_stays_close(model, batches, mode):
+    graph = BUILDERS[mode](model)
+    feed = sample_inputs(batch=3, sequence=9, seed=42)
+    reference = run(graph, feed)
+    matmuls = op_count(graph, "MatMul")
+
+    quantized, table, counts = int8_from_fp32(graph, batches, method="percentile", progress=False)
+    onnx.checker.check_model(quantized)
+
+    assert counts["matmuls"] == matmuls == op_count(quantized, "MatMul")
+    assert counts["weight_dq"] == ALL_WEIGHTS
+    weight_dqs = [n for n in all_nodes(quantized.graph)
+                  if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")]
+    assert len(weight_dqs) == ALL_WEIGHTS, "exactly one DequantizeLinear per weight, however many layers read it"
+    activation_qs = op_count(quantized, "QuantizeLinear")
+    assert activation_qs == counts["activation_qdq"] == len(table.amax)
+    assert op_count(quantized, "DequantizeLinear") == ALL_WEIGHTS + activation_qs
+    for op in ("Softmax", "LayerNormalization", "Gather"):  # stay float: nothing quantizes their inputs
+        for node in all_nodes(quantized.graph):
+            if node.op_type == op:
+                assert not any(name.endswith("_dequantized") for name in node.input)
+
+    int8 = [t for g in _graphs(quantized) for t in g.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8) == ALL_WEIGHTS
+    float_matrices = [t.name for g in _graphs(quantized) for t in g.initializer
+                      if t.data_type == TensorProto.FLOAT and len(t.dims) == 2 and "embeddings" not in t.name]
+    assert float_matrices == [], "the fp32 weights are gone, only their int8 copies remain"
+
+    result = run(quantized, feed)
+    for name in QA_OUTPUTS:
+        np.testing.assert_allclose(result[name], reference[name], atol=INT8_ATOL)
+        assert np.abs(result[name] - reference[name]).max() > 0  # it really runs quantized
+
+
+def _graphs(model: onnx.ModelProto):
+    yield model.graph
+    for node in model.graph.node:
+        if node.op_type == "Loop":
+            yield node.attribute[0].g
+
+
+def test_unrolled_layers_get_their_own_activation_scales(model, batches):
+    quantized, table, _ = int8_from_fp32(unrolled_graph(model), batches, method="minmax", progress=False)
+    softmax_inputs = [name for name in table.amax if name.endswith("Softmax_output_0")]
+    assert len(softmax_inputs) == model.config.num_hidden_layers
+    shared = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and "query" in n.input[0]]
+    assert len(shared) <= 1
+
+
+def test_loop_body_dequantizes_each_weight_once_inside_the_body(model, batches):
+    quantized, table, _ = int8_from_fp32(loop_graph(model), batches, method="minmax", progress=False)
+    body = _loop_body(quantized)
+    body_weight_dqs = [n for n in body.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")]
+    assert len(body_weight_dqs) == SHARED_WEIGHTS
+    outer = {t.name for t in quantized.graph.initializer}
+    assert all(n.input[0] in outer for n in body_weight_dqs), "the int8 weights live in the outer scope"
+    assert not any(t.data_type == TensorProto.INT8 and len(t.dims) == 2 for t in body.initializer)
+    # one scale per body tensor, taken over all iterations
+    # hidden (shared by q/k/v), q and k (scores), probs and v (context), context, attended, gelu output
+    assert len([n for n in body.node if n.op_type == "QuantizeLinear"]) == 8
+    assert "hidden_in" in table.amax
+
+
+def test_int8_file_is_about_a_quarter_of_fp32(model, batches):
+    graph = unrolled_graph(model)
+    quantized, _, _ = int8_from_fp32(graph, batches, progress=False)
+    fp32_weights = sum(numpy_helper.to_array(t).nbytes for t in graph.graph.initializer
+                       if t.data_type == TensorProto.FLOAT and len(t.dims) == 2 and "embeddings" not in t.name)
+    int8_weights = sum(numpy_helper.to_array(t).nbytes for t in quantized.graph.initializer
+                       if t.data_type == TensorProto.INT8 and len(t.dims) == 2)
+    assert int8_weights * 4 == fp32_weights
+
+
+def test_per_channel_weight_quantization_is_symmetric_and_exact_at_the_extremes():
+    weight = np.array([[1.0, -0.5], [-2.0, 0.25], [0.5, 0.125]], dtype=np.float32)  # (K=3, N=2)
+    values, scale = quantize_weight(weight, axis=1)
+    np.testing.assert_allclose(scale, [2.0 / 127, 0.5 / 127])
+    assert values.dtype == np.int8 and values[1, 0] == -127 and values[0, 1] == -127
+    np.testing.assert_allclose(values * scale, weight, atol=scale.max() / 2)
+
+
+def _matmul_graph(opset: int = 17) -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], initializer=[weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def test_missing_range_and_old_opset_are_clear_errors():
+    with pytest.raises(QDQError, match="no calibrated range.*'x'"):
+        insert_qdq(_matmul_graph(), {})
+    with pytest.raises(QDQError, match="opset >= 13"):
+        insert_qdq(_matmul_graph(opset=12), {"x": 1.0})
+
+
+def test_excluded_matmul_stays_float():
+    graph = _matmul_graph()
+    assert quantization_targets(graph) == ["x"]
+    counts = insert_qdq(graph, {"x": 1.0}, exclude=frozenset({"mm"}))
+    assert counts["activation_qdq"] == counts["weight_dq"] == 0
+    assert [n.op_type for n in graph.graph.node] == ["MatMul"]
