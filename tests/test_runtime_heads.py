@@ -314,3 +314,39 @@ def test_pretraining_masks_match_fill_mask_pipeline_and_sop_matches_torch():
     single = [t for t in texts if t.count("[MASK]") == 1][0]
     assert_same(pretraining.run(ctx, single, top_k=4)["masks"][0], hf_fill(single, top_k=4))
     assert pretraining.run(ctx, "no mask at all")["masks"] == []
+
+
+# ---- tokenizer options (HF's tokenizer_kwargs / tokenize_kwargs / **tokenizer_kwargs) -------------------------
+
+
+def test_tokenizer_options_match_hf(mlm):
+    _, (ctx, _), hf = mlm
+    long_text = "This is a simple [MASK]. " + "...with a large amount of repeated text appended. " * 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for truncation: no warning
+        ours = fill_mask.run(ctx, long_text, tokenizer_kwargs={"truncation": True})
+    assert_same(ours, hf(long_text, tokenizer_kwargs={"truncation": True}))
+    short = {"truncation": True, "max_length": 12}
+    assert_same(fill_mask.run(ctx, long_text, tokenizer_kwargs=short), hf(long_text, tokenizer_kwargs=short))
+
+    model = tiny_model("text-classification", num_labels=2)
+    ctx_cls, _ = context(model, "text-classification")
+    hf_cls = hf_pipeline("text-classification", model=model, tokenizer=hf_tokenizer())
+    pairs = mrpc_pairs()
+    for strategy, max_length in ((True, 40), ("longest_first", 17), ("only_first", 110), ("only_second", 110)):
+        params = {"truncation": strategy, "max_length": max_length, "padding": True, "top_k": None}
+        assert_same(text_classification.run(ctx_cls, pairs, **params), hf_cls(pairs, **params))
+    with pytest.raises(InputError, match="cannot fit the input into 40 tokens"):  # HF raises too
+        text_classification.run(ctx_cls, pairs[0], truncation="only_second", max_length=40)
+
+    model = tiny_model("feature-extraction")
+    ctx_fe, _ = context(model, "feature-extraction")
+    hf_fe = hf_pipeline("feature-extraction", model=model, tokenizer=hf_tokenizer())
+    texts = [p["text"] for p in pairs]
+    options = {"truncation": True, "max_length": 9}
+    assert_same(feature_extraction.run(ctx_fe, texts, tokenize_kwargs=options), hf_fe(texts, tokenize_kwargs=options))
+    assert len(feature_extraction.run(ctx_fe, texts[0], truncation=True, tokenize_kwargs={"max_length": 9})[0]) == 9
+    with pytest.raises(OptionError, match="defined twice"):
+        feature_extraction.run(ctx_fe, texts[0], truncation=True, tokenize_kwargs={"truncation": True})
+    with pytest.raises(OptionError, match="not supported"):
+        fill_mask.run(ctx, "a [MASK]", tokenizer_kwargs={"stride": 3})

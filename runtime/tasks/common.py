@@ -44,8 +44,27 @@ def text_or_pair(item: Any, task: str, pairs: bool) -> str | tuple[str, str]:
     raise InputError(f"{task} takes {expected}; got {shown}")
 
 
-def encode_features(ctx: TaskContext, texts: list, truncation: Any):
-    encodings = encode(ctx.tokenizer, texts, max_length=ctx.max_length, truncation=truncation)
+TOKENIZER_OPTIONS = frozenset({"truncation", "max_length", "padding"})
+
+
+def tokenizer_options(ctx: TaskContext, options: dict[str, Any] | None, **given: Any) -> tuple[Any, int]:
+    """(truncation, max_length) from HF-style tokenizer keyword arguments. padding is accepted and has no
+    effect on results (the runner pads each batch); max_length cannot exceed the model's maximum."""
+    merged = {k: v for k, v in given.items() if v is not None}
+    for key, value in (options or {}).items():
+        if key in merged:
+            raise OptionError(f"{key} parameter defined twice (given as keyword argument as well as in tokenizer options)")
+        merged[key] = value
+    unknown = sorted(set(merged) - TOKENIZER_OPTIONS)
+    if unknown:
+        raise OptionError(f"tokenizer options {unknown} are not supported; use {sorted(TOKENIZER_OPTIONS)}")
+    max_length = merged.get("max_length")
+    max_length = ctx.max_length if max_length is None else min(positive_int("max_length", max_length), ctx.max_length)
+    return merged.get("truncation"), max_length
+
+
+def encode_features(ctx: TaskContext, texts: list, truncation: Any, max_length: int | None = None):
+    encodings = encode(ctx.tokenizer, texts, max_length=max_length or ctx.max_length, truncation=truncation)
     return encodings, [feature_from_encoding(e) for e in encodings]
 
 

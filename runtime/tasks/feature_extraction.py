@@ -13,20 +13,10 @@ import numpy as np
 
 from ..errors import OptionError
 from .base import TaskContext
-from .common import as_batch, encode_features, text_or_pair
+from .common import as_batch, encode_features, text_or_pair, tokenizer_options
 
 PARAMETERS = frozenset({"pooling", "truncation", "return_tensors", "tokenize_kwargs"})
 POOLINGS = ("none", "cls", "mean")
-
-
-def _truncation(truncation: Any, tokenize_kwargs: dict | None) -> Any:
-    tokenize_kwargs = dict(tokenize_kwargs or {})
-    if truncation is not None and "truncation" in tokenize_kwargs:
-        raise OptionError("truncation parameter defined twice (given as keyword argument as well as in tokenize_kwargs)")
-    truncation = tokenize_kwargs.pop("truncation", truncation)
-    if tokenize_kwargs:
-        raise OptionError(f"tokenize_kwargs {sorted(tokenize_kwargs)} are not supported; only truncation is")
-    return truncation
 
 
 def run_each(
@@ -40,9 +30,9 @@ def run_each(
     pooling = "none" if pooling is None else str(pooling).lower()
     if pooling not in POOLINGS:
         raise OptionError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    truncation = _truncation(truncation, tokenize_kwargs)
+    truncation, max_length = tokenizer_options(ctx, tokenize_kwargs, truncation=truncation)
     texts = [text_or_pair(item, "feature-extraction", pairs=False) for item in items]
-    _, features = encode_features(ctx, texts, truncation)
+    _, features = encode_features(ctx, texts, truncation, max_length)
     results = []
     for output in ctx.runner.run(features):
         hidden = output["last_hidden_state"].astype(np.float32)  # (S, H)

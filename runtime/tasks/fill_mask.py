@@ -15,9 +15,9 @@ from ..errors import InputError, OptionError
 from ..taskspec import TASKS
 from ..tokenizer import decode
 from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, softmax, text_or_pair
+from .common import as_batch, encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "targets", "truncation"})
+PARAMETERS = frozenset({"top_k", "targets", "truncation", "tokenizer_kwargs"})
 
 
 def mask_token_id(ctx: TaskContext) -> int:
@@ -95,14 +95,20 @@ def mask_predictions(
 
 
 def run_each(
-    ctx: TaskContext, items: list, top_k: int = 5, targets: str | list[str] | None = None, truncation: Any = None
+    ctx: TaskContext,
+    items: list,
+    top_k: int = 5,
+    targets: str | list[str] | None = None,
+    truncation: Any = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
 ) -> list:
     """The result of each input as `run` gives it for that input alone."""
     top_k = positive_int("top_k", top_k)
+    truncation, max_length = tokenizer_options(ctx, tokenizer_kwargs, truncation=truncation)
     mask_id = mask_token_id(ctx)
     ids = target_ids(ctx, targets) if targets is not None else None
     texts = [text_or_pair(item, "fill-mask", pairs=False) for item in items]
-    encodings, features = encode_features(ctx, texts, truncation)
+    encodings, features = encode_features(ctx, texts, truncation, max_length)
     for text, encoding in zip(texts, encodings):
         if mask_id not in encoding.ids:
             raise InputError(f"No mask_token ({ctx.special_tokens['mask']}) found on the input: {text[:80]!r}")

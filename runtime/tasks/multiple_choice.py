@@ -15,9 +15,9 @@ from ..errors import InputError
 from ..taskspec import TASKS
 from ..tokenizer import encode, require_text, stacked_feature
 from .base import TaskContext
-from .common import as_batch, positive_int, softmax
+from .common import as_batch, positive_int, softmax, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "truncation"})
+PARAMETERS = frozenset({"top_k", "truncation", "max_length"})
 
 
 def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
@@ -30,13 +30,16 @@ def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
     return require_text(item["prompt"], "prompt"), [require_text(c, f"choice {i}") for i, c in enumerate(choices)]
 
 
-def run_each(ctx: TaskContext, items: list, top_k: int | None = None, truncation: Any = None) -> list:
+def run_each(
+    ctx: TaskContext, items: list, top_k: int | None = None, truncation: Any = None, max_length: int | None = None
+) -> list:
     top_k = positive_int("top_k", top_k, allow_none=True)
+    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length)
     examples = [_prompt_and_choices(item) for item in items]
     pad_id = ctx.tokenizer.token_to_id(ctx.special_tokens.get("pad", "<pad>")) or 0
     features = []
     for prompt, choices in examples:
-        encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=ctx.max_length, truncation=truncation)
+        encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=max_length, truncation=truncation)
         features.append(stacked_feature(encodings, pad_id))
     name = TASKS["multiple-choice"].outputs[0]
     results = []

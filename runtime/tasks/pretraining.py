@@ -14,20 +14,26 @@ from typing import Any
 import numpy as np
 
 from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, softmax, text_or_pair
+from .common import as_batch, encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 from .fill_mask import mask_predictions, target_ids
 
-PARAMETERS = frozenset({"top_k", "targets", "truncation"})
+PARAMETERS = frozenset({"top_k", "targets", "truncation", "max_length"})
 SENTENCE_ORDER_LABELS = ("original", "swapped")
 
 
 def run_each(
-    ctx: TaskContext, items: list, top_k: int = 5, targets: str | list[str] | None = None, truncation: Any = None
+    ctx: TaskContext,
+    items: list,
+    top_k: int = 5,
+    targets: str | list[str] | None = None,
+    truncation: Any = None,
+    max_length: int | None = None,
 ) -> list:
     top_k = positive_int("top_k", top_k)
+    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length)
     ids = target_ids(ctx, targets) if targets is not None else None
     texts = [text_or_pair(item, "pretraining", pairs=True) for item in items]
-    _, features = encode_features(ctx, texts, truncation)
+    _, features = encode_features(ctx, texts, truncation, max_length)
     results = []
     for feature, output in zip(features, ctx.runner.run(features)):
         order = softmax(output["sop_logits"].astype(np.float32))

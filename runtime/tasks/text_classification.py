@@ -14,9 +14,9 @@ import numpy as np
 from ..errors import InputError, OptionError
 from ..taskspec import TASKS
 from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, sigmoid, softmax, text_or_pair
+from .common import as_batch, encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation"})
+PARAMETERS = frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation", "max_length", "padding"})
 FUNCTIONS = ("sigmoid", "softmax", "none")
 _NOT_GIVEN = ""  # HF's sentinel: top_k=None means "all labels"
 
@@ -61,12 +61,15 @@ def run_each(
     function_to_apply: str | None = None,
     return_all_scores: bool | None = None,
     truncation: Any = None,
+    max_length: int | None = None,
+    padding: Any = None,
 ) -> list:
     top_k, legacy = _settings(ctx, top_k, return_all_scores)
+    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length, padding=padding)
     if function_to_apply is not None and str(function_to_apply).lower() not in FUNCTIONS:
         raise OptionError(f"function_to_apply {function_to_apply!r} is not one of {', '.join(FUNCTIONS)}")
     texts = [text_or_pair(_item(item), "text-classification", pairs=True) for item in items]
-    _, features = encode_features(ctx, texts, truncation)
+    _, features = encode_features(ctx, texts, truncation, max_length)
     name = TASKS["text-classification"].outputs[0]
     id2label = ctx.id2label
     results = []
