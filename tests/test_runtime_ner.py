@@ -10,6 +10,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForTokenClassification, AlbertTokenizerFast, pipeline
@@ -346,3 +348,33 @@ def test_chunks_are_the_hf_fast_tokenizer_chunks(max_length, stride):
         assert encoding.ids == theirs["input_ids"][i]
         assert encoding.offsets == [tuple(o) for o in theirs["offset_mapping"][i]]
         assert encoding.special_tokens_mask == theirs["special_tokens_mask"][i]
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, 270_000),
+    length=st.integers(0, 400),
+    strategy=st.sampled_from([None, *STRATEGIES]),
+    stride=st.one_of(st.none(), st.integers(0, 15)),
+    ignore_nothing=st.booleans(),
+)
+def test_random_botchan_spans_and_options_match_hf(model, start, length, strategy, stride, ignore_nothing):
+    ctx, hf = short_pipelines(model)
+    text = (DATA / "botchan.txt").read_text()[start : start + length]
+    options = {"aggregation_strategy": strategy, "stride": stride, "ignore_labels": [] if ignore_nothing else None}
+    options = {name: value for name, value in options.items() if value is not None}
+    if stride is not None and strategy == "none":
+        return  # an error, tested above
+    assert_same(*call_both(ctx, hf, text, **options), str(options))
+
+
+_SHORT = {}
+
+
+def short_pipelines(model):
+    """(ctx, HF pipeline) with model_max_length 24, built once."""
+    if "pair" not in _SHORT:
+        tokenizer = albert_tokenizer(24)
+        _SHORT["pair"] = (context_for(tokenizer, model),
+                          pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu"))
+    return _SHORT["pair"]

@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForQuestionAnswering, AlbertTokenizerFast, pipeline
@@ -352,3 +354,32 @@ def test_max_question_len_is_accepted_and_ignored_as_hf_fast_path_does(ctx, hf_q
     example = squad_examples()[3]
     assert_same(qa.run(ctx, example, max_question_len=2), hf_qa(example, max_question_len=2))
     assert_same(qa.run(ctx, example, max_question_len=2), qa.run(ctx, example))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, 200_000),
+    length=st.integers(1, 1500),
+    max_seq_len=st.integers(40, 200),
+    stride_fraction=st.floats(0.0, 0.4),
+    top_k=st.integers(1, 6),
+    max_answer_len=st.integers(1, 30),
+    handle_impossible_answer=st.booleans(),
+    align_to_words=st.booleans(),
+)
+def test_random_botchan_spans_and_options_match_hf(
+    ctx, hf_qa, start, length, max_seq_len, stride_fraction, top_k, max_answer_len, handle_impossible_answer,
+    align_to_words,
+):
+    text = (DATA / "botchan.txt").read_text()
+    context = text[start : start + length]
+    if not context.strip():
+        return
+    options = {
+        "max_seq_len": max_seq_len, "doc_stride": int(stride_fraction * (max_seq_len - 20)), "top_k": top_k,
+        "max_answer_len": max_answer_len, "handle_impossible_answer": handle_impossible_answer,
+        "align_to_words": align_to_words,
+    }
+    question = "What did the narrator do?"
+    assert_same(qa.run(ctx, question=question, context=context, **options),
+                hf_qa(question=question, context=context, **options), str(options))
