@@ -79,6 +79,13 @@ def pipelines(request, model):
 
 
 @pytest.fixture(scope="module")
+def short(model):
+    """(runtime ctx, HF pipeline) with model_max_length 24: most botchan spans get truncated or strided."""
+    tokenizer = albert_tokenizer(24)
+    return context_for(tokenizer, model), pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
+
+
+@pytest.fixture(scope="module")
 def full(model):
     tokenizer = albert_tokenizer(512)
     return context_for(tokenizer, model), pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu")
@@ -358,8 +365,8 @@ def test_chunks_are_the_hf_fast_tokenizer_chunks(max_length, stride):
     stride=st.one_of(st.none(), st.integers(0, 15)),
     ignore_nothing=st.booleans(),
 )
-def test_random_botchan_spans_and_options_match_hf(model, start, length, strategy, stride, ignore_nothing):
-    ctx, hf = short_pipelines(model)
+def test_random_botchan_spans_and_options_match_hf(short, start, length, strategy, stride, ignore_nothing):
+    ctx, hf = short
     text = (DATA / "botchan.txt").read_text()[start : start + length]
     options = {"aggregation_strategy": strategy, "stride": stride, "ignore_labels": [] if ignore_nothing else None}
     options = {name: value for name, value in options.items() if value is not None}
@@ -367,14 +374,3 @@ def test_random_botchan_spans_and_options_match_hf(model, start, length, strateg
         return  # an error, tested above
     assert_same(*call_both(ctx, hf, text, **options), str(options))
 
-
-_SHORT = {}
-
-
-def short_pipelines(model):
-    """(ctx, HF pipeline) with model_max_length 24, built once."""
-    if "pair" not in _SHORT:
-        tokenizer = albert_tokenizer(24)
-        _SHORT["pair"] = (context_for(tokenizer, model),
-                          pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu"))
-    return _SHORT["pair"]
