@@ -191,6 +191,7 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
                               producer_name="albert-export", ir_version=pieces.embed.ir_version)
     hoist_constants(model)
     share_initializers(model)
+    drop_initializer_identities(model)
     return model
 
 
@@ -313,6 +314,26 @@ def share_initializers(model: onnx.ModelProto) -> tuple[int, int]:
     for node in reversed(transposes):
         graph.node.insert(0, node)
     return len(merged), len(transposes)
+
+
+def drop_initializer_identities(model: onnx.ModelProto) -> int:
+    """Identity nodes that only alias an initializer (the exporter emits them for parameters of equal value)
+    are removed and their consumers read the initializer: node counts then do not depend on weight values."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    aliases: dict[str, str] = {}
+    for graph in all_graphs(model.graph):
+        outputs = {value.name for value in graph.output}
+        keep = []
+        for node in graph.node:
+            if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+                aliases[node.output[0]] = node.input[0]
+            else:
+                keep.append(node)
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
+    rename_everywhere(model, aliases)
+    return len(aliases)
 
 
 def name_initializers(model: onnx.ModelProto, names_by_digest: dict[str, str]) -> int:

@@ -13,7 +13,7 @@ from albert_export.export import pieces_from_torch
 from albert_export.modeling import model_for_task
 from albert_export.validate import reference_outputs, validation_inputs
 from graphs.assemble import AssemblyError, assemble, hoist_constants, layer_runs, share_initializers
-from graphs.size import node_count, storage_report
+from graphs.size import all_graphs, node_count, storage_report
 
 torch.set_num_threads(1)
 
@@ -160,3 +160,23 @@ def test_weights_in_constant_nodes_are_hoisted_and_shared():
     assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul", "Sum"]
     assert storage_report(model).weights_once and len(model.graph.initializer) == 1
     np.testing.assert_allclose(run(model, x)[0], expected)
+
+
+def test_identity_aliases_of_equal_parameters_are_dropped():
+    torch.manual_seed(0)  # fresh init: every LayerNorm is ones/zeros, which the tracer aliases with Identity
+    model = model_for_task(AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=3,
+                                        num_attention_heads=2, intermediate_size=24, max_position_embeddings=16),
+                           "feature-extraction").eval()
+    pieces = pieces_from_torch(model)
+    assert any(node.op_type == "Identity" for node in pieces.groups[0].graph.node)
+    inputs = validation_inputs((2, 5), 50, 2)
+    expected = reference_outputs(model, inputs)
+    for layers in ("unrolled", "loop"):
+        graph = assemble(pieces, layers)
+        initializers = {tensor.name for tensor in graph.graph.initializer}
+        identities = [node for g in all_graphs(graph.graph) for node in g.node
+                      if node.op_type == "Identity" and node.input[0] in initializers]
+        assert identities == []
+        hidden, pooled = run(graph, inputs)
+        np.testing.assert_allclose(hidden, expected["last_hidden_state"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(pooled, expected["pooler_output"], atol=1e-5, rtol=0)
