@@ -9,7 +9,9 @@
 Input: INPUT, or stdin when it is "-" or left out. One input per line: plain text, or (a line starting with
 "{") a JSON object: {"text", "text_pair"?} (text pairs for text-classification and pretraining),
 {"question", "context"} (question-answering, which takes only JSON lines), {"prompt", "choices": [...]}
-(multiple-choice, likewise). Blank lines are skipped. Output: one JSON line per input, in input order, the
+(multiple-choice, likewise). Only lines starting with "{" are read as JSON ("[MASK] ..." is text). Blank
+lines are skipped. Lines are read 64 at a time (or --batch-size, if larger) and answered in batches, so a
+slow producer sees output per 64 lines or at end of input. Output: one JSON line per input, in input order, the
 result `runtime.pipeline(BUNDLE)(input, **options)` gives. Only the options given are passed, so every
 default is the pipeline's (HF's); an option that does not apply to the bundle's task is an error.
 

@@ -166,6 +166,15 @@ class Pipeline:
             return [self.head.run(context, items[0], **params)]
         return list(self.head.run(context, list(items), **params))
 
+    @property
+    def tokenizer(self):
+        """The bundle's `tokenizers.Tokenizer` (truncation and padding off)."""
+        return self.context.tokenizer
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.bundle.config
+
     def __repr__(self) -> str:
         return f"Pipeline(task={self.task!r}, bundle={str(self.bundle.root)!r}, backend={type(self.backend).__name__})"
 
