@@ -167,7 +167,8 @@ def mask_tokens(examples: Examples, rng: np.random.Generator, vocab_size: int, f
 
 def evaluation_examples(tokenizer: Tokenizer, sentences: list[str], max_length: int,
                         seed: int = 0) -> tuple[Examples, Examples]:
-    """Fixed held-out examples: (unmasked sentence-order pairs, the same pairs with 15% of tokens -> [MASK]).
+    """Fixed held-out examples: (sentence-order pairs, each in order and swapped: balanced labels;
+    the in-order pairs with 15% of their tokens -> [MASK]).
 
     Every masked position is replaced by [MASK] (the fill-mask use), so the score is that of predicting a
     hidden token, not of copying a visible one.
@@ -177,9 +178,11 @@ def evaluation_examples(tokenizer: Tokenizer, sentences: list[str], max_length: 
                           random_start=False)
     if not pairs:
         raise CorpusError("the held-out text yields no example; give it at least two tokens")
-    plain = pack_pairs(pairs, rng)
-    masked = mask_tokens(plain, rng, tokenizer.get_vocab_size(), replace_with_mask=1.0, replace_with_random=0.0)
-    return plain, masked
+    in_order, swapped = pack_pairs(pairs, rng, swap_probability=0.0), pack_pairs(pairs, rng, swap_probability=1.0)
+    both = Examples(*(np.concatenate([getattr(in_order, name), getattr(swapped, name)])
+                      for name in ("input_ids", "attention_mask", "token_type_ids", "sop_labels")))
+    masked = mask_tokens(in_order, rng, tokenizer.get_vocab_size(), replace_with_mask=1.0, replace_with_random=0.0)
+    return both, masked
 
 
 def token_counts(encoded: list[list[int]], vocab_size: int) -> np.ndarray:

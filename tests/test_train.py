@@ -135,6 +135,9 @@ def test_evaluation_examples_mask_every_chosen_token_and_are_fixed(corpus):
     again_plain, again = data.evaluation_examples(tokenizer, data.sentences_of(heldout), 32)
     np.testing.assert_array_equal(masked.input_ids, again.input_ids)
     np.testing.assert_array_equal(plain.sop_labels, again_plain.sop_labels)
+    assert len(plain) == 2 * len(masked) and plain.sop_labels.mean() == 0.5
+    in_order = plain.input_ids[: len(masked)]
     chosen = masked.mlm_labels != data.IGNORE
     assert chosen.any() and (masked.input_ids[chosen] == data.MASK).all()
-    assert (plain.input_ids[~chosen] == masked.input_ids[~chosen]).all()
+    assert (in_order[~chosen] == masked.input_ids[~chosen]).all()
+    assert (masked.mlm_labels[chosen] == in_order[chosen]).all()
