@@ -46,6 +46,14 @@ def test_inputs_are_cast_to_the_declared_dtypes(int32_model):
         backend.infer({"input_ids": np.ones((1, 2)), "attention_mask": np.ones((1, 2)), "token_type_ids": np.ones((1, 2))})
 
 
+def test_io_binding_path_gives_the_same_outputs(int32_model):
+    inputs = {"input_ids": np.array([[3, 4, 5], [6, 7, 8]]), "attention_mask": np.array([[1, 1, 0], [1, 0, 0]])}
+    plain = OnnxRuntimeBackend(int32_model)
+    bound = OnnxRuntimeBackend(int32_model, io_binding=True)  # the CUDA path's code, on CPU
+    assert not plain.io_binding and bound.io_binding
+    assert bound.infer(inputs)["logits"].tolist() == plain.infer(inputs)["logits"].tolist() == [[3, 4, 0], [6, 0, 0]]
+
+
 def test_runner_pads_right_groups_by_length_and_cuts_back(int32_model):
     backend = OnnxRuntimeBackend(int32_model)
     runner = BatchRunner(backend, {"logits": (1,)}, batch_size=2, pad_token_id=7)

@@ -65,6 +65,7 @@ def test_feature_extraction_multiple_choice_pretraining_bundles(handmade_bundle)
     with torch.no_grad():
         probs = model(**{k: v[None] for k, v in encoded.items()}).logits.softmax(-1)[0].numpy()
     result = choose(item)
+    assert choose(prompt=item["prompt"], choices=item["choices"]) == result
     assert [r["choice"] for r in result] == np.argsort(-probs, kind="stable").tolist()
     assert np.allclose([r["score"] for r in result], np.sort(probs)[::-1], atol=1e-4)
 
