@@ -205,8 +205,8 @@ def default_output_dir(task: str, precision: str = PRECISION) -> Path:
 
 
 def export(
-    path_or_hub_id: str | Path | None = None,
-    task: str = "fill-mask",
+    path_or_hub_id: str | Path | None,
+    task: str,
     output_dir: str | Path | None = None,
     *,
     layers: str = "unrolled",
@@ -217,7 +217,12 @@ def export(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     log: Callable[[str], None] = stderr_log,
 ) -> Path:
-    """What `albert-export` does: checkpoint -> validated bundle directory; returns its path."""
+    """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
+
+    path_or_hub_id None is the embedded default model; output_dir None is ./albert-<task>-<precision>. Raises
+    (before any tracing) UnknownTaskError, ExportOptionError, OutputExistsError, CheckpointError, ConfigError,
+    TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
+    """
     started = time.perf_counter()
     task = canonical_task(task)
     check_layers(layers)
