@@ -30,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                        help=f"ONNX opset, {MIN_OPSET}..{max_opset()} (default {DEFAULT_OPSET})")
+    precision = parser.add_argument_group("precision")
+    precision.add_argument("--fp16", action="store_true",
+                           help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
+    precision.add_argument("--int8", action="store_true",
+                           help="INT8 QDQ from static calibration (one DequantizeLinear per shared weight)")
+    precision.add_argument("--calibration-data", default=None, metavar="FILE",
+                           help="text lines, JSONL or SQuAD JSON (default: built-in examples)")
+    precision.add_argument("--calibration-method", choices=("minmax", "percentile", "entropy"), default="percentile",
+                           help="activation range: minmax, percentile (99.99) or entropy (KL) (default percentile)")
+    precision.add_argument("--calibration-samples", type=int, default=128, metavar="N",
+                           help="examples to calibrate on, spread over the file (default 128)")
     checks = parser.add_argument_group("validation")
     checks.add_argument("--no-validate", dest="validate", action="store_false",
                         help="skip the onnxruntime-vs-PyTorch check (the manifest then has no validation)")
@@ -51,6 +62,11 @@ def export_options(args: argparse.Namespace) -> dict:
         "validate": args.validate,
         "atol": args.atol,
         "overwrite": args.overwrite,
+        "fp16": args.fp16,
+        "int8": args.int8,
+        "calibration_data": args.calibration_data,
+        "calibration_method": args.calibration_method,
+        "calibration_samples": args.calibration_samples,
     }
 
 

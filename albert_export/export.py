@@ -29,6 +29,7 @@ from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
 from .modeling import AlbertForTask
+from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import tokenizer_from_pretrained
 from .tolerances import tolerance_for
 from .validate import validate_onnx
@@ -216,6 +217,11 @@ def export(
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     log: Callable[[str], None] = stderr_log,
+    fp16: bool = False,
+    int8: bool = False,
+    calibration_data: str | Path | None = None,
+    calibration_method: str = DEFAULT_METHOD,
+    calibration_samples: int = DEFAULT_SAMPLES,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -227,15 +233,24 @@ def export(
     task = canonical_task(task)
     check_layers(layers)
     check_opset(opset)
-    tolerance_for(PRECISION, "*", atol)  # a bad --atol fails now, not after tracing
-    output = check_output_dir(output_dir or default_output_dir(task), overwrite)
+    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
+    tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
+    output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
     model = from_pretrained(checkpoint, task)
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
+    # precision last, after any graph optimization: fp16 (mixed) or calibrated INT8 QDQ
+    graph, precision_extra, calibration_table = graph_at_precision(
+        graph, precision, task=task, tokenizer=tokenizer, layers=layers, vocab_size=model.config.vocab_size,
+        calibration_data=calibration_data,
+        calibration_method=calibration_method, calibration_samples=calibration_samples, log=log,
+        max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings, 384))
     manifest = manifest_for(task, layers, opset, tokenizer_settings)
+    manifest.precision = precision
+    manifest.extra.update(precision_extra)
     stats = manifest.extra["graph"] = graph_stats(graph, model)
     log(f"assembled {layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")
@@ -245,9 +260,11 @@ def export(
         del graph
         tokenizer.save(str(bundle.path / TOKENIZER))
         model.config.save(bundle.path)
+        if calibration_table is not None:
+            calibration_table.save(bundle.path)
         if validate:
             log("validating against the PyTorch reference with onnxruntime (CPU)")
-            manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=PRECISION,
+            manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
                                                 atol=atol)
             worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
             log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")

@@ -216,3 +216,62 @@ def test_no_batches_is_a_clear_error(model):
     graph = unrolled_graph(model)
     with pytest.raises(CalibrationError, match="no calibration batches"):
         int8_from_fp32(graph, [], progress=False)
+
+
+# --- the exporter with --int8 -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qa_checkpoint(tmp_path_factory):
+    from tests.export_helpers import save_checkpoint
+
+    directory = tmp_path_factory.mktemp("qa-checkpoint")
+    save_checkpoint(directory, "question-answering", vocab_size=1010)  # the test tokenizer's ids reach 1003
+    return directory
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_int8_export_writes_table_manifest_and_validates(qa_checkpoint, tmp_path, layers):
+    from albert_export.export import export
+    from runtime.bundle import load_bundle
+
+    path = export(qa_checkpoint, "qa", tmp_path / "bundle", layers=layers, int8=True,
+                  calibration_data=DATA / "squad_v2_dev_sample.json", calibration_method="minmax",
+                  calibration_samples=10, log=lambda message: None)
+    bundle = load_bundle(path)
+    manifest = bundle.manifest
+    assert manifest.precision == "int8" and "calibration.json" in manifest.files
+    assert manifest.extra["calibration"]["method"] == "minmax" and manifest.extra["calibration"]["samples"] == 10
+    table = CalibrationTable.load(path)
+    assert table.layers == layers and table.samples == 10
+    accuracy = manifest.extra["accuracy_vs_fp32"]
+    assert accuracy["examples"] == 10 and 0.5 <= accuracy["qa_span_agreement"] <= 1.0
+    assert set(manifest.validation.max_abs_diff) == {"start_logits", "end_logits"}
+    assert manifest.validation.tolerance["start_logits"] == 1.0
+    assert manifest.extra["graph"]["tensor_bytes"] < 0.4 * manifest.extra["graph"]["parameter_bytes"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fp16", "--int8"], "--fp16 and --int8 exclude each other"),
+    (["--calibration-method", "entropy"], "need --int8"),
+    (["--int8", "--calibration-samples", "0"], "must be a positive integer"),
+    (["--int8", "--calibration-data", "/nonexistent/data.txt"], "is not a file"),
+])
+def test_cli_precision_option_errors(qa_checkpoint, tmp_path, capsys, argv, message):
+    from albert_export.cli import main
+
+    status = main(["--model", str(qa_checkpoint), "--task", "qa", "--output", str(tmp_path / "b"), *argv])
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_bad_calibration_file_fails_cleanly(qa_checkpoint, tmp_path, capsys):
+    from albert_export.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"label": 3}\n')
+    status = main(["--model", str(qa_checkpoint), "--task", "qa", "--output", str(tmp_path / "b"), "--int8",
+                   "--calibration-data", str(bad)])
+    assert status == 1
+    assert "line 1: no text field" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -137,3 +137,19 @@ def test_a_graph_without_matmul_is_left_in_fp32():
     counts = convert_to_fp16(graph)
     assert counts["fp16_nodes"] == 0 and counts["casts"] == 0
     assert graph.SerializeToString() == before
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_fp16_export_validates_within_the_fp16_tolerance(tmp_path, layers):
+    from albert_export.export import export
+    from runtime.bundle import load_bundle
+    from tests.export_helpers import save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint", "fill-mask", vocab_size=1010)
+    path = export(tmp_path / "checkpoint", "mlm", tmp_path / "bundle", layers=layers, fp16=True, log=lambda m: None)
+    manifest = load_bundle(path).manifest
+    assert manifest.precision == "fp16" and manifest.extra["fp16"]["fp16_nodes"] > 0
+    assert 0 < manifest.validation.max_abs_diff["logits"] <= manifest.validation.tolerance["logits"] == 2e-2
+    graph = onnx.load(str(path / "model.onnx"))
+    assert [o.type.tensor_type.elem_type for o in graph.graph.output] == [TensorProto.FLOAT]
+    assert manifest.extra["graph"]["tensor_bytes"] <= 1.02 * manifest.extra["graph"]["parameter_bytes"] / 2

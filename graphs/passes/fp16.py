@@ -42,8 +42,9 @@ FOLLOW_OPS = frozenset({
 SUM_OPS = frozenset({"Add", "Sub"})
 # ops whose float input may have any type (they read only its shape)
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
-# fp32-only initializers at least this large are stored in fp16 with one Cast to fp32 anyway (weights once, in fp16)
-LARGE_INITIALIZER = 4096
+# fp32-only initializers (LayerNorm gamma/beta) this large or larger are stored in fp16 too, with one Cast to fp32
+# next to them (folded by the runtime at load): every weight is stored in fp16; only scalars stay as they are
+LARGE_INITIALIZER = 16
 
 
 class Fp16Error(ValueError):

@@ -82,10 +82,12 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool = True,
-               exclude: frozenset[str] = frozenset()) -> dict[str, int]:
+               exclude: frozenset[str] = frozenset(), tables: bool = True) -> dict[str, int]:
     """Rewrite `model` in place with Q/DQ on every MatMul/Gemm input (nodes named in `exclude` stay float).
 
-    Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight), weight_bytes_saved.
+    With `tables`, the other large weight matrices (embedding tables) are stored in int8 too, see
+    `quantize_tables`. Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight),
+    tables, weight_bytes_saved.
     Raises QDQError when an activation has no amax (calibrate first) or the opset is too old.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -105,7 +107,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
         if _weight(scope, node.input[1]) is not None:
             weight_readers.setdefault(node.input[1], []).append((scope, node))
 
-    counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "weight_bytes_saved": 0}
+    counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "tables": 0, "weight_bytes_saved": 0}
     inserts: dict[int, list[onnx.NodeProto]] = {}  # id(scope) -> nodes to put at the top of that graph
     weight_dq: dict[str, str] = {}
     for weight_name, readers in weight_readers.items():
@@ -147,7 +149,79 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
         counts["weight_bytes_saved"] += sum(numpy_helper.to_array(t).nbytes * 3 // 4 for t in unused)
         for tensor in unused:
             scope.graph.initializer.remove(tensor)
+    if tables:
+        saved, quantized_tables = quantize_tables(model, names)
+        counts["weight_bytes_saved"] += saved
+        counts["tables"] = quantized_tables
     return counts
+
+
+MIN_TABLE_ELEMENTS = 4096
+
+
+def quantize_tables(model: onnx.ModelProto, names: Names | None = None) -> tuple[int, int]:
+    """Store the remaining large float matrices (embedding tables, a tied decoder) as int8, computing stays float.
+
+    A table only gathered from (the embeddings) is quantized per column: each Gather reads int8 rows and one
+    DequantizeLinear (axis -1) turns just those rows back to float. A table read any other way too (the MLM
+    decoder tied to the word embeddings reads it through a Transpose) is quantized per row and dequantized
+    once, in the scope that owns it, for all its readers. Returns (bytes saved, tables quantized).
+    """
+    names = names or Names(model)
+    scopes = build_scopes(model, {})
+    readers: dict[str, list[tuple[Scope, onnx.NodeProto, int]]] = {}
+    for scope in scopes:
+        for node in scope.graph.node:
+            for position, name in enumerate(node.input):
+                readers.setdefault(name, []).append((scope, node, position))
+    outputs = {o.name for scope in scopes for o in scope.graph.output}
+    after: dict[str, list[onnx.NodeProto]] = {}  # int8 Gather output -> the DequantizeLinear that follows it
+    top: dict[int, list[onnx.NodeProto]] = {}
+    saved = quantized = 0
+    for scope in scopes:
+        for tensor in list(scope.graph.initializer):
+            uses = readers.get(tensor.name, [])
+            if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or not uses or tensor.name in outputs
+                    or int(np.prod(tensor.dims)) < MIN_TABLE_ELEMENTS):
+                continue
+            gathered = all(node.op_type == "Gather" and position == 0 and
+                           next((a.i for a in node.attribute if a.name == "axis"), 0) == 0 for _, node, position in uses)
+            array = numpy_helper.to_array(tensor)
+            values, scale = quantize_weight(array, axis=1 if gathered else 0)
+            int8_name = names.fresh(f"{tensor.name}_int8")
+            scale_name, zero_name = names.fresh(f"{tensor.name}_scale"), names.fresh(f"{tensor.name}_zero_point")
+            scope.graph.initializer.extend([numpy_helper.from_array(values, int8_name),
+                                            numpy_helper.from_array(scale, scale_name),
+                                            numpy_helper.from_array(np.zeros(scale.shape, np.int8), zero_name)])
+            if gathered:
+                for _, node, _ in uses:
+                    rows = names.fresh(f"{node.output[0]}_int8")
+                    after[rows] = [helper.make_node(
+                        "DequantizeLinear", [rows, scale_name, zero_name], [node.output[0]], axis=-1,
+                        name=names.fresh(f"DequantizeLinear_{node.output[0]}"))]
+                    node.input[0] = int8_name
+                    node.output[0] = rows
+            else:
+                dequantized = names.fresh(f"{tensor.name}_dequantized")
+                top.setdefault(id(scope), []).append(helper.make_node(
+                    "DequantizeLinear", [int8_name, scale_name, zero_name], [dequantized], axis=0,
+                    name=names.fresh(f"DequantizeLinear_{tensor.name}")))
+                for _, node, position in uses:
+                    node.input[position] = dequantized
+            scope.graph.initializer.remove(tensor)
+            saved += array.nbytes - values.nbytes
+            quantized += 1
+    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+        if id(scope) not in top and not any(o in after for node in scope.graph.node for o in node.output):
+            continue
+        nodes = list(top.get(id(scope), []))
+        for node in scope.graph.node:
+            nodes.append(node)
+            for output in node.output:
+                nodes.extend(after.get(output, []))
+        del scope.graph.node[:]
+        scope.graph.node.extend(nodes)
+    return saved, quantized
 
 
 def _rewrite_scope(scope: Scope, amax: dict[str, float], weight_dq: dict[str, str],

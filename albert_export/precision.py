@@ -1,0 +1,106 @@
+"""The export's precision step: the fp32 graph -> fp16 (mixed) or INT8 (calibrated QDQ), last before saving.
+
+fp16   graphs.passes.fp16: weights and MatMuls in fp16, LayerNorm/Softmax/sums and the attention bias in fp32.
+int8   calibration: examples (--calibration-data, or the built-in default) tokenized with the bundle's
+       tokenizer, activation ranges from onnxruntime on the fp32 graph, Q/DQ inserted with one DequantizeLinear
+       per shared weight. The table goes into the bundle (calibration.json); the manifest gets the calibration
+       settings and an accuracy report of the INT8 graph against the fp32 graph on the calibration batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from tokenizers import Tokenizer
+
+from calibration import (
+    CALIBRATION_TABLE, DEFAULT_PERCENTILE, METHODS, CalibrationTable, accuracy_report, calibration_batches,
+    int8_from_fp32, load_examples, select,
+)
+from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
+from graphs.passes.fp16 import convert_to_fp16
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_METHOD = "percentile"
+
+
+class PrecisionOptionError(ValueError):
+    """Precision options that contradict each other or have impossible values."""
+
+
+def precision_from_options(fp16: bool = False, int8: bool = False, calibration_data: str | Path | None = None,
+                           calibration_method: str = DEFAULT_METHOD, calibration_samples: int = DEFAULT_SAMPLES) -> str:
+    """'fp32' | 'fp16' | 'int8' from the flags, or PrecisionOptionError saying what to change."""
+    if fp16 and int8:
+        raise PrecisionOptionError("--fp16 and --int8 exclude each other; pick one precision")
+    calibrating = calibration_data is not None or calibration_method != DEFAULT_METHOD or calibration_samples != DEFAULT_SAMPLES
+    if calibrating and not int8:
+        raise PrecisionOptionError("--calibration-data/--calibration-method/--calibration-samples need --int8")
+    if calibration_method not in METHODS:
+        raise PrecisionOptionError(f"--calibration-method {calibration_method!r} is not one of {', '.join(METHODS)}")
+    if isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples < 1:
+        raise PrecisionOptionError(f"--calibration-samples must be a positive integer, got {calibration_samples!r}")
+    if calibration_data is not None and not Path(calibration_data).is_file():
+        raise PrecisionOptionError(f"--calibration-data {str(calibration_data)!r} is not a file; pass text lines, "
+                                   "JSONL or SQuAD JSON (or leave it out for the built-in examples)")
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+def graph_at_precision(
+    graph: onnx.ModelProto,
+    precision: str,
+    *,
+    task: str,
+    tokenizer: Tokenizer,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    layers: str = "",
+    vocab_size: int | None = None,
+    calibration_data: str | Path | None = None,
+    calibration_method: str = DEFAULT_METHOD,
+    calibration_samples: int = DEFAULT_SAMPLES,
+    log: Callable[[str], None] = print,
+) -> tuple[onnx.ModelProto, dict, CalibrationTable | None]:
+    """(graph at `precision`, manifest extras, calibration table or None). The fp32 graph is not changed."""
+    if precision == "fp32":
+        return graph, {}, None
+    if precision == "fp16":
+        converted = onnx.ModelProto()
+        converted.CopyFrom(graph)
+        counts = convert_to_fp16(converted)
+        log(f"fp16: {counts['fp16_nodes']} nodes in fp16, {counts['fp32_nodes']} kept in fp32, {counts['casts']} casts")
+        return converted, {"fp16": counts}, None
+    if precision != "int8":
+        raise PrecisionOptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
+    examples = select(load_examples(calibration_data), calibration_samples)
+    encoder = Tokenizer.from_str(tokenizer.to_str())  # encoding toggles truncation; keep the bundle's copy as is
+    batches = calibration_batches(encoder, task, examples, max_length=max_length)
+    largest = max(int(batch["input_ids"].max()) for batch in batches)
+    if vocab_size is not None and largest >= vocab_size:
+        raise PrecisionOptionError(f"the tokenizer gives token id {largest} but the model's vocabulary has "
+                                   f"{vocab_size} entries; the checkpoint's tokenizer does not match its model")
+    source = str(calibration_data) if calibration_data is not None else "built-in default examples"
+    log(f"int8: calibrating ({calibration_method}) on {len(examples)} examples from {source}")
+    quantized, table, counts = int8_from_fp32(graph, batches, method=calibration_method, layers=layers,
+                                              samples=len(examples))
+    report = accuracy_report(graph, quantized, batches, task)
+    report["data"] = "the calibration examples"
+    log(f"int8: {counts['activation_qdq']} activation Q/DQ pairs, {counts['weight_dq']} int8 weights; "
+        f"top-1 agreement with fp32 {report['top1_agreement'] or '-'}")
+    extra = {
+        "calibration": {
+            "method": calibration_method,
+            "percentile": DEFAULT_PERCENTILE if calibration_method == "percentile" else None,
+            "samples": len(examples),
+            "data": source,
+            "max_length": max_length,
+            "table": CALIBRATION_TABLE,
+            "activation_scales": "per tensor; " + ("one per layer" if layers == "unrolled" else
+                                                   "one per Loop-body tensor, max over iterations"),
+            "weights": "int8 per output channel, one DequantizeLinear per shared weight",
+            "qdq": counts,
+        },
+        "accuracy_vs_fp32": report,
+    }
+    return quantized, extra, table
