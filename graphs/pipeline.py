@@ -12,10 +12,12 @@ from functools import partial
 
 import onnx
 
+from .passes.attention import fuse_attention
 from .passes.dedupe import dedupe_initializers
 from .passes.gelu import fuse_gelu
 from .passes.layernorm import fuse_layernorm
 from .passes.simplify import simplify
+from .passes.skip_layernorm import fuse_skip_layernorm
 
 Pass = tuple[str, Callable[[onnx.ModelProto], dict]]
 
@@ -32,8 +34,12 @@ PORTABLE: list[Pass] = CLEANUP + [
 
 ONNXRUNTIME: list[Pass] = CLEANUP + [
     ("layernorm", fuse_layernorm),  # first, so the LayerNorm fusions below see one form
+    # residual (+ bias) Add + LayerNormalization; first among the com.microsoft fusions, because it proves the
+    # summed shapes equal by ONNX shape inference, which cannot see through com.microsoft ops
+    ("skip_layernorm", fuse_skip_layernorm),
+    ("attention", fuse_attention),  # one QKV weight for all layers, the mask expanded once
     ("gelu", partial(fuse_gelu, profile="onnxruntime")),  # -> FastGelu / BiasGelu, bias Add taken in
-    ("cleanup", simplify),
+    ("cleanup", simplify),  # merges the small constants the fusions added, drops the unread Q/K/V weights
 ]
 
 PROFILES: dict[str, list[Pass]] = {"none": CLEANUP, "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}

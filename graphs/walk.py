@@ -289,3 +289,48 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 def op_counts(model: onnx.ModelProto) -> Counter:
     """op_type counts over every graph, Loop bodies included."""
     return Counter(node.op_type for scope in scopes(model) for node in scope.graph.node)
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """name -> dims from ONNX shape inference, bodies included: an int when static, the symbol's name when
+    symbolic, None when unknown. Names whose rank is unknown are absent; {} when inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(inference_copy(model), strict_mode=False)
+    except Exception:  # inference is an aid to optimization, never a requirement
+        return {}
+    shapes: dict[str, list[int | str | None]] = {}
+    for scope in scopes(inferred):
+        graph = scope.graph
+        for value in (*graph.input, *graph.value_info, *graph.output):
+            tensor = value.type.tensor_type
+            if tensor.HasField("shape"):
+                shapes[value.name] = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+                ]
+    return shapes
+
+
+def inference_copy(model: onnx.ModelProto, max_elements: int = 64) -> onnx.ModelProto:
+    """A copy for ONNX shape inference, which inside a Loop/If body does not read the values of initializers
+    (the body's own or outer ones): each small initializer a body reads becomes a Constant node in it."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for scope in scopes(copy):
+        if scope.parent is None:
+            continue
+        graph = scope.graph
+        read = {name for node in graph.node for name in node.input if name}
+        constants = []
+        for name in sorted(read):
+            tensor = scope.initializer(name)
+            if tensor is not None and np.prod(tensor.dims, dtype=np.int64) <= max_elements:
+                constants.append(onnx.helper.make_node("Constant", [], [name], value=tensor))
+        if constants:
+            names = {node.output[0] for node in constants}
+            own = [tensor for tensor in graph.initializer if tensor.name not in names]
+            del graph.initializer[:]
+            graph.initializer.extend(own)
+            nodes = constants + list(graph.node)
+            del graph.node[:]
+            graph.node.extend(nodes)
+    return copy

@@ -80,6 +80,13 @@ def unrolled(group: onnx.ModelProto, layers: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=list(group.opset_import), ir_version=group.ir_version)
 
 
+def _value_like(name: str, like: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    value = onnx.ValueInfoProto()
+    value.CopyFrom(like)
+    value.name = name
+    return value
+
+
 def looped(group: onnx.ModelProto, layers: int) -> onnx.ModelProto:
     """An ONNX Loop whose body is the group; the weights are outer initializers the body reads by name."""
     rename = {"hidden": "body/hidden", "out": "body/out"}
@@ -89,9 +96,9 @@ def looped(group: onnx.ModelProto, layers: int) -> onnx.ModelProto:
         body_nodes, "layer_group",
         [helper.make_tensor_value_info("body/iteration", TensorProto.INT64, []),
          helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("body/hidden", TensorProto.FLOAT, None)],
+         _value_like("body/hidden", group.graph.input[0])],
         [helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("body/out", TensorProto.FLOAT, None)],
+         _value_like("body/out", group.graph.output[0])],
     )
     loop = helper.make_node("Loop", ["layers", "", "hidden"], ["out"], name="encoder_loop", body=body)
     initializers = list(group.graph.initializer) + [numpy_helper.from_array(np.array(layers, np.int64), "layers")]

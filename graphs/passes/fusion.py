@@ -66,9 +66,9 @@ class Context:
                 return f"intermediate {name!r} is also read outside the pattern"
         return None
 
-    def replace(self, node: onnx.NodeProto, last_output: str) -> None:
-        """Add the fused node; it produces `last_output`, so the pattern's old producer of it goes."""
-        self.replaced.add(last_output)
+    def replace(self, node: onnx.NodeProto, *taken_over: str) -> None:
+        """Add the fused node; it produces the `taken_over` names, so the old producers of those go."""
+        self.replaced.update(taken_over)
         self.added.append(node)
 
     def shared_initializer(self, key: tuple, base_name: str, sources: list[str],
@@ -115,12 +115,42 @@ class Context:
         return 0
 
 
+SHAPE_ARITHMETIC = {"Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast", "Mul", "Div", "Add",
+                    "Sub", "Identity", "Reshape", "Range"}
+
+
+def absorb_shape_reads(ctx: Context, nodes: list[onnx.NodeProto], last: str) -> str | None:
+    """Add to `nodes` the Shape(...) chains that read pattern intermediates only to build the target shapes
+    of the pattern's own Reshapes (they die with the pattern); None when that holds, else the reason."""
+    members = {node.output[0] for node in nodes}
+    produced = {name for node in nodes for name in node.output if name} - {last}
+    frontier = [reader for name in produced for reader in ctx.readers_of(name)
+                if reader.output[0] not in members and reader.op_type == "Shape"]
+    chain: dict[str, onnx.NodeProto] = {}
+    while frontier:
+        node = frontier.pop()
+        if node.output[0] in members or node.output[0] in chain:
+            continue
+        if node.op_type not in SHAPE_ARITHMETIC or node.domain not in ONNX_DOMAINS:
+            return f"a shape computed from the pattern feeds {node.op_type}, outside the pattern"
+        chain[node.output[0]] = node
+        for name in node.output:
+            if name in ctx.outputs:
+                return f"a shape computed from the pattern is a graph output ({name!r})"
+            frontier.extend(ctx.readers_of(name))
+    nodes.extend(chain.values())
+    return None
+
+
 class Fusion:
     """Subclasses set `anchor` (op_type) and implement pattern / check / rewrite."""
 
     name = "fusion"
     anchor: str | tuple[str, ...] = ""
     anchor_domains = ONNX_DOMAINS
+
+    def prepare(self, model: onnx.ModelProto) -> None:
+        """Called once before the graphs are visited (for checks that need the whole model)."""
 
     def pattern(self, ctx: Context, node: onnx.NodeProto) -> dict | None:
         """The matched nodes and values around `node`, or None when the structure is not there at all."""
@@ -137,6 +167,7 @@ class Fusion:
 def apply_fusion(model: onnx.ModelProto, fusion: Fusion, shared: dict | None = None) -> FusionReport:
     """Run one fusion over every graph in place; dead pattern nodes are removed afterwards."""
     report = FusionReport()
+    fusion.prepare(model)
     names = Names(model)
     shared = {} if shared is None else shared
     pending: dict[int, tuple[Scope, list[onnx.NodeProto]]] = {}

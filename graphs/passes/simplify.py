@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..walk import (
     Constants, Scope, constant_node_value, remove_dead, rename_uses, scopes, subgraphs, tensor_nbytes, toposort,
-    use_counts,
+    use_counts, value_shapes,
 )
 from .dedupe import dedupe_initializers
 
@@ -134,19 +134,8 @@ def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.
 
 
 def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """name -> dims (None where symbolic) from ONNX shape inference, bodies included; {} when inference fails."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is an optimization aid here, never a requirement
-        return {}
-    shapes: dict[str, list[int | None]] = {}
-    for scope in scopes(inferred):
-        graph = scope.graph
-        for value in (*graph.input, *graph.value_info, *graph.output):
-            tensor = value.type.tensor_type
-            if tensor.HasField("shape"):
-                shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    return shapes
+    """name -> dims, None where not static."""
+    return {name: [d if isinstance(d, int) else None for d in dims] for name, dims in value_shapes(model).items()}
 
 
 class Folder:
