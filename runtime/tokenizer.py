@@ -75,15 +75,20 @@ def encode(
         finally:
             tokenizer.no_truncation()
     if truncation is None:
-        for encoding in encodings:
+        for text, encoding in zip(texts, encodings):
             if encoding.overflowing:
                 warnings.warn(
                     f"input is longer than the model's maximum of {max_length} tokens and was truncated to "
-                    f"{max_length} (pass truncation=True to truncate without this warning)",
+                    f"{max_length} (pass truncation=True to truncate without this warning): {_preview(text)}",
                     TruncationWarning,
                     stacklevel=3,
                 )
     return encodings
+
+
+def _preview(text: str | tuple[str, str], width: int = 40) -> str:
+    text = " / ".join(text) if isinstance(text, tuple) else text
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def feature_from_encoding(encoding: Encoding) -> Feature:
