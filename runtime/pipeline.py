@@ -47,7 +47,7 @@ def head_for(task: str) -> ModuleType:
 
 def head_parameters(head: ModuleType) -> frozenset[str] | None:
     """The keyword arguments a head takes, or None when it does not say."""
-    declared = getattr(head, "PARAMETERS", None) or getattr(head, "_KNOWN_PARAMS", None)
+    declared = getattr(head, "PARAMETERS", None)
     if declared is not None:
         return frozenset(declared)
     function = getattr(head, "run_each", None) or head.run
