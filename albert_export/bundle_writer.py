@@ -2,7 +2,7 @@
 only when complete (manifest last). A failed or interrupted export leaves no bundle at the output path; a
 process killed outright can leave a hidden `.NAME.partial-*` sibling, never a half bundle.
 
-An existing output path: an empty directory is replaced; a non-empty one is refused unless overwrite=True,
+Missing parent directories are created. An existing output path: an empty directory is replaced; a non-empty one is refused unless overwrite=True,
 and even then only when it is a previous bundle (it has a manifest.json), so a mistyped --output never deletes
 an unrelated folder.
 """
@@ -45,8 +45,11 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
                 f"output directory {output} is not empty and is not an albert-export bundle (no {MANIFEST}); "
                 "--overwrite only replaces bundles, choose another --output"
             )
-    if not output.parent.is_dir():
-        raise OutputExistsError(f"the parent of {output} does not exist; create it or choose another --output")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{parent} is a file, so {output} cannot be created; choose another --output")
+            break
     return output
 
 
@@ -63,6 +66,12 @@ def save_model(model: onnx.ModelProto, directory: Path, threshold: int = EXTERNA
     return [path, directory / EXTERNAL_DATA]
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class BundleWriter:
     """with BundleWriter(out) as bundle: write into bundle.path ...; bundle.commit(manifest) -> out."""
 
@@ -73,6 +82,7 @@ class BundleWriter:
         self.committed = False
 
     def __enter__(self) -> "BundleWriter":
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.partial-", dir=self.output.parent))
         return self
 
@@ -86,7 +96,7 @@ class BundleWriter:
             file.name: sha256_file(file) for file in sorted(self.path.iterdir()) if file.name != MANIFEST
         }
         (self.path / MANIFEST).write_text(manifest.to_json())
-        os.chmod(self.path, 0o755)  # mkdtemp creates 0700
+        os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp creates 0700; a bundle gets mkdir's mode
         check_output_dir(self.output, self.overwrite)  # the world may have changed while we exported
         if self.output.is_dir() and any(self.output.iterdir()):
             self.replace_previous_bundle()

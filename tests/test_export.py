@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -127,6 +129,18 @@ def test_default_output_is_named_after_task_and_precision(checkpoint, tmp_path, 
     monkeypatch.chdir(tmp_path)
     bundle = export(directory, "features", validate=False, log=quiet)
     assert bundle == tmp_path / "albert-feature-extraction-fp32" and (bundle / "manifest.json").is_file()
+
+
+def test_missing_parents_are_created_and_the_bundle_gets_a_normal_mode(checkpoint, tmp_path):
+    directory, _ = checkpoint("feature-extraction")
+    bundle = export(directory, "features", tmp_path / "a" / "b" / "bundle", validate=False, log=quiet)
+    assert (bundle / "manifest.json").is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o777 & ~umask
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file, so .* cannot be created"):
+        export(directory, "features", tmp_path / "file" / "bundle", log=quiet)
 
 
 def test_existing_output_directory_rules(checkpoint, tmp_path):
