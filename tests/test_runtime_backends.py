@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from runtime import pipeline
@@ -88,3 +90,44 @@ def test_tensorrt_backend_says_what_is_missing(handmade_bundle, tmp_path):
         pipeline(copy, backend="tensorrt", device="cuda")
     with pytest.raises(OptionError, match="takes neither"):
         pipeline(copy, backend="tensorrt", device="cuda", threads=2)
+
+
+class _EchoBackend:
+    """tokens (B, [C,] S) -> "per_token" = ids * mask (B, [C,] S) and "count" = mask.sum(-1) (B, [C])."""
+
+    input_names = ["input_ids", "attention_mask", "token_type_ids"]
+    output_names = ["per_token", "count"]
+
+    def __init__(self):
+        self.shapes = []
+
+    def infer(self, inputs):
+        self.shapes.append(inputs["input_ids"].shape)
+        mask = inputs["attention_mask"]
+        return {"per_token": inputs["input_ids"] * mask, "count": mask.sum(-1)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=17),
+    choices=st.lists(st.integers(2, 3), min_size=17, max_size=17),
+    multiple_choice=st.booleans(),
+    batch_size=st.integers(1, 6),
+)
+def test_runner_returns_each_feature_as_if_alone(lengths, choices, multiple_choice, batch_size):
+    rng = np.random.default_rng(len(lengths))
+    features = []
+    for n, c in zip(lengths, choices):
+        shape = (c, n) if multiple_choice else (n,)
+        features.append({
+            "input_ids": rng.integers(5, 100, shape), "attention_mask": np.ones(shape, dtype=np.int64),
+            "token_type_ids": np.zeros(shape, dtype=np.int64),
+        })
+    backend = _EchoBackend()
+    axes = {"per_token": (2,) if multiple_choice else (1,), "count": ()}
+    outputs = BatchRunner(backend, axes, batch_size=batch_size, pad_token_id=0).run(features)
+    for feature, output in zip(features, outputs):
+        assert np.array_equal(output["per_token"], feature["input_ids"])
+        assert np.array_equal(output["count"], feature["attention_mask"].sum(-1))
+    assert all(shape[0] <= batch_size for shape in backend.shapes)
+    assert sum(shape[0] for shape in backend.shapes) == len(features)
