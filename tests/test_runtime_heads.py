@@ -273,6 +273,11 @@ def test_multiple_choice_matches_albert_for_multiple_choice_on_swag():
         assert [r["text"] for r in result] == [item["choices"][i] for i in order]
         assert np.allclose([r["score"] for r in result], probs[order], atol=ATOL)
     assert multiple_choice.run(ctx, items[0], top_k=2) == ours[0][:2]
+    mixed = [items[1], {"prompt": items[2]["prompt"], "choices": items[2]["choices"][:2]}, items[3]]
+    together = multiple_choice.run(ctx, mixed)  # 4, 2 and 4 choices in one call
+    assert [len(r) for r in together] == [4, 2, 4]
+    assert_same(together[0], ours[1])
+    assert_same(together[1], multiple_choice.run(ctx, mixed[1]))
 
 
 def test_multiple_choice_bad_inputs():
@@ -314,6 +319,8 @@ def test_pretraining_masks_match_fill_mask_pipeline_and_sop_matches_torch():
     single = [t for t in texts if t.count("[MASK]") == 1][0]
     assert_same(pretraining.run(ctx, single, top_k=4)["masks"][0], hf_fill(single, top_k=4))
     assert pretraining.run(ctx, "no mask at all")["masks"] == []
+    targets = hf.convert_ids_to_tokens([20, 33, 47])
+    assert_same(pretraining.run(ctx, single, targets=targets)["masks"][0], hf_fill(single, targets=targets))
 
 
 # ---- tokenizer options (HF's tokenizer_kwargs / tokenize_kwargs / **tokenizer_kwargs) -------------------------
