@@ -87,6 +87,12 @@ def test_broken_model_directories(capsys, tmp_path, checkpoint):
     (bad_weights / "model.safetensors").write_bytes(b"\x00" * 64)
     assert "model.safetensors cannot be read" in error_of(
         capsys, "--model", str(bad_weights), "--task", "qa", "--output", str(tmp_path / "o"))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((checkpoint / name).read_bytes())
+    assert "has neither tokenizer.json nor spiece.model" in error_of(
+        capsys, "--model", str(no_tokenizer), "--task", "qa", "--output", str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
 
