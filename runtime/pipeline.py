@@ -184,6 +184,7 @@ def pipeline(bundle: str | Path | Bundle, task: str | None = None, **defaults: A
 
     Runtime options: backend ("onnxruntime" | "tensorrt"), device ("cpu" | "cuda"), batch_size (8), threads,
     providers (onnxruntime execution providers), graph_optimization_level ("disable" | "basic" | "extended" |
-    "all"), verify (check sha256 of every file, True). Other keyword arguments are the head's defaults.
+    "all"), verify (check sha256 of every file, True), engine (a ready Backend to use instead of building one).
+    Other keyword arguments are the head's defaults, checked against the head's PARAMETERS.
     """
     return Pipeline(bundle, task, **defaults)
