@@ -1,11 +1,13 @@
 """albert-export: parse, one library call, print the bundle path. Progress goes to stderr; a failure is one
 `albert-export: error: ...` line and exit status 1 (2 for bad usage); ALBERT_EXPORT_DEBUG=1 shows the traceback.
+Warnings (e.g. a task head that is not in the checkpoint) are one `albert-export: warning: ...` line each.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import warnings
 
 from runtime.taskspec import TASKS
 
@@ -70,12 +72,18 @@ def export_options(args: argparse.Namespace) -> dict:
     }
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"albert-export: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from .export import export
 
-        path = export(args.model, args.task, args.output, **export_options(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # one line per warning, no source excerpt
+            path = export(args.model, args.task, args.output, **export_options(args))
     except KeyboardInterrupt:
         print("albert-export: interrupted; no bundle was written", file=sys.stderr)
         return 130

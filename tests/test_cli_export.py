@@ -140,3 +140,13 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--task", "qa", "--layers", "folded"])
     assert "invalid choice: 'folded'" in capsys.readouterr().err
+
+
+def test_warnings_are_single_lines(capsys, tmp_path):
+    base = tmp_path / "base"
+    save_checkpoint(base, "feature-extraction")  # no QA head: it is initialized, with a warning
+    status, out, err = run_main(capsys, "--model", str(base), "--task", "qa", "--output", str(tmp_path / "o"))
+    assert status == 0 and out.strip() == str(tmp_path / "o")
+    warnings = [line for line in err.splitlines() if line.startswith("albert-export: warning: ")]
+    assert any("qa_outputs.weight" in line and "newly initialized" in line for line in warnings)
+    assert "Warning" not in err and "warnings.warn" not in err  # no category names, no source excerpts
