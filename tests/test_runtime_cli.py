@@ -127,3 +127,18 @@ def test_truncation_warning_goes_to_stderr(monkeypatch, capsys, fill_mask_bundle
     code, lines, err = albert_run(monkeypatch, capsys, [fill_mask_bundle], long_text)
     assert code == 0 and len(lines) == 1
     assert err.startswith("albert-run: warning: input is longer than the model's maximum of 128 tokens")
+
+
+@pytest.mark.parametrize(
+    "task, argv, stdin, message",
+    [
+        ("question-answering", ["--doc-stride", "200", "--max-seq-len", "100"],
+         '{"question": "Who?", "context": "Botchan went."}\n', "`doc_stride` (200) is larger than `max_seq_len` (100)"),
+        ("token-classification", ["--aggregation-strategy", "none", "--max-seq-len", "64"], "Botchan went.\n",
+         "--max-seq-len does not apply"),
+    ],
+)
+def test_head_option_errors_exit_2_like_other_option_errors(monkeypatch, capsys, handmade_bundle, task, argv,
+                                                            stdin, message):
+    code, lines, err = albert_run(monkeypatch, capsys, [handmade_bundle(task), *argv], stdin)
+    assert code == 2 and lines == [] and message in err and err.count("\n") == 1

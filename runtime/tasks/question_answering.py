@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from runtime.errors import InputError, OptionError
 from runtime.tasks.base import Feature, TaskContext
 
 DEFAULT_MAX_SEQ_LEN = 384
@@ -108,9 +109,9 @@ def _example_from_item(item: Any) -> tuple[str, str]:
         if key not in item:
             raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
         if item[key] is None:
-            raise ValueError(f"`{key}` cannot be None")
+            raise InputError(f"`{key}` cannot be None")
         if isinstance(item[key], str) and len(item[key]) == 0:
-            raise ValueError(f"`{key}` cannot be empty")
+            raise InputError(f"`{key}` cannot be empty")
     return item["question"], item["context"]
 
 
@@ -124,10 +125,10 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
         warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning, stacklevel=3)
         top_k = params["topk"]
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k parameter should be >= 1 (got {top_k})")
+        raise OptionError(f"top_k parameter should be >= 1 (got {top_k})")
     max_answer_len = params.get("max_answer_len")
     if max_answer_len is not None and max_answer_len < 1:
-        raise ValueError(f"max_answer_len parameter should be >= 1 (got {max_answer_len}")
+        raise OptionError(f"max_answer_len parameter should be >= 1 (got {max_answer_len}")
 
     max_seq_len = params.get("max_seq_len")
     if max_seq_len is None:
@@ -136,7 +137,7 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
     if doc_stride is None:
         doc_stride = min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE)
     if doc_stride > max_seq_len:
-        raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
+        raise OptionError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
     # max_question_len is accepted for HF compatibility: only HF's slow-tokenizer path uses it.
 
     given = {
@@ -159,7 +160,7 @@ def _padding_strategy(padding: Any) -> str:
         return "longest"
     if padding == "max_length":
         return "max_length"
-    raise ValueError(f"padding must be one of False/'do_not_pad', True/'longest', 'max_length' (got {padding!r})")
+    raise OptionError(f"padding must be one of False/'do_not_pad', True/'longest', 'max_length' (got {padding!r})")
 
 
 def windows_for_example(ctx: TaskContext, question: str, context: str, settings: QASettings) -> list[Window]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from runtime.errors import OptionError
 from runtime.tasks.base import TaskContext
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
@@ -28,7 +29,7 @@ PARAMETERS = frozenset({
 })
 
 
-class UnknownAggregationStrategy(KeyError, ValueError):
+class UnknownAggregationStrategy(KeyError, OptionError):
     """An aggregation_strategy outside none/simple/first/average/max (a KeyError like HF's, and a ValueError)."""
 
     def __str__(self) -> str:
@@ -114,11 +115,11 @@ def _strategy_from_params(params: dict[str, Any]) -> str | None:
 
 def _check_stride(ctx: TaskContext, stride: int, strategy: str | None) -> None:
     if stride >= ctx.max_length:
-        raise ValueError(
+        raise OptionError(
             "`stride` must be less than `tokenizer.model_max_length` (or even lower if the tokenizer adds special tokens)"
         )
     if strategy == "none":
-        raise ValueError(
+        raise OptionError(
             "`stride` was provided to process all the text but `aggregation_strategy="
             '"none"`, please select another one instead.'
         )
