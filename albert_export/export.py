@@ -125,7 +125,8 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
     """Trace embeddings, each layer group and the head of the reference model (left in eval mode)."""
     config = model.config
     model.eval()
-    ids = torch.randint(0, config.vocab_size, TRACE_SHAPE)
+    batch, sequence = TRACE_SHAPE[0], min(TRACE_SHAPE[1], config.max_position_embeddings)
+    ids = torch.randint(0, config.vocab_size, (batch, sequence), generator=torch.Generator().manual_seed(0))
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
     tokens = {0: "batch", 1: "sequence"}
     bias_axes = {0: "batch", 3: "sequence"}

@@ -180,3 +180,11 @@ def test_identity_aliases_of_equal_parameters_are_dropped():
         hidden, pooled = run(graph, inputs)
         np.testing.assert_allclose(hidden, expected["last_hidden_state"], atol=1e-5, rtol=0)
         np.testing.assert_allclose(pooled, expected["pooler_output"], atol=1e-5, rtol=0)
+
+
+def test_models_with_fewer_positions_than_the_trace_shape():
+    model = reference("token-classification", max_position_embeddings=3, num_hidden_layers=2)
+    loop = assemble(pieces_from_torch(model), "loop")
+    for shape in [(1, 1), (3, 3)]:
+        inputs = validation_inputs(shape, 120, 2)
+        np.testing.assert_allclose(run(loop, inputs)[0], reference_outputs(model, inputs)["logits"], atol=1e-5)
