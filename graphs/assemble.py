@@ -165,10 +165,13 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
         for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
             layer += count
             out = f"hidden_{layer}"
-            trip_count = f"loop{run}/trip_count"
+            trip_count, keep_going = f"loop{run}/trip_count", f"loop{run}/keep_going"
             initializers.append(numpy_helper.from_array(np.array(count, dtype=np.int64), trip_count))
+            # an explicit (always true) condition: TensorRT's parser needs one to register the body's cond input
+            initializers.append(numpy_helper.from_array(np.array(True), keep_going))
             body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}")
-            nodes.append(helper.make_node("Loop", [trip_count, "", current], [out], name=f"loop{run}", body=body))
+            nodes.append(helper.make_node("Loop", [trip_count, keep_going, current], [out], name=f"loop{run}",
+                                          body=body))
             current = out
 
     head_graph = pieces.head.graph

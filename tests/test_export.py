@@ -201,3 +201,17 @@ def test_interrupted_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export(directory, "features", tmp_path / "b", log=quiet)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("task, shapes", [("question-answering", "1x1:2x16:4x40"),
+                                          ("multiple-choice", "1x2x1:2x3x16:4x4x40")])
+def test_both_layer_modes_build_a_tensorrt_plan(task, shapes, checkpoint, tmp_path):
+    from albert_export.engine import engine_from_onnx, parse_shapes
+
+    directory, _ = checkpoint(task)
+    rank = 3 if TASKS[task].multiple_choice else 2
+    for layers in ("unrolled", "loop"):
+        bundle = export(directory, task, tmp_path / layers, layers=layers, validate=False, log=quiet)
+        plan, _ = engine_from_onnx(bundle / "model.onnx", parse_shapes(shapes, rank=rank),
+                                   compute_capabilities=("8.6",), log=quiet)
+        assert len(plan) > 100_000
