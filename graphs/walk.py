@@ -291,22 +291,25 @@ def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for scope in scopes(model) for node in scope.graph.node)
 
 
-def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """name -> dims from ONNX shape inference, bodies included: an int when static, the symbol's name when
-    symbolic, None when unknown. Names whose rank is unknown are absent; {} when inference fails."""
+def inferred_values(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """name -> type and shape from ONNX shape inference, bodies included; {} when inference fails."""
     try:
         inferred = onnx.shape_inference.infer_shapes(inference_copy(model), strict_mode=False)
     except Exception:  # inference is an aid to optimization, never a requirement
         return {}
+    return {value.name: value for scope in scopes(inferred)
+            for value in (*scope.graph.input, *scope.graph.value_info, *scope.graph.output)}
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """name -> dims from ONNX shape inference, bodies included: an int when static, the symbol's name when
+    symbolic, None when unknown. Names whose rank is unknown are absent; {} when inference fails."""
     shapes: dict[str, list[int | str | None]] = {}
-    for scope in scopes(inferred):
-        graph = scope.graph
-        for value in (*graph.input, *graph.value_info, *graph.output):
-            tensor = value.type.tensor_type
-            if tensor.HasField("shape"):
-                shapes[value.name] = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
-                ]
+    for name, value in inferred_values(model).items():
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in tensor.shape.dim]
     return shapes
 
 

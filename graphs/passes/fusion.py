@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..walk import Constants, Names, Scope, consumers, producers, remove_dead, scopes, toposort, use_counts
+from ..walk import (
+    Constants, Names, Scope, consumers, inferred_values, producers, remove_dead, scopes, toposort, use_counts,
+)
 
 ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -167,6 +169,7 @@ class Fusion:
 def apply_fusion(model: onnx.ModelProto, fusion: Fusion, shared: dict | None = None) -> FusionReport:
     """Run one fusion over every graph in place; dead pattern nodes are removed afterwards."""
     report = FusionReport()
+    known = inferred_values(model)  # recorded for the fused outputs: inference cannot see through custom ops
     fusion.prepare(model)
     names = Names(model)
     shared = {} if shared is None else shared
@@ -191,6 +194,9 @@ def apply_fusion(model: onnx.ModelProto, fusion: Fusion, shared: dict | None = N
             kept = [node for node in scope.graph.node if not ctx.replaced.intersection(node.output)]
             del scope.graph.node[:]
             scope.graph.node.extend(kept + ctx.added)
+            typed = {value.name for value in (*scope.graph.value_info, *scope.graph.output)}
+            scope.graph.value_info.extend(known[name] for node in ctx.added for name in node.output
+                                          if name in known and name not in typed)
         visited.append((scope, ctx))
     # Nodes for enclosing graphs are placed last, innermost graphs first: ordering an outer graph copies the
     # bodies it holds, so no body may be touched after its outer graph is.
