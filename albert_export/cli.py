@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                        help=f"ONNX opset, {MIN_OPSET}..{max_opset()} (default {DEFAULT_OPSET})")
+    graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
+                       help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
+                            "(com.microsoft Attention, FastGelu) (default none)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -64,6 +67,7 @@ def export_options(args: argparse.Namespace) -> dict:
         "validate": args.validate,
         "atol": args.atol,
         "overwrite": args.overwrite,
+        "optimize": args.optimize,
         "fp16": args.fp16,
         "int8": args.int8,
         "calibration_data": args.calibration_data,

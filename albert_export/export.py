@@ -22,6 +22,8 @@ from onnx import version_converter
 from torch import nn
 
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
+from graphs.pipeline import PROFILES
+from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
 from runtime.bundle import MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
@@ -223,6 +225,7 @@ def export(
     calibration_data: str | Path | None = None,
     calibration_method: str = DEFAULT_METHOD,
     calibration_samples: int = DEFAULT_SAMPLES,
+    optimize: str = "none",
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -234,6 +237,8 @@ def export(
     task = canonical_task(task)
     check_layers(layers)
     check_opset(opset)
+    if optimize not in PROFILES:
+        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
     precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
     tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
@@ -243,6 +248,11 @@ def export(
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
+    optimize_report = {}
+    if optimize != "none":
+        graph, optimize_report = optimize_graph(graph, optimize)
+        fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
+        log(f"optimized ({optimize}): " + (", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused"))
     # precision last, after any graph optimization: fp16 (mixed) or calibrated INT8 QDQ
     graph, precision_extra, calibration_table = graph_at_precision(
         graph, precision, task=task, tokenizer=tokenizer, layers=layers, vocab_size=model.config.vocab_size,
@@ -252,6 +262,7 @@ def export(
     manifest = manifest_for(task, layers, opset, tokenizer_settings)
     manifest.precision = precision
     manifest.extra.update(precision_extra)
+    manifest.extra["optimize"] = {"profile": optimize, "passes": optimize_report}
     stats = manifest.extra["graph"] = graph_stats(graph, model)
     log(f"assembled {layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")

@@ -1,6 +1,6 @@
 """Optimization profiles: one ordered list of passes each. Every pass visits Loop bodies and keeps weights shared.
 
-    none         structural clean-up only: the ops stay what the exporter wrote
+    none         nothing: the graph as the exporter assembled it
     portable     + standard-op fusions (LayerNormalization at opset >= 17, Gelu at opset >= 20); runs anywhere
     onnxruntime  + com.microsoft fusions that only onnxruntime runs (Attention with one shared QKV weight,
                    FastGelu/BiasGelu); "onnxruntime-all" adds Skip- and EmbedLayerNormalization (see below)
@@ -27,7 +27,7 @@ CLEANUP: list[Pass] = [
     ("simplify", simplify),  # CSE, then folding that never copies a shared weight, then dead code
 ]
 
-PORTABLE: list[Pass] = CLEANUP + [
+PORTABLE: list[Pass] = CLEANUP + [  # clean-up first: fusions match one form of each constant and weight
     ("layernorm", fuse_layernorm),  # decomposed LayerNorm (exports below opset 17) -> LayerNormalization
     ("gelu", partial(fuse_gelu, profile="portable")),  # Erf/Tanh decompositions -> Gelu (opset >= 20)
     ("cleanup", simplify),  # the constants the fusions left unread
@@ -49,7 +49,7 @@ ONNXRUNTIME_ALL: list[Pass] = ONNXRUNTIME[:3] + [
     # shape inference, which cannot see through com.microsoft ops
 ] + ONNXRUNTIME[3:]
 
-PROFILES: dict[str, list[Pass]] = {"none": CLEANUP, "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}
+PROFILES: dict[str, list[Pass]] = {"none": [], "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}
 
 
 class OptimizeError(ValueError):
