@@ -51,7 +51,11 @@ def test_int8_graph_has_one_dequantize_per_weight_and_stays_close(model, batches
                   if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")]
     assert len(weight_dqs) == ALL_WEIGHTS, "exactly one DequantizeLinear per weight, however many layers read it"
     activation_qs = op_count(quantized, "QuantizeLinear")
-    assert activation_qs == counts["activation_qdq"] == len(table.amax)
+    from_activation = {n.output[0] for n in all_nodes(quantized.graph)
+                       if n.op_type == "DequantizeLinear" and not n.input[0].endswith("_int8")}
+    readers = sum(name in from_activation for n in all_nodes(quantized.graph) if n.op_type == "MatMul" for name in n.input)
+    assert activation_qs == counts["activation_qdq"] == readers  # one Q/DQ per MatMul input (same scale per tensor)
+    assert len(table.amax) < activation_qs
     assert op_count(quantized, "DequantizeLinear") == ALL_WEIGHTS + activation_qs
     for op in ("Softmax", "LayerNormalization", "Gather"):  # stay float: nothing quantizes their inputs
         for node in all_nodes(quantized.graph):
@@ -68,6 +72,10 @@ def test_int8_graph_has_one_dequantize_per_weight_and_stays_close(model, batches
     for name in QA_OUTPUTS:
         np.testing.assert_allclose(result[name], reference[name], atol=INT8_ATOL)
         assert np.abs(result[name] - reference[name]).max() > 0  # it really runs quantized
+
+
+def _initializer_value(model: onnx.ModelProto, name: str) -> float:
+    return next(float(numpy_helper.to_array(t)) for g in _graphs(model) for t in g.initializer if t.name == name)
 
 
 def _graphs(model: onnx.ModelProto):
@@ -94,8 +102,10 @@ def test_loop_body_dequantizes_each_weight_once_inside_the_body(model, batches):
     assert all(n.input[0] in outer for n in body_weight_dqs), "the int8 weights live in the outer scope"
     assert not any(t.data_type == TensorProto.INT8 and len(t.dims) == 2 for t in body.initializer)
     # one scale per body tensor, taken over all iterations
-    # hidden (shared by q/k/v), q and k (scores), probs and v (context), context, attended, gelu output
-    assert len([n for n in body.node if n.op_type == "QuantizeLinear"]) == 8
+    # hidden (for q, k, v), q and k (scores), probs and v (context), context, attended, gelu output
+    assert len([n for n in body.node if n.op_type == "QuantizeLinear"]) == 10
+    hidden_scales = {n.input[1] for n in body.node if n.op_type == "QuantizeLinear" and n.input[0] == "hidden_in"}
+    assert len(hidden_scales) == 3 and len({_initializer_value(quantized, s) for s in hidden_scales}) == 1
     assert "hidden_in" in table.amax
 
 
@@ -140,3 +150,35 @@ def test_excluded_matmul_stays_float():
     counts = insert_qdq(graph, {"x": 1.0}, exclude=frozenset({"mm"}))
     assert counts["activation_qdq"] == counts["weight_dq"] == 0
     assert [n.op_type for n in graph.graph.node] == ["MatMul"]
+
+
+def test_options_float_attention_products_and_unsigned_activations(model, batches):
+    graph = unrolled_graph(model)
+    feed = sample_inputs(batch=2, sequence=9, seed=7)
+    reference = run(graph, feed)
+    quantized, table, counts = int8_from_fp32(graph, batches, activation_products=False, unsigned_activations=True,
+                                              progress=False)
+    products = [n for n in all_nodes(quantized.graph) if n.op_type == "MatMul"
+                and not any(i.endswith("_dequantized") for i in n.input)]
+    assert len(products) == 2 * model.config.num_hidden_layers  # scores and context stay float
+    zero_points = [t for t in quantized.graph.initializer if t.name.endswith("_zero_point") and not t.dims]
+    assert zero_points and all(numpy_helper.to_array(t) == 128 and t.data_type == TensorProto.UINT8 for t in zero_points)
+    np.testing.assert_allclose(run(quantized, feed)["start_logits"], reference["start_logits"], atol=INT8_ATOL)
+
+
+def test_embedding_tables_are_stored_int8_and_gathered_as_int8_rows(batches):
+    model = tiny_model(vocab_size=400)  # a 400 x 16 table: large enough to quantize
+    for build in (unrolled_graph, loop_graph):
+        graph = build(model)
+        feed = sample_inputs(batch=2, sequence=9, seed=3, vocab=400)
+        reference = run(graph, feed)
+        quantized, _, counts = int8_from_fp32(graph, [sample_inputs(4, 11, seed=s, vocab=400) for s in range(3)],
+                                              progress=False)
+        assert counts["tables"] == 1  # word embeddings (positions 64 x 16 and types 2 x 16 are small)
+        gathers = [n for n in quantized.graph.node if n.op_type == "Gather" and n.input[0].endswith("_int8")]
+        assert len(gathers) == 1
+        follower = [n for n in quantized.graph.node if gathers[0].output[0] in n.input]
+        assert [n.op_type for n in follower] == ["DequantizeLinear"]
+        left = [t.name for t in quantized.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2]
+        assert all("position" in name or "token_type" in name for name in left)  # under 4096 elements
+        np.testing.assert_allclose(run(quantized, feed)["end_logits"], reference["end_logits"], atol=INT8_ATOL)

@@ -84,7 +84,33 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
             elif node.op_type == "Cast":
                 to = next(a.i for a in node.attribute if a.name == "to")
                 types[node.output[0]] = to
+    _fill_unknown_types(inferred.graph, types)
     return types
+
+
+# ops whose outputs are integer whatever their inputs; contrib ops (which shape inference may not type) keep
+# float outputs except EmbedLayerNormalization's mask_index
+_INTEGER_OUTPUT_OPS = {"Shape": TensorProto.INT64, "Size": TensorProto.INT64, "ArgMax": TensorProto.INT64,
+                       "ArgMin": TensorProto.INT64, "NonZero": TensorProto.INT64}
+
+
+def _fill_unknown_types(graph: onnx.GraphProto, types: dict[str, int]) -> None:
+    """Give untyped node outputs a type by propagation, in node order (what shape inference left out)."""
+    for node in graph.node:
+        for sub in subgraphs(node):
+            _fill_unknown_types(sub, types)
+        for index, name in enumerate(node.output):
+            if not name or types.get(name):
+                continue
+            if node.op_type in _INTEGER_OUTPUT_OPS:
+                types[name] = _INTEGER_OUTPUT_OPS[node.op_type]
+            elif node.op_type == "EmbedLayerNormalization" and index == 1:
+                types[name] = TensorProto.INT32
+            else:
+                known = [types.get(i) for i in node.input if i and types.get(i)]
+                floats = [t for t in known if t in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+                if floats:
+                    types[name] = floats[0]
 
 
 def build_scopes(model: onnx.ModelProto, types: dict[str, int]) -> list[Scope]:

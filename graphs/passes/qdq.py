@@ -42,22 +42,28 @@ def _weight(scope: Scope, name: str) -> onnx.TensorProto | None:
     return None
 
 
-def _quantized(node: onnx.NodeProto, exclude: frozenset[str]) -> bool:
-    return node.op_type in QUANTIZED_OPS and node.domain in ("", "ai.onnx") and node.name not in exclude
+def _quantized(node: onnx.NodeProto, scope: Scope, exclude: frozenset[str], activation_products: bool) -> bool:
+    """Whether the pass quantizes this node: a MatMul/Gemm not excluded by name, and, unless
+    `activation_products`, one that reads a weight (attention's Q.K^T and P.V read two activations)."""
+    if node.op_type not in QUANTIZED_OPS or node.domain not in ("", "ai.onnx") or node.name in exclude:
+        return False
+    return activation_products or any(_weight(scope, name) is not None for name in node.input[:2])
 
 
-def _targets(model: onnx.ModelProto, exclude: frozenset[str]) -> tuple[list[Scope], list]:
+def _targets(model: onnx.ModelProto, exclude: frozenset[str], activation_products: bool = True) -> tuple[list[Scope], list]:
     """Every graph as a Scope, and (scope, node, value types) for each MatMul/Gemm to quantize."""
     bypass_constant_identities(model)
     types = value_types(model)
     scopes = build_scopes(model, types)
-    return scopes, [(scope, node, types) for scope in scopes for node in scope.graph.node if _quantized(node, exclude)]
+    return scopes, [(scope, node, types) for scope in scopes for node in scope.graph.node
+                    if _quantized(node, scope, exclude, activation_products)]
 
 
-def quantization_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset()) -> list[str]:
+def quantization_targets(model: onnx.ModelProto, exclude: frozenset[str] = frozenset(),
+                         activation_products: bool = True) -> list[str]:
     """Activation tensors whose ranges the QDQ pass needs, in graph order (Loop body tensors included)."""
     found: dict[str, None] = {}
-    for scope, node, types in _targets(model, exclude)[1]:
+    for scope, node, types in _targets(model, exclude, activation_products)[1]:
         for position in _float_activation_inputs(node, scope, types):
             found.setdefault(node.input[position])
     return list(found)
@@ -82,8 +88,18 @@ def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarr
 
 
 def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool = True,
-               exclude: frozenset[str] = frozenset(), tables: bool = True) -> dict[str, int]:
+               exclude: frozenset[str] = frozenset(), tables: bool = True,
+               activation_products: bool = True, activation_qdq_per_reader: bool = True,
+               unsigned_activations: bool = False) -> dict[str, int]:
     """Rewrite `model` in place with Q/DQ on every MatMul/Gemm input (nodes named in `exclude` stay float).
+
+    activation_products=False leaves the MatMuls of two activations (attention scores and context) in float:
+    onnxruntime CPU has no integer kernel for them, so there Q/DQ only costs time; TensorRT does use them.
+    activation_qdq_per_reader gives each MatMul its own Q/DQ of a shared activation (same scale): onnxruntime
+    fuses DQ+MatMul into an integer MatMul only where the activation's QuantizeLinear feeds that one DQ (the
+    hidden state read by the query, key and value projections); weights keep one DQ however many readers.
+    unsigned_activations stores activations as uint8 with zero point 128: the same symmetric grid (scale
+    amax/127) shifted, which onnxruntime's x86 kernels (u8 x s8) run faster; TensorRT wants int8 (the default).
 
     With `tables`, the other large weight matrices (embedding tables) are stored in int8 too, see
     `quantize_tables`. Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight),
@@ -94,7 +110,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     if opset < MIN_QDQ_OPSET:
         raise QDQError(f"QDQ needs opset >= {MIN_QDQ_OPSET} (per-channel DequantizeLinear); the model has {opset}. "
                        "Re-export with --opset 13 or newer")
-    scopes, targets = _targets(model, exclude)
+    scopes, targets = _targets(model, exclude, activation_products)
     names = Names(model)
     missing = sorted({node.input[p] for scope, node, types in targets
                       for p in _float_activation_inputs(node, scope, types)} - set(amax))
@@ -141,7 +157,8 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
         counts["weight_dq"] += 1
 
     for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
-        _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude)
+        _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude, activation_products,
+                       activation_qdq_per_reader, unsigned_activations)
 
     still_read = reads(model.graph)
     for scope in build_scopes(model, {}):
@@ -224,33 +241,41 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None) -> tuple
     return saved, quantized
 
 
+def _activation_zero_point(unsigned: bool, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(128, np.uint8) if unsigned else np.asarray(0, np.int8), name)
+
+
 def _rewrite_scope(scope: Scope, amax: dict[str, float], weight_dq: dict[str, str],
-                   top: list[onnx.NodeProto], names: Names, counts: dict, exclude: frozenset) -> None:
+                   top: list[onnx.NodeProto], names: Names, counts: dict, exclude: frozenset,
+                   activation_products: bool, per_reader: bool, unsigned_activations: bool) -> None:
     graph = scope.graph
-    qdq_of: dict[str, str] = {}
+    qdq_of: dict[object, str] = {}
+    scale_of: dict[object, tuple[str, str]] = {}
     nodes = list(top)
-    for node in graph.node:
-        if _quantized(node, exclude):
+    for index, node in enumerate(graph.node):
+        if _quantized(node, scope, exclude, activation_products):
             for position, name in enumerate(node.input[:2]):
                 if name in weight_dq:
                     node.input[position] = weight_dq[name]
                     continue
                 if name not in amax:
                     continue
-                if name not in qdq_of:
-                    scale = np.asarray(max(float(amax[name]), 1e-12) / INT8_MAX, dtype=np.float32)
-                    scale_name = names.fresh(f"{name}_scale")
-                    zero_name = names.fresh(f"{name}_zero_point")
-                    graph.initializer.extend([numpy_helper.from_array(scale, scale_name),
-                                              numpy_helper.from_array(np.asarray(0, dtype=np.int8), zero_name)])
+                key = (name, index) if per_reader else name
+                if key not in qdq_of:
+                    if key not in scale_of:  # per reader: own scale tensors, or common-subexpression passes merge the Qs
+                        scale = np.asarray(max(float(amax[name]), 1e-12) / INT8_MAX, dtype=np.float32)
+                        scale_of[key] = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
+                        graph.initializer.extend([numpy_helper.from_array(scale, scale_of[key][0]),
+                                                  _activation_zero_point(unsigned_activations, scale_of[key][1])])
+                    scale_name, zero_name = scale_of[key]
                     quantized, dequantized = names.fresh(f"{name}_quantized"), names.fresh(f"{name}_dequantized")
                     nodes.append(helper.make_node("QuantizeLinear", [name, scale_name, zero_name], [quantized],
                                                   name=names.fresh(f"QuantizeLinear_{name}")))
                     nodes.append(helper.make_node("DequantizeLinear", [quantized, scale_name, zero_name], [dequantized],
                                                   name=names.fresh(f"DequantizeLinear_{name}")))
-                    qdq_of[name] = dequantized
+                    qdq_of[key] = dequantized
                     counts["activation_qdq"] += 1
-                node.input[position] = qdq_of[name]
+                node.input[position] = qdq_of[key]
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
