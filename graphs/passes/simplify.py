@@ -1,13 +1,13 @@
 """Simplification that never copies a shared weight: constant folding, common subexpressions, dead code.
 
-onnxsim folds every node with constant inputs where it stands. On an unrolled ALBERT, where each of the N layer
-copies transposes (or casts) the same weight, that writes N folded copies of the one shared matrix, and in a
-Loop body it folds into the body. Here:
+onnxsim 0.4, measured on the graphs here, merges identical per-layer Transposes of a weight, but folds a Transpose
+of a weight that is also read directly into a second stored tensor (W and W^T both in the file), and unrolls a
+Loop whose trip count is constant (the Loop, and with it the single copy of the body, is gone). Here:
   1. identical nodes are merged first (common subexpressions), so N per-layer Transposes of W become one;
   2. a node is folded only if its result is small or no larger than the inputs that die with it, so a weight
      that is still read elsewhere is never materialized a second time;
   3. the folded tensor is stored in the outermost graph that holds its inputs: a Transpose in a Loop body of an
-     outer weight becomes one outer initializer, not a body constant.
+     outer weight becomes one outer initializer, not a body constant; Loops stay Loops.
 Q/DQ nodes are never folded (they carry the INT8 weights and TensorRT reads the pattern).
 """
 from __future__ import annotations
