@@ -95,6 +95,18 @@ def test_an_initializer_that_is_also_a_graph_input_is_not_merged():
     assert overridable.name in {tensor.name for tensor in model.graph.initializer}
 
 
+def test_a_body_copy_is_not_merged_into_an_outer_weight_the_caller_may_override():
+    model = copied_into_body(looped(group_cached(), 2))
+    overridable = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    model.graph.input.append(helper.make_tensor_value_info(
+        overridable.name, overridable.data_type, list(overridable.dims)))
+
+    report = dedupe_initializers(model)
+
+    assert f"{overridable.name}@body" in {tensor.name for tensor in body_of(model).initializer}
+    assert report["merged"] == len(model.graph.initializer) - 2  # all but the trip count and the overridable
+
+
 def test_content_key_tells_dtype_and_shape_apart():
     zeros = np.zeros((4, 4), np.float32)
     keys = {content_key(numpy_helper.from_array(array, "t"))
