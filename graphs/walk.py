@@ -110,10 +110,6 @@ def rename_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             rename_uses(sub, renames)
 
 
-def graph_output_names(model: onnx.ModelProto) -> set[str]:
-    return {output.name for scope in scopes(model) for output in scope.graph.output}
-
-
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {name: node for node in graph.node for name in node.output if name}
 
@@ -128,13 +124,6 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
         for name in names:
             found.setdefault(name, []).append(node)
     return found
-
-
-def opset(model: onnx.ModelProto, domain: str = "") -> int:
-    for entry in model.opset_import:
-        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
-            return entry.version
-    return 0
 
 
 def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:

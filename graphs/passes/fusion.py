@@ -61,13 +61,6 @@ class Context:
         """Whether `node` is the single reader of `name` anywhere in the model (and it is no graph output)."""
         return self.uses[name] == list(node.input).count(name) and name not in self.outputs
 
-    def private(self, names: list[str], reader_of: dict[str, onnx.NodeProto]) -> str | None:
-        """None when each intermediate name is read only by the given pattern node; else the reason."""
-        for name in names:
-            if not self.only_reader(name, reader_of[name]):
-                return f"intermediate {name!r} is also read outside the pattern"
-        return None
-
     def replace(self, node: onnx.NodeProto, *taken_over: str) -> None:
         """Add the fused node; it produces the `taken_over` names, so the old producers of those go."""
         self.replaced.update(taken_over)
