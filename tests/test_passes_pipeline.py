@@ -133,3 +133,20 @@ def test_export_rejects_an_unknown_profile_before_tracing(tmp_path):
 
     with pytest.raises(ExportOptionError, match="none, portable, onnxruntime"):
         export(tmp_path / "missing-checkpoint", "question-answering", tmp_path / "out", optimize="fastest")
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_portable_graphs_still_build_a_tensorrt_plan(tmp_path, layers):
+    """The portable profile is the one TensorRT reads: its Loop bodies and folded constants must parse."""
+    import onnx
+
+    from albert_export.engine import engine_from_onnx, parse_shapes
+
+    model, _ = exported("question-answering", layers)
+    optimized, _ = optimize(model, "portable")
+    path = tmp_path / "model.onnx"
+    onnx.save(optimized, str(path))
+
+    plan, _ = engine_from_onnx(path, parse_shapes("1x1:2x16:4x32"), log=lambda message: None)
+
+    assert len(plan) > 0
