@@ -73,3 +73,29 @@ def test_a_query_weight_read_elsewhere_is_not_concatenated(layout):
     assert report == {"fused": 0, "refused": {reason: layers}}
     assert op_counts(model)["Attention"] == 0
     assert_same_outputs(before, model)
+
+
+def test_scores_scaled_by_a_multiplication_fuse_with_that_scale():
+    import numpy as np
+    from onnx import numpy_helper
+
+    from graphs.passes.simplify import simplify
+
+    model = LAYOUTS["unrolled"](group_cached(), 2)
+    simplify(model)
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Div" and node.input[1] in constants:
+            divisor = numpy_helper.to_array(constants[node.input[1]])
+            name = f"{node.output[0]}/reciprocal"
+            model.graph.initializer.append(numpy_helper.from_array((1 / divisor).astype(np.float32), name))
+            node.op_type = "Mul"
+            node.input[:] = [name, node.input[0]]  # constant first, to exercise operand order
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+
+    assert fuse_attention(model) == {"fused": 2, "refused": {}}
+    attention = next(n for n in model.graph.node if n.op_type == "Attention")
+    scale = {a.name: helper.get_attribute_value(a) for a in attention.attribute}["scale"]
+    assert scale == pytest.approx(1 / np.sqrt(HIDDEN // 4))
+    assert_same_outputs(before, model)

@@ -68,6 +68,11 @@ class AttentionFusion(Fusion):
         return dict(x=matmul.input[0], weight=matmul.input[1], bias=other_input(add, matmul.output[0]),
                     reshape=reshape, nodes=[matmul, add, reshape, *transposes])
 
+    def scores_of(self, ctx, scaler):
+        """The Q K^T MatMul scaled by `scaler`: Div(scores, c), Mul(scores, c) or Mul(c, scores)."""
+        candidates = scaler.input[:1] if scaler.op_type == "Div" else scaler.input
+        return next((ctx.producer(name, "MatMul") for name in candidates if ctx.producer(name, "MatMul")), None)
+
     def pattern(self, ctx, softmax):
         scores_in = softmax.input[0]
         mask = None
@@ -76,7 +81,7 @@ class AttentionFusion(Fusion):
         if add is not None:
             for name in add.input:
                 scaler = ctx.producer(name, "Div") or ctx.producer(name, "Mul")
-                if scaler is not None and ctx.producer(scaler.input[0], "MatMul"):
+                if scaler is not None and self.scores_of(ctx, scaler) is not None:
                     mask = other_input(add, name)
                     scores_in = name
                     nodes.append(add)
@@ -86,7 +91,7 @@ class AttentionFusion(Fusion):
         scaler = ctx.producer(scores_in, "Div") or ctx.producer(scores_in, "Mul")
         if scaler is None:
             return None
-        scores = ctx.producer(scaler.input[0], "MatMul")
+        scores = self.scores_of(ctx, scaler)
         if scores is None:
             return None
         nodes += [scaler, scores]
@@ -104,7 +109,7 @@ class AttentionFusion(Fusion):
         nodes += [context, merge, reshape]
         for projection in (query, key, value):
             nodes += projection["nodes"]
-        return dict(query=query, key=key, value=value, scaler=scaler, mask=mask, nodes=nodes,
+        return dict(query=query, key=key, value=value, scaler=scaler, scores=scores, mask=mask, nodes=nodes,
                     last=reshape.output[0], merge=merge,
                     weights=[query["weight"], key["weight"], value["weight"]],
                     biases=[query["bias"], key["bias"], value["bias"]])
@@ -155,10 +160,11 @@ class AttentionFusion(Fusion):
         match["heads"] = heads.pop()
         if hidden % match["heads"]:
             return f"hidden size {hidden} is not divisible by {match['heads']} heads"
-        divisor = ctx.constants.scalar(match["scaler"].input[1])
-        if divisor is None or divisor == 0:
+        scaler = match["scaler"]
+        factor = ctx.constants.scalar(other_input(scaler, match["scores"].output[0]))
+        if factor is None or factor == 0:
             return "the score scale is not a constant"
-        match["scale"] = 1.0 / divisor if match["scaler"].op_type == "Div" else divisor
+        match["scale"] = 1.0 / factor if scaler.op_type == "Div" else factor
         if match["mask"] is not None:
             shape = self.shapes.get(match["mask"])
             if shape is not None and len(shape) != 4:
