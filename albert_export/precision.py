@@ -22,6 +22,14 @@ from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
 DEFAULT_METHOD = "percentile"
 
 
@@ -73,6 +81,10 @@ def graph_at_precision(
     if precision != "int8":
         raise PrecisionOptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
+    fused = sum(node.op_type in ("Attention", "MultiHeadAttention", "QAttention") for node in _all_nodes(graph.graph))
+    if fused:
+        log(f"int8: warning: {fused} fused Attention node(s) keep their QKV weights in float (the QDQ pass quantizes "
+            "MatMul/Gemm); for a smaller, faster INT8 graph use --optimize portable")
     examples = select(load_examples(calibration_data), calibration_samples)
     encoder = Tokenizer.from_str(tokenizer.to_str())  # encoding toggles truncation; keep the bundle's copy as is
     batches = calibration_batches(encoder, task, examples, max_length=max_length)

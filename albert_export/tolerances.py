@@ -21,10 +21,10 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
     "fp32": {ANY_OUTPUT: Tolerance(atol=1e-4)},
     # fp16 (mixed): measured <= 1.5e-3 on the 4-layer test models, see docs/bench.md for albert-base
     "fp16": {ANY_OUTPUT: Tolerance(atol=2e-2, rtol=1e-2)},
-    # int8 (QDQ, calibrated on text, validated on random ids): measured up to 0.64 on logits, 1.4 on vocabulary
-    # logits and 1.85 on hidden states of the test models; top-1/span agreement vs fp32 is in the manifest
-    "int8": {ANY_OUTPUT: Tolerance(atol=1.0, rtol=1e-1), "logits": Tolerance(atol=2.0, rtol=1e-1),
-             "prediction_logits": Tolerance(atol=2.0, rtol=1e-1), "last_hidden_state": Tolerance(atol=3.0, rtol=1e-1)},
+    # int8 (QDQ calibrated on text, validated on random ids): measured up to 0.14 on logits and 0.21 on hidden
+    # states of the 4-layer test models (all tasks, both modes), 0.03 on albert-base-shaped QA logits; top-1 and
+    # QA span agreement against fp32 are in the manifest (extra.accuracy_vs_fp32)
+    "int8": {ANY_OUTPUT: Tolerance(atol=0.3, rtol=5e-2), "last_hidden_state": Tolerance(atol=0.5, rtol=5e-2)},
 }
 
 

@@ -17,7 +17,7 @@ QA_MAX_ANSWER_TOKENS = 15  # the QA pipeline's default max_answer_len
 def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, method: str = "percentile",
                    percentile: float = DEFAULT_PERCENTILE, layers: str = "", samples: int | None = None,
                    per_channel: bool = True, progress: bool = True, threads: int = 0,
-                   activation_products: bool = True, unsigned_activations: bool = False,
+                   activation_products: bool = False, unsigned_activations: bool = False,
                    ) -> tuple[onnx.ModelProto, CalibrationTable, dict[str, int]]:
     """Calibrate the activations that feed MatMul/Gemm on `batches` and insert Q/DQ. `model` is not changed.
     activation_products=False keeps attention's activation x activation MatMuls float (see insert_qdq).
@@ -26,7 +26,8 @@ def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarra
         raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
-    tensors = quantization_targets(quantized, activation_products=activation_products)  # also drops per-use Identity copies of weights, as insert_qdq does
+    # (this also drops per-use Identity copies of weights, as insert_qdq does)
+    tensors = quantization_targets(quantized, activation_products=activation_products)
     if not tensors:
         raise CalibrationError("the graph has no MatMul/Gemm with activation inputs: nothing to quantize")
     histograms = collect_histograms(quantized, tensors, batches, progress=progress, total=len(batches), threads=threads)

@@ -163,8 +163,9 @@ def test_loop_body_ranges_are_the_max_over_the_unrolled_layers(model, batches):
     """Scan outputs see every iteration: a body tensor's minmax equals the max of that tensor over the layers of
     the unrolled graph (the same computation)."""
     unrolled, loop = unrolled_graph(model), loop_graph(model)
-    unrolled_amax = ranges(collect_histograms(unrolled, quantization_targets(unrolled), batches, progress=False), "minmax")
-    loop_amax = ranges(collect_histograms(loop, quantization_targets(loop), batches, progress=False), "minmax")
+    targets = lambda graph: quantization_targets(graph, activation_products=True)  # noqa: E731 (Softmax outputs too)
+    unrolled_amax = ranges(collect_histograms(unrolled, targets(unrolled), batches, progress=False), "minmax")
+    loop_amax = ranges(collect_histograms(loop, targets(loop), batches, progress=False), "minmax")
     per_layer_softmax = [v for k, v in unrolled_amax.items() if k.endswith("Softmax_output_0")]
     body_softmax = [v for k, v in loop_amax.items() if k.endswith("Softmax_output_0")]
     assert len(per_layer_softmax) == 3 and len(body_softmax) == 1
@@ -246,7 +247,7 @@ def test_int8_export_writes_table_manifest_and_validates(qa_checkpoint, tmp_path
     accuracy = manifest.extra["accuracy_vs_fp32"]
     assert accuracy["examples"] == 10 and 0.5 <= accuracy["qa_span_agreement"] <= 1.0
     assert set(manifest.validation.max_abs_diff) == {"start_logits", "end_logits"}
-    assert manifest.validation.tolerance["start_logits"] == 1.0
+    assert manifest.validation.tolerance["start_logits"] == 0.3
     assert manifest.extra["graph"]["tensor_bytes"] < 0.4 * manifest.extra["graph"]["parameter_bytes"]
 
 

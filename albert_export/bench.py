@@ -1,0 +1,375 @@
+"""Benchmark: albert-base-v2-shaped question answering (random weights) on this machine's CPU, in one run.
+
+    python -m albert_export.bench [--quick] [--shapes 1x128,1x384,8x128] [--rounds N] [--threads T]
+
+Candidates (same weights everywhere):
+  pytorch fp32            our reference model, eager
+  anchor fp32             torch.onnx.export of transformers' AlbertForQuestionAnswering +
+                          onnxruntime.transformers.optimizer.optimize_model(model_type="bert")
+  anchor int8             that + onnxruntime.quantization.quantize_dynamic (QInt8 weights)
+  ours {fp32,fp16,int8} x {unrolled,loop}
+                          the exporter's graph (albert_export.export.onnx_from_reference) + graphs.pipeline.optimize
+                          (profile per precision, see PROFILE) + the precision step of `albert-export --fp16/--int8`
+Every ONNX candidate runs in onnxruntime CPU with all graph optimizations on and the same thread count. Runs are
+interleaved (each round runs every candidate once per shape, after warm-up) and the median is reported, with
+ratios to the anchors, file sizes and the max |diff| of start/end logits against PyTorch at the first shape.
+Writes docs/bench.md (the table) and docs/bench.png (a chart) unless told otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ALBERT_BASE_V2 = dict(
+    vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
+    num_attention_heads=12, intermediate_size=3072, inner_group_num=1, hidden_act="gelu_new",
+    max_position_embeddings=512, type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+)
+TASK = "question-answering"
+OUTPUTS = ("start_logits", "end_logits")
+FULL_SHAPES = ((1, 128), (1, 384), (8, 128))
+# which optimization feeds each precision: the onnxruntime profile for float; for INT8 the same without the
+# Attention fusion, because the QDQ pass quantizes MatMul/Gemm and a fused com.microsoft Attention would hide
+# its QKV MatMuls (they would stay fp32)
+PROFILE = {"fp32": "onnxruntime", "fp16": "onnxruntime", "int8": "onnxruntime-without-attention"}
+TARGETS = "our fp32 <= anchor fp32; our int8 <= 0.6 x anchor int8; loop <= 1.05 x unrolled"
+
+
+@dataclass
+class Candidate:
+    name: str
+    kind: str  # "torch" | "onnx"
+    precision: str
+    path: Path | None = None
+    session: object = None
+    module: object = None
+    file_bytes: int = 0
+    max_diff: float | None = None
+    note: str = ""
+    times: dict[tuple[int, int], list[float]] = field(default_factory=dict)
+
+    def run(self, feed: dict[str, np.ndarray]):
+        if self.kind == "torch":
+            import torch
+
+            with torch.inference_mode():
+                return self.module(**{k: torch.from_numpy(v) for k, v in feed.items()})
+        return self.session.run(None, feed)
+
+    def outputs(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.kind == "torch":
+            return {k: v.numpy() for k, v in self.run(feed).items()}
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed)))
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        try:
+            batch, sequence = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"albert-bench: error: shape {item!r} is not BxS, e.g. 1x128") from None
+        if batch < 1 or not 1 <= sequence <= ALBERT_BASE_V2["max_position_embeddings"]:
+            raise SystemExit(f"albert-bench: error: shape {item!r} out of range (sequence 1..512)")
+        shapes.append((batch, sequence))
+    return shapes
+
+
+def inputs_for(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    batch, sequence = shape
+    ids = rng.integers(5, 1000, size=shape, dtype=np.int64)  # ids the calibration tokenizer also produces
+    ids[:, 0] = 2
+    types = np.zeros(shape, dtype=np.int64)
+    types[:, sequence // 4:] = 1
+    return {"input_ids": ids, "attention_mask": np.ones(shape, dtype=np.int64), "token_type_ids": types}
+
+
+def calibration_tokenizer():
+    """The embedded default model's tokenizer, else one built from the shared test SentencePiece model."""
+    from .checkpoint import default_model_dir
+    from .tokenizer import tokenizer_from_pretrained, tokenizer_from_spiece
+
+    default = default_model_dir()
+    if (default / "tokenizer.json").is_file() or (default / "spiece.model").is_file():
+        return tokenizer_from_pretrained(default)[0]
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentencepiece_test_model.model"
+    return tokenizer_from_spiece(shared)
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def build_checkpoint(directory: Path, seed: int):
+    """transformers' AlbertForQuestionAnswering with albert-base-v2's shape and random weights, saved."""
+    import torch
+    from transformers import AlbertConfig, AlbertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    model = AlbertForQuestionAnswering(AlbertConfig(**ALBERT_BASE_V2)).eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def build_anchor(hf_model, work: Path, threads: int) -> list[Candidate]:
+    """The path users take today: torch.onnx.export + ORT's transformer optimizer (+ dynamic INT8)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    feed = {k: torch.from_numpy(v) for k, v in inputs_for((2, 16)).items()}
+    raw = work / "anchor_raw.onnx"
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*feed, *OUTPUTS)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(hf_model, (feed["input_ids"], feed["attention_mask"], feed["token_type_ids"]), str(raw),
+                          input_names=list(feed), output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17,
+                          dynamo=False, do_constant_folding=True)
+    fp32 = work / "anchor_fp32.onnx"
+    optimized = optimize_model(str(raw), model_type="bert", num_heads=ALBERT_BASE_V2["num_attention_heads"],
+                               hidden_size=ALBERT_BASE_V2["hidden_size"])
+    fused = optimized.get_fused_operator_statistics()
+    optimized.save_model_to_file(str(fp32))
+    int8 = work / "anchor_int8.onnx"
+    import onnx
+
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types hidden by contrib ops
+    note = ", ".join(f"{op} {n}" for op, n in fused.items() if n)
+    return [Candidate("anchor fp32", "onnx", "fp32", fp32, note=note),
+            Candidate("anchor int8", "onnx", "int8", int8, note="quantize_dynamic QInt8")]
+
+
+def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisions: list[str],
+               calibration_samples: int) -> tuple[list[Candidate], dict]:
+    import onnx
+
+    from .export import onnx_from_reference
+    from .precision import graph_at_precision
+
+    candidates, reports = [], {}
+    for layers in layer_modes:
+        traced = onnx_from_reference(reference, layers)
+        for precision in precisions:
+            graph, profile = optimized(traced, PROFILE[precision])
+            graph, extra, _ = graph_at_precision(
+                graph, precision, task=TASK, tokenizer=tokenizer, layers=layers, vocab_size=reference.config.vocab_size,
+                calibration_samples=calibration_samples, max_length=128, log=lambda m: log(f"{layers}: {m}"))
+            path = work / f"ours_{precision}_{layers}.onnx"
+            onnx.save(graph, str(path))
+            name = f"ours {precision} {layers}"
+            reports[name] = {"profile": profile, **{k: v for k, v in extra.items() if k != "calibration"}}
+            candidates.append(Candidate(name, "onnx", precision, path, note=f"optimize={profile}"))
+    return candidates, reports
+
+
+def optimized(graph, profile: str):
+    """(graph through graphs.pipeline's profile, the profile used); 'onnxruntime-without-attention' runs the
+    onnxruntime profile's passes except the Attention fusion. Without the pipeline the graph is returned as is."""
+    import onnx
+
+    try:
+        from graphs import pipeline
+    except ImportError:
+        return graph, "none"
+    if profile != "onnxruntime-without-attention":
+        return pipeline.optimize(graph, profile)[0], profile
+    passes = [(name, run) for name, run in pipeline.PROFILES.get("onnxruntime", []) if name != "attention"]
+    if not passes:
+        return pipeline.optimize(graph, "portable")[0], "portable"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(graph)
+    for _, run in passes:
+        run(copy)
+    onnx.checker.check_model(copy)
+    return copy, profile
+
+
+def measure(candidates: list[Candidate], shapes: list[tuple[int, int]], rounds: int, warmup: int) -> None:
+    for shape in shapes:
+        feed = inputs_for(shape, seed=1)
+        for candidate in candidates:
+            for _ in range(warmup):
+                candidate.run(feed)
+            candidate.times[shape] = []
+        for _ in range(rounds):  # interleaved: drift and neighbours' load hit every candidate alike
+            for candidate in candidates:
+                started = time.perf_counter()
+                candidate.run(feed)
+                candidate.times[shape].append((time.perf_counter() - started) * 1000.0)
+        log(f"{shape[0]}x{shape[1]}: " + ", ".join(f"{c.name} {statistics.median(c.times[shape]):.1f}" for c in candidates))
+
+
+def median(candidate: Candidate, shape) -> float:
+    return statistics.median(candidate.times[shape])
+
+
+def markdown(candidates: list[Candidate], shapes, by_name: dict[str, Candidate], meta: dict) -> str:
+    label = lambda s: f"{s[0]}x{s[1]}"  # noqa: E731
+    lines = [
+        f"# Benchmark: albert-base-v2-shaped question answering, CPU ({meta['threads']} threads)",
+        "",
+        f"{meta['when']}; onnxruntime {meta['ort']}, torch {meta['torch']}; {meta['rounds']} interleaved rounds after "
+        f"{meta['warmup']} warm-up runs, medians in ms. Ratios: fp32/fp16 rows against anchor fp32, int8 rows "
+        "against anchor int8. max diff: max |start/end logits - PyTorch| at "
+        f"{label(shapes[0])}. Machine: {meta['cpus']} CPU cores shared with other work, so absolute times are noisy.",
+        "",
+        "| candidate | " + " | ".join(f"{label(s)} ms | ratio" for s in shapes) + " | file MB | max diff | notes |",
+        "|---|" + "---:|---:|" * len(shapes) + "---:|---:|---|",
+    ]
+    for c in candidates:
+        anchor = by_name.get("anchor int8" if c.precision == "int8" else "anchor fp32")
+        cells = []
+        for s in shapes:
+            ratio = f"{median(c, s) / median(anchor, s):.2f}" if anchor and c.kind == "onnx" else "-"
+            cells.append(f"{median(c, s):.1f} | {ratio}")
+        size = f"{c.file_bytes / 1e6:.1f}" if c.file_bytes else "-"
+        diff = "-" if c.max_diff is None else f"{c.max_diff:.2g}"
+        lines.append(f"| {c.name} | " + " | ".join(cells) + f" | {size} | {diff} | {c.note} |")
+    lines += ["", "## Targets", "", f"({TARGETS})", ""]
+    lines += [f"- {line}" for line in target_lines(by_name, shapes)]
+    return "\n".join(lines) + "\n"
+
+
+def target_lines(by_name: dict[str, Candidate], shapes) -> list[str]:
+    label = lambda s: f"{s[0]}x{s[1]}"  # noqa: E731
+    lines = []
+
+    def check(name, other, factor, what):
+        a, b = by_name.get(name), by_name.get(other)
+        if a is None or b is None:
+            return
+        ratios = [median(a, s) / median(b, s) for s in shapes]
+        held = all(r <= factor for r in ratios)
+        lines.append(f"{'MET' if held else 'MISSED'}: {what}: " +
+                     ", ".join(f"{label(s)} {r:.2f}" for s, r in zip(shapes, ratios)) + f" (target <= {factor})")
+
+    for layers in ("unrolled", "loop"):
+        check(f"ours fp32 {layers}", "anchor fp32", 1.0, f"ours fp32 {layers} / anchor fp32")
+        check(f"ours int8 {layers}", "anchor int8", 0.6, f"ours int8 {layers} / anchor int8")
+    for precision in ("fp32", "fp16", "int8"):
+        check(f"ours {precision} loop", f"ours {precision} unrolled", 1.05, f"{precision} loop / unrolled")
+    return lines
+
+
+def chart(candidates: list[Candidate], shapes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(8, 1.6 * len(candidates)), 4.8))
+    width = 0.8 / len(shapes)
+    positions = np.arange(len(candidates))
+    for index, shape in enumerate(shapes):
+        values = [median(c, shape) for c in candidates]
+        axes.bar(positions + index * width, values, width, label=f"{shape[0]}x{shape[1]}")
+    axes.set_xticks(positions + width * (len(shapes) - 1) / 2)
+    axes.set_xticklabels([c.name for c in candidates], rotation=30, ha="right")
+    axes.set_yscale("log")
+    axes.set_ylabel("median latency, ms (log)")
+    axes.set_title("albert-base-v2-shaped QA, onnxruntime CPU (lower is better)")
+    axes.legend(title="batch x sequence")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m albert_export.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and calibration samples (~2 minutes)")
+    parser.add_argument("--shapes", default=None, help="comma-separated BxS (default 1x128,1x384,8x128)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed runs per candidate and shape (default 20; quick 5)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3; quick 1)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and torch (default 2)")
+    parser.add_argument("--layers", default="unrolled,loop", help="layer modes of ours (default unrolled,loop)")
+    parser.add_argument("--precisions", default="fp32,fp16,int8", help="precisions of ours (default fp32,fp16,int8)")
+    parser.add_argument("--calibration-samples", type=int, default=None, help="INT8 calibration examples (default 64; quick 16)")
+    parser.add_argument("--no-anchor", action="store_true", help="skip the transformers + ORT optimizer anchors")
+    parser.add_argument("--output", default="docs", help="folder for bench.md, bench.png, bench.json (default docs)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    shapes = parse_shapes(args.shapes) if args.shapes else list(FULL_SHAPES)
+    rounds = args.rounds or (5 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    samples = args.calibration_samples or (16 if args.quick else 64)
+    import onnxruntime
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from .checkpoint import from_pretrained
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="albert-bench-") as tmp:
+        work = Path(tmp)
+        log("building the albert-base-v2-shaped checkpoint (random weights)")
+        hf_model = build_checkpoint(work / "checkpoint", args.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = from_pretrained(work / "checkpoint", TASK)
+        candidates = [Candidate("pytorch fp32", "torch", "fp32", module=reference, note="our reference, eager")]
+        if not args.no_anchor:
+            log("anchor: torch.onnx.export + optimize_model(bert) + quantize_dynamic")
+            candidates += build_anchor(hf_model, work, args.threads)
+        del hf_model
+        log("ours: export, optimize, fp16, int8 (calibration)")
+        ours, reports = build_ours(reference, calibration_tokenizer(), work, args.layers.split(","),
+                                   args.precisions.split(","), samples)
+        candidates += ours
+        check = inputs_for(shapes[0], seed=2)
+        with torch.inference_mode():
+            expected = {k: v.numpy() for k, v in reference(**{k: torch.from_numpy(v) for k, v in check.items()}).items()}
+        for candidate in candidates:
+            if candidate.kind == "onnx":
+                candidate.file_bytes = candidate.path.stat().st_size
+                candidate.session = ort_session(candidate.path, args.threads)
+                got = candidate.outputs(check)
+                candidate.max_diff = max(float(np.abs(got[name] - expected[name]).max()) for name in OUTPUTS)
+        log(f"timing {len(candidates)} candidates at {', '.join(f'{b}x{s}' for b, s in shapes)}, {rounds} rounds")
+        measure(candidates, shapes, rounds, warmup)
+    by_name = {c.name: c for c in candidates}
+    meta = {"threads": args.threads, "rounds": rounds, "warmup": warmup, "ort": onnxruntime.__version__,
+            "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpus": __import__("os").cpu_count()}
+    table = markdown(candidates, shapes, by_name, meta)
+    print(table)
+    (output / "bench.md").write_text(table)
+    (output / "bench.json").write_text(json.dumps({
+        "meta": meta, "shapes": [list(s) for s in shapes],
+        "candidates": [{"name": c.name, "precision": c.precision, "file_bytes": c.file_bytes, "max_diff": c.max_diff,
+                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}} for c in candidates],
+        "ours": reports,
+    }, indent=1, default=str) + "\n")
+    chart(candidates, shapes, output / "bench.png")
+    log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
