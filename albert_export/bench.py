@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,15 +77,15 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
+def parse_shapes(text: str, max_sequence: int = ALBERT_BASE_V2["max_position_embeddings"]) -> list[tuple[int, int]]:
     shapes = []
     for item in text.split(","):
         try:
             batch, sequence = (int(x) for x in item.lower().split("x"))
         except ValueError:
             raise SystemExit(f"albert-bench: error: shape {item!r} is not BxS, e.g. 1x128") from None
-        if batch < 1 or not 1 <= sequence <= ALBERT_BASE_V2["max_position_embeddings"]:
-            raise SystemExit(f"albert-bench: error: shape {item!r} out of range (sequence 1..512)")
+        if batch < 1 or not 1 <= sequence <= max_sequence:
+            raise SystemExit(f"albert-bench: error: shape {item!r} out of range (sequence 1..{max_sequence})")
         shapes.append((batch, sequence))
     return shapes
 
@@ -121,13 +122,13 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def build_checkpoint(directory: Path, seed: int):
-    """transformers' AlbertForQuestionAnswering with albert-base-v2's shape and random weights, saved."""
+def build_checkpoint(directory: Path, seed: int, shape: dict | None = None):
+    """transformers' AlbertForQuestionAnswering with albert-base-v2's shape (or `shape`), random weights, saved."""
     import torch
     from transformers import AlbertConfig, AlbertForQuestionAnswering
 
     torch.manual_seed(seed)
-    model = AlbertForQuestionAnswering(AlbertConfig(**ALBERT_BASE_V2)).eval()
+    model = AlbertForQuestionAnswering(AlbertConfig(**(shape or ALBERT_BASE_V2))).eval()
     model.save_pretrained(directory)
     return model
 
@@ -147,8 +148,8 @@ def build_anchor(hf_model, work: Path, threads: int) -> list[Candidate]:
                           input_names=list(feed), output_names=list(OUTPUTS), dynamic_axes=axes, opset_version=17,
                           dynamo=False, do_constant_folding=True)
     fp32 = work / "anchor_fp32.onnx"
-    optimized = optimize_model(str(raw), model_type="bert", num_heads=ALBERT_BASE_V2["num_attention_heads"],
-                               hidden_size=ALBERT_BASE_V2["hidden_size"])
+    optimized = optimize_model(str(raw), model_type="bert", num_heads=hf_model.config.num_attention_heads,
+                               hidden_size=hf_model.config.hidden_size)
     fused = optimized.get_fused_operator_statistics()
     optimized.save_model_to_file(str(fp32))
     int8 = work / "anchor_int8.onnx"
@@ -180,7 +181,13 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
             onnx.save(graph, str(path))
             name = f"ours {precision} {layers}"
             reports[name] = {"profile": profile, **{k: v for k, v in extra.items() if k != "calibration"}}
-            candidates.append(Candidate(name, "onnx", precision, path, note=f"optimize={profile}"))
+            note = f"optimize={profile}"
+            accuracy = extra.get("accuracy_vs_fp32")
+            if accuracy:
+                top1 = min(accuracy["top1_agreement"].values())
+                note += f"; vs fp32 on {accuracy['examples']} calibration examples: top-1 {top1:.2f}, " \
+                        f"span {accuracy.get('qa_span_agreement', 0):.2f}"
+            candidates.append(Candidate(name, "onnx", precision, path, note=note))
     return candidates, reports
 
 
@@ -213,8 +220,11 @@ def measure(candidates: list[Candidate], shapes: list[tuple[int, int]], rounds: 
             for _ in range(warmup):
                 candidate.run(feed)
             candidate.times[shape] = []
-        for _ in range(rounds):  # interleaved: drift and neighbours' load hit every candidate alike
-            for candidate in candidates:
+        order = list(candidates)
+        shuffle = np.random.default_rng(sum(shape))
+        for _ in range(rounds):  # interleaved, in a new order each round: drift and load hit every candidate alike
+            shuffle.shuffle(order)
+            for candidate in order:
                 started = time.perf_counter()
                 candidate.run(feed)
                 candidate.times[shape].append((time.perf_counter() - started) * 1000.0)
@@ -228,12 +238,14 @@ def median(candidate: Candidate, shape) -> float:
 def markdown(candidates: list[Candidate], shapes, by_name: dict[str, Candidate], meta: dict) -> str:
     label = lambda s: f"{s[0]}x{s[1]}"  # noqa: E731
     lines = [
-        f"# Benchmark: albert-base-v2-shaped question answering, CPU ({meta['threads']} threads)",
+        f"# Benchmark: {meta['model']} question answering, CPU ({meta['threads']} threads)",
         "",
         f"{meta['when']}; onnxruntime {meta['ort']}, torch {meta['torch']}; {meta['rounds']} interleaved rounds after "
         f"{meta['warmup']} warm-up runs, medians in ms. Ratios: fp32/fp16 rows against anchor fp32, int8 rows "
         "against anchor int8. max diff: max |start/end logits - PyTorch| at "
-        f"{label(shapes[0])}. Machine: {meta['cpus']} CPU cores shared with other work, so absolute times are noisy.",
+        f"{label(shapes[0])}. Machine: {meta['cpus']} CPU cores shared with other work (load average "
+        f"{meta['load']} at the start), so absolute times are noisy; compare ratios. fp16 on this CPU has no fast "
+        "fp16 kernels (it is meant for GPUs); it is timed for completeness.",
         "",
         "| candidate | " + " | ".join(f"{label(s)} ms | ratio" for s in shapes) + " | file MB | max diff | notes |",
         "|---|" + "---:|---:|" * len(shapes) + "---:|---:|---|",
@@ -309,12 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-anchor", action="store_true", help="skip the transformers + ORT optimizer anchors")
     parser.add_argument("--output", default="docs", help="folder for bench.md, bench.png, bench.json (default docs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None, metavar="JSON",
+                        help="override the model shape, e.g. '{\"num_hidden_layers\": 2}' (smoke tests)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    shapes = parse_shapes(args.shapes) if args.shapes else list(FULL_SHAPES)
+    shape = {**ALBERT_BASE_V2, **(json.loads(args.config) if args.config else {})}
+    shapes = parse_shapes(args.shapes, shape["max_position_embeddings"]) if args.shapes else list(FULL_SHAPES)
     rounds = args.rounds or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     samples = args.calibration_samples or (16 if args.quick else 64)
@@ -326,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="albert-bench-") as tmp:
         work = Path(tmp)
         log("building the albert-base-v2-shaped checkpoint (random weights)")
-        hf_model = build_checkpoint(work / "checkpoint", args.seed)
+        hf_model = build_checkpoint(work / "checkpoint", args.seed, shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             reference = from_pretrained(work / "checkpoint", TASK)
@@ -356,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {c.name: c for c in candidates}
     meta = {"threads": args.threads, "rounds": rounds, "warmup": warmup, "ort": onnxruntime.__version__,
             "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "cpus": __import__("os").cpu_count()}
+            "cpus": os.cpu_count(), "load": load,
+            "model": "albert-base-v2-shaped" if shape == ALBERT_BASE_V2 else f"custom-shaped ({args.config})"}
     table = markdown(candidates, shapes, by_name, meta)
     print(table)
     (output / "bench.md").write_text(table)

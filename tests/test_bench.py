@@ -1,0 +1,41 @@
+"""The benchmark, end to end on a tiny model shape: every candidate timed, the table, the chart, the targets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from albert_export import bench
+
+torch.set_num_threads(1)
+TINY = {"vocab_size": 1010, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def test_bench_runs_every_candidate_and_writes_table_chart_and_json(tmp_path, capsys):
+    status = bench.main(["--config", json.dumps(TINY), "--shapes", "1x8,2x16", "--rounds", "2", "--warmup", "0",
+                         "--threads", "1", "--calibration-samples", "4", "--output", str(tmp_path)])
+    assert status == 0
+    table = (tmp_path / "bench.md").read_text()
+    assert capsys.readouterr().out.strip() == table.strip()
+    names = ["pytorch fp32", "anchor fp32", "anchor int8"] + [
+        f"ours {p} {m}" for m in ("unrolled", "loop") for p in ("fp32", "fp16", "int8")]
+    for name in names:
+        assert f"| {name} |" in table
+    assert "1x8 ms | ratio | 2x16 ms | ratio" in table
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert [c["name"] for c in result["candidates"]] == names
+    ours = {c["name"]: c for c in result["candidates"]}
+    assert ours["ours int8 unrolled"]["file_bytes"] < 0.6 * ours["ours fp32 unrolled"]["file_bytes"]  # tiny: graph-heavy
+    assert ours["ours fp16 loop"]["max_diff"] < 2e-2 and ours["ours fp32 loop"]["max_diff"] < 1e-4
+    assert all(v > 0 for c in result["candidates"] for v in c["median_ms"].values())
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert table.count("MET") + table.count("MISSED") == 7
+
+
+def test_bad_shape_is_a_clear_error():
+    with pytest.raises(SystemExit, match="shape '1x' is not BxS"):
+        bench.parse_shapes("1x")
+    with pytest.raises(SystemExit, match="out of range"):
+        bench.parse_shapes("1x600")
