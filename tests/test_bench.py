@@ -9,7 +9,7 @@ import torch
 from albert_export import bench
 
 torch.set_num_threads(1)
-TINY = {"vocab_size": 1010, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+TINY = {"vocab_size": 30000, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 64, "max_position_embeddings": 64}
 
 
