@@ -247,7 +247,7 @@ def test_int8_export_writes_table_manifest_and_validates(qa_checkpoint, tmp_path
     accuracy = manifest.extra["accuracy_vs_fp32"]
     assert accuracy["examples"] == 10 and 0.5 <= accuracy["qa_span_agreement"] <= 1.0
     assert set(manifest.validation.max_abs_diff) == {"start_logits", "end_logits"}
-    assert manifest.validation.tolerance["start_logits"] == 0.3
+    assert manifest.validation.tolerance["start_logits"] == 1.0
     assert manifest.extra["graph"]["tensor_bytes"] < 0.4 * manifest.extra["graph"]["parameter_bytes"]
 
 
