@@ -185,7 +185,7 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
             accuracy = extra.get("accuracy_vs_fp32")
             if accuracy:
                 top1 = min(accuracy["top1_agreement"].values())
-                note += f"; vs fp32 on {accuracy['examples']} calibration examples: top-1 {top1:.2f}, " \
+                note += f"; vs fp32 on {accuracy['examples']} held-out examples: top-1 {top1:.2f}, " \
                         f"span {accuracy.get('qa_span_agreement', 0):.2f}"
             candidates.append(Candidate(name, "onnx", precision, path, note=note))
     return candidates, reports

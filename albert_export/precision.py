@@ -4,7 +4,8 @@ fp16   graphs.passes.fp16: weights and MatMuls in fp16, LayerNorm/Softmax/sums a
 int8   calibration: examples (--calibration-data, or the built-in default) tokenized with the bundle's
        tokenizer, activation ranges from onnxruntime on the fp32 graph, Q/DQ inserted with one DequantizeLinear
        per shared weight. The table goes into the bundle (calibration.json); the manifest gets the calibration
-       settings and an accuracy report of the INT8 graph against the fp32 graph on the calibration batches.
+       settings and an accuracy report of the INT8 graph against the fp32 graph on held-out examples of the data
+       (up to 64 not calibrated on; the calibration examples themselves when the data has no others).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
+EVALUATION_SAMPLES = 64  # held-out examples for the INT8 accuracy report
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -85,7 +87,10 @@ def graph_at_precision(
     if fused:
         log(f"int8: warning: {fused} fused Attention node(s) keep their QKV weights in float (the QDQ pass quantizes "
             "MatMul/Gemm); for a smaller, faster INT8 graph use --optimize portable")
-    examples = select(load_examples(calibration_data), calibration_samples)
+    everything = load_examples(calibration_data)
+    examples = select(everything, calibration_samples)
+    chosen = {id(example) for example in examples}
+    held_out = select([e for e in everything if id(e) not in chosen], EVALUATION_SAMPLES) if len(everything) > len(examples) else []
     encoder = Tokenizer.from_str(tokenizer.to_str())  # encoding toggles truncation; keep the bundle's copy as is
     batches = calibration_batches(encoder, task, examples, max_length=max_length)
     largest = max(int(batch["input_ids"].max()) for batch in batches)
@@ -96,8 +101,12 @@ def graph_at_precision(
     log(f"int8: calibrating ({calibration_method}) on {len(examples)} examples from {source}")
     quantized, table, counts = int8_from_fp32(graph, batches, method=calibration_method, layers=layers,
                                               samples=len(examples))
-    report = accuracy_report(graph, quantized, batches, task)
-    report["data"] = "the calibration examples"
+    if held_out:
+        report = accuracy_report(graph, quantized, calibration_batches(encoder, task, held_out, max_length=max_length), task)
+        report["data"] = f"{len(held_out)} held-out examples of the calibration data (not calibrated on)"
+    else:
+        report = accuracy_report(graph, quantized, batches, task)
+        report["data"] = "the calibration examples themselves (the data has no others)"
     log(f"int8: {counts['activation_qdq']} activation Q/DQ pairs, {counts['weight_dq']} int8 weights; "
         f"top-1 agreement with fp32 {report['top1_agreement'] or '-'}")
     extra = {
