@@ -176,7 +176,8 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
             graph, profile = optimized(traced, PROFILE[precision])
             graph, extra, _ = graph_at_precision(
                 graph, precision, task=TASK, tokenizer=tokenizer, layers=layers, vocab_size=reference.config.vocab_size,
-                calibration_samples=calibration_samples, max_length=128, log=lambda m: log(f"{layers}: {m}"))
+                calibration_samples=calibration_samples, max_length=min(128, reference.config.max_position_embeddings),
+                log=lambda m: log(f"{layers}: {m}"))
             path = work / f"ours_{precision}_{layers}.onnx"
             onnx.save(graph, str(path))
             name = f"ours {precision} {layers}"
