@@ -119,6 +119,9 @@ def ort_session(path: Path, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # idle sessions must not spin: with several sessions interleaved, a spinning pool steals the cores from the
+    # one being timed (measured: anchor int8 at 1x128 22 ms alone, 119 ms interleaved with spinning pools)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -390,4 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("OMP_WAIT_POLICY") is None:  # torch's OpenMP threads must sleep, not spin, between runs
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch loads, which importing this package did
+        os.execv(sys.executable, [sys.executable, "-m", "albert_export.bench", *sys.argv[1:]])
     sys.exit(main())
