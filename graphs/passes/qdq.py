@@ -101,7 +101,8 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     fuses DQ+MatMul into an integer MatMul only where the activation's QuantizeLinear feeds that one DQ (the
     hidden state read by the query, key and value projections); weights keep one DQ however many readers.
     unsigned_activations stores activations as uint8 with zero point 128: the same symmetric grid (scale
-    amax/127) shifted, which onnxruntime's x86 kernels (u8 x s8) run faster; TensorRT wants int8 (the default).
+    amax/127) shifted, for runtimes whose kernels want u8 x s8 (no difference measured on onnxruntime 1.32 here);
+    TensorRT wants int8, the default.
 
     With `tables`, the other large weight matrices (embedding tables) are stored in int8 too, see
     `quantize_tables`. Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight),
