@@ -189,7 +189,8 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
             accuracy = extra.get("accuracy_vs_fp32")
             if accuracy:
                 top1 = min(accuracy["top1_agreement"].values())
-                note += f"; vs fp32 on {accuracy['examples']} held-out examples: top-1 {top1:.2f}, " \
+                kind = "held-out" if "held-out" in accuracy["data"] else "calibration"
+                note += f"; vs fp32 on {accuracy['examples']} {kind} examples: top-1 {top1:.2f}, " \
                         f"span {accuracy.get('qa_span_agreement', 0):.2f}"
             candidates.append(Candidate(name, "onnx", precision, path, note=note))
     return candidates, reports
