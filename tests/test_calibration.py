@@ -277,3 +277,18 @@ def test_cli_bad_calibration_file_fails_cleanly(qa_checkpoint, tmp_path, capsys)
     assert status == 1
     assert "line 1: no text field" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_precision_bundles_build_tensorrt_rtx_plans(qa_checkpoint, tmp_path, precision):
+    """The same file serves TensorRT: strongly typed fp16 casts and Q/DQ (int8 constants only into DQ)."""
+    pytest.importorskip("tensorrt_rtx")
+    from albert_export.engine import engine_from_onnx, parse_shapes
+    from albert_export.export import export
+
+    for layers in ("unrolled", "loop"):
+        options = {"int8": True, "calibration_samples": 8} if precision == "int8" else {"fp16": True}
+        path = export(qa_checkpoint, "qa", tmp_path / layers, layers=layers, optimize="portable", validate=False,
+                      log=lambda message: None, **options)
+        plan, info = engine_from_onnx(path / "model.onnx", parse_shapes("1x1:1x16:2x40"), log=lambda message: None)
+        assert len(plan) > 100_000 and info.flavour == "tensorrt_rtx"

@@ -168,19 +168,31 @@ def test_options_quantized_attention_products_and_unsigned_activations(model, ba
     np.testing.assert_allclose(run(quantized, feed)["start_logits"], reference["start_logits"], atol=INT8_ATOL)
 
 
-def test_embedding_tables_are_stored_int8_and_gathered_as_int8_rows(batches):
+def test_embedding_tables_are_stored_int8_and_dequantized_once_before_the_gather(batches):
+    """TensorRT takes int8 constants only into DequantizeLinear: the table is dequantized, then gathered."""
     model = tiny_model(vocab_size=400)  # a 400 x 16 table: large enough to quantize
     for build in (unrolled_graph, loop_graph):
         graph = build(model)
         feed = sample_inputs(batch=2, sequence=9, seed=3, vocab=400)
         reference = run(graph, feed)
-        quantized, _, counts = int8_from_fp32(graph, [sample_inputs(4, 11, seed=s, vocab=400) for s in range(3)],
-                                              progress=False)
+        calibration = [sample_inputs(4, 11, seed=s, vocab=400) for s in range(3)]
+        quantized, _, counts = int8_from_fp32(graph, calibration, progress=False)
         assert counts["tables"] == 1  # word embeddings (positions 64 x 16 and types 2 x 16 are small)
-        gathers = [n for n in quantized.graph.node if n.op_type == "Gather" and n.input[0].endswith("_int8")]
-        assert len(gathers) == 1
-        follower = [n for n in quantized.graph.node if gathers[0].output[0] in n.input]
-        assert [n.op_type for n in follower] == ["DequantizeLinear"]
+        table_dq = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and "word_embeddings" in n.input[0]]
+        assert len(table_dq) == 1
+        readers = [n for n in quantized.graph.node if table_dq[0].output[0] in n.input]
+        assert [n.op_type for n in readers] == ["Gather"]
         left = [t.name for t in quantized.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2]
         assert all("position" in name or "token_type" in name for name in left)  # under 4096 elements
         np.testing.assert_allclose(run(quantized, feed)["end_logits"], reference["end_logits"], atol=INT8_ATOL)
+
+        rows = onnx.ModelProto()
+        rows.CopyFrom(graph)
+        from calibration.ranges import collect_histograms, ranges
+
+        amax = ranges(collect_histograms(rows, quantization_targets(rows), calibration, progress=False), "minmax")
+        insert_qdq(rows, amax, gather_int8_rows=True)
+        gathers = [n for n in rows.graph.node if n.op_type == "Gather" and n.input[0].endswith("_int8")]
+        assert len(gathers) == 1
+        assert [n.op_type for n in rows.graph.node if gathers[0].output[0] in n.input] == ["DequantizeLinear"]
+        np.testing.assert_allclose(run(rows, feed)["end_logits"], reference["end_logits"], atol=INT8_ATOL)
