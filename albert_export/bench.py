@@ -233,7 +233,8 @@ def measure(candidates: list[Candidate], shapes: list[tuple[int, int]], rounds: 
                 started = time.perf_counter()
                 candidate.run(feed)
                 candidate.times[shape].append((time.perf_counter() - started) * 1000.0)
-        log(f"{shape[0]}x{shape[1]}: " + ", ".join(f"{c.name} {statistics.median(c.times[shape]):.1f}" for c in candidates))
+        timings = ", ".join(f"{c.name} {statistics.median(c.times[shape]):.1f}" for c in candidates)
+        log(f"{shape[0]}x{shape[1]}: {timings}")
 
 
 def median(candidate: Candidate, shape) -> float:
@@ -317,12 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m albert_export.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calibration samples (~2 minutes)")
     parser.add_argument("--shapes", default=None, help="comma-separated BxS (default 1x128,1x384,8x128)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed runs per candidate and shape (default 20; quick 5)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="timed runs per candidate and shape (default 20; quick 5)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3; quick 1)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and torch (default 2)")
     parser.add_argument("--layers", default="unrolled,loop", help="layer modes of ours (default unrolled,loop)")
     parser.add_argument("--precisions", default="fp32,fp16,int8", help="precisions of ours (default fp32,fp16,int8)")
-    parser.add_argument("--calibration-samples", type=int, default=None, help="INT8 calibration examples (default 64; quick 16)")
+    parser.add_argument("--calibration-samples", type=int, default=None,
+                        help="INT8 calibration examples (default 64; quick 16)")
     parser.add_argument("--no-anchor", action="store_true", help="skip the transformers + ORT optimizer anchors")
     parser.add_argument("--output", default="docs", help="folder for bench.md, bench.png, bench.json (default docs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -365,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         candidates += ours
         check = inputs_for(shapes[0], seed=2)
         with torch.inference_mode():
-            expected = {k: v.numpy() for k, v in reference(**{k: torch.from_numpy(v) for k, v in check.items()}).items()}
+            outputs = reference(**{name: torch.from_numpy(array) for name, array in check.items()})
+            expected = {name: tensor.numpy() for name, tensor in outputs.items()}
         for candidate in candidates:
             if candidate.kind == "onnx":
                 candidate.file_bytes = candidate.path.stat().st_size
@@ -385,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     (output / "bench.json").write_text(json.dumps({
         "meta": meta, "shapes": [list(s) for s in shapes],
         "candidates": [{"name": c.name, "precision": c.precision, "file_bytes": c.file_bytes, "max_diff": c.max_diff,
-                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}} for c in candidates],
+                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
+                       for c in candidates],
         "ours": reports,
     }, indent=1, default=str) + "\n")
     chart(candidates, shapes, output / "bench.png")

@@ -44,7 +44,8 @@ def precision_from_options(fp16: bool = False, int8: bool = False, calibration_d
     """'fp32' | 'fp16' | 'int8' from the flags, or PrecisionOptionError saying what to change."""
     if fp16 and int8:
         raise PrecisionOptionError("--fp16 and --int8 exclude each other; pick one precision")
-    calibrating = calibration_data is not None or calibration_method != DEFAULT_METHOD or calibration_samples != DEFAULT_SAMPLES
+    calibrating = (calibration_data is not None or calibration_method != DEFAULT_METHOD
+                   or calibration_samples != DEFAULT_SAMPLES)
     if calibrating and not int8:
         raise PrecisionOptionError("--calibration-data/--calibration-method/--calibration-samples need --int8")
     if calibration_method not in METHODS:
@@ -90,7 +91,8 @@ def graph_at_precision(
     everything = load_examples(calibration_data)
     examples = select(everything, calibration_samples)
     chosen = {id(example) for example in examples}
-    held_out = select([e for e in everything if id(e) not in chosen], EVALUATION_SAMPLES) if len(everything) > len(examples) else []
+    others = [example for example in everything if id(example) not in chosen]
+    held_out = select(others, EVALUATION_SAMPLES) if others else []
     encoder = Tokenizer.from_str(tokenizer.to_str())  # encoding toggles truncation; keep the bundle's copy as is
     batches = calibration_batches(encoder, task, examples, max_length=max_length)
     largest = max(int(batch["input_ids"].max()) for batch in batches)
@@ -102,7 +104,8 @@ def graph_at_precision(
     quantized, table, counts = int8_from_fp32(graph, batches, method=calibration_method, layers=layers,
                                               samples=len(examples))
     if held_out:
-        report = accuracy_report(graph, quantized, calibration_batches(encoder, task, held_out, max_length=max_length), task)
+        evaluation = calibration_batches(encoder, task, held_out, max_length=max_length)
+        report = accuracy_report(graph, quantized, evaluation, task)
         report["data"] = f"{len(held_out)} held-out examples of the calibration data (not calibrated on)"
     else:
         report = accuracy_report(graph, quantized, batches, task)

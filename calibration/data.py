@@ -42,9 +42,11 @@ class Example:
 
 def _read_text(path: Path) -> str:
     if not path.exists():
-        raise CalibrationDataError(f"calibration data {str(path)!r} does not exist; pass a text, JSONL or SQuAD JSON file")
+        raise CalibrationDataError(
+            f"calibration data {str(path)!r} does not exist; pass a text, JSONL or SQuAD JSON file")
     if not path.is_file():
-        raise CalibrationDataError(f"calibration data {str(path)!r} is not a file; pass a text, JSONL or SQuAD JSON file")
+        raise CalibrationDataError(
+            f"calibration data {str(path)!r} is not a file; pass a text, JSONL or SQuAD JSON file")
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -91,7 +93,8 @@ def _squad_examples(data: dict, where: str) -> list[Example]:
                 if isinstance(qa.get("question"), str) and qa["question"].strip() and context.strip():
                     examples.append(Example(qa["question"], context, question=True))
     if not examples:
-        raise CalibrationDataError(f"{where}: a SQuAD-style JSON file with no (question, context) in data[].paragraphs[].qas[]")
+        raise CalibrationDataError(
+            f"{where}: a SQuAD-style JSON file with no (question, context) in data[].paragraphs[].qas[]")
     return examples
 
 
@@ -108,7 +111,8 @@ def load_examples(path: str | Path | None = None) -> list[Example]:
             document = json.loads(stripped)
         except json.JSONDecodeError as exc:
             if path.suffix.lower() == ".json":
-                raise CalibrationDataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+                raise CalibrationDataError(
+                    f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
             document = None  # perhaps JSON lines
         if isinstance(document, dict):
             return _squad_examples(document, str(path))
@@ -151,7 +155,8 @@ def _segments(example: Example, task: str) -> list[str | tuple[str, str]]:
     if task == "question-answering":
         if example.question:
             return [(example.text, example.text_pair)]
-        return [(GENERIC_QUESTION, example.text if example.text_pair is None else f"{example.text} {example.text_pair}")]
+        context = example.text if example.text_pair is None else f"{example.text} {example.text_pair}"
+        return [(GENERIC_QUESTION, context)]
     if example.choices:
         return [(example.text, example.choices[0])]
     return [example.text if example.text_pair is None else (example.text, example.text_pair)]
@@ -177,8 +182,9 @@ def _pad_batch(features: list[dict[str, np.ndarray]], pad_token_id: int) -> dict
     return batch
 
 
-def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example], *, max_length: int = DEFAULT_MAX_LENGTH,
-                        batch_size: int = DEFAULT_BATCH_SIZE, pad_token_id: int | None = None) -> list[dict[str, np.ndarray]]:
+def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example], *,
+                        max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = DEFAULT_BATCH_SIZE,
+                        pad_token_id: int | None = None) -> list[dict[str, np.ndarray]]:
     """Model inputs for `task`: batches of up to batch_size examples, right-padded to the longest
     (multiple choice: one example per batch, shaped (1, choices, sequence))."""
     if pad_token_id is None:

@@ -67,7 +67,8 @@ def accuracy_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
     max_abs_diff per output, top1_agreement per logits output (over unpadded positions for token-level
     outputs, over the sequence for QA start/end), and qa_span_agreement (best span, as the QA head picks)."""
     expected, actual = _run_all(reference, batches, threads), _run_all(candidate, batches, threads)
-    report: dict = {"max_abs_diff": {}, "top1_agreement": {}, "examples": int(sum(len(b["input_ids"]) for b in batches))}
+    examples = int(sum(len(b["input_ids"]) for b in batches))
+    report: dict = {"max_abs_diff": {}, "top1_agreement": {}, "examples": examples}
     for name in expected[0]:
         report["max_abs_diff"][name] = float(max(np.abs(e[name] - a[name]).max() for e, a in zip(expected, actual)))
         if task == "feature-extraction":

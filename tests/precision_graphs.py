@@ -42,7 +42,8 @@ def _export(module, args, input_names, output_names, dynamic) -> onnx.ModelProto
     buffer = io.BytesIO()
     torch.onnx.export(
         module, args, buffer, input_names=input_names, output_names=output_names, opset_version=OPSET,
-        dynamic_axes={name: {i: a for i, a in enumerate(dynamic[name]) if a} for name in input_names + output_names}, dynamo=False,
+        dynamic_axes={name: {i: a for i, a in enumerate(dynamic[name]) if a} for name in input_names + output_names},
+        dynamo=False,
     )
     return onnx.load_from_string(buffer.getvalue())
 

@@ -27,7 +27,8 @@ def test_bench_runs_every_candidate_and_writes_table_chart_and_json(tmp_path, ca
     result = json.loads((tmp_path / "bench.json").read_text())
     assert [c["name"] for c in result["candidates"]] == names
     ours = {c["name"]: c for c in result["candidates"]}
-    assert ours["ours int8 unrolled"]["file_bytes"] < 0.6 * ours["ours fp32 unrolled"]["file_bytes"]  # tiny: graph-heavy
+    # a tiny model's file is mostly graph structure; albert-base gives 0.26 (docs/bench.md)
+    assert ours["ours int8 unrolled"]["file_bytes"] < 0.6 * ours["ours fp32 unrolled"]["file_bytes"]
     assert ours["ours fp16 loop"]["max_diff"] < 2e-2 and ours["ours fp32 loop"]["max_diff"] < 1e-4
     assert all(v > 0 for c in result["candidates"] for v in c["median_ms"].values())
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

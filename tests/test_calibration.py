@@ -78,7 +78,8 @@ def test_jsonl_fields_text_pair_question_prompt(tmp_path):
 def test_builtin_default_is_shipped_and_covers_every_kind():
     examples = load_examples(None)
     assert DEFAULT_DATA.is_file() and len(examples) >= 30
-    assert any(e.question for e in examples) and any(e.choices for e in examples) and any(e.text_pair and not e.question for e in examples)
+    assert any(e.question for e in examples) and any(e.choices for e in examples)
+    assert any(e.text_pair and not e.question for e in examples)
 
 
 @pytest.mark.parametrize("content, suffix, message", [
@@ -110,7 +111,8 @@ def test_select_spreads_samples_over_the_file():
 
 
 def test_batches_are_tokenized_as_the_runtime_and_padded(tokenizer):
-    examples = [Example("w1 w2 w3"), Example("w4"), Example("w5 w6", "w7"), Example("w8 w9", "w10 " * 50, question=True)]
+    examples = [Example("w1 w2 w3"), Example("w4"), Example("w5 w6", "w7"),
+                Example("w8 w9", "w10 " * 50, question=True)]
     batches = calibration_batches(tokenizer, "text-classification", examples, batch_size=3, max_length=16)
     assert [b["input_ids"].shape for b in batches] == [(3, 6), (1, 16)]
     first = batches[0]

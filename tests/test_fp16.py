@@ -46,10 +46,12 @@ def test_fp16_matches_fp32_and_keeps_accuracy_critical_ops_in_fp32(model, mode):
     assert all(t == [TensorProto.FLOAT16] * 2 for t in input_types(graph.graph, types, "MatMul"))
     assert all(t == [TensorProto.FLOAT] for t in input_types(graph.graph, types, "Softmax"))
     assert all(set(t) == {TensorProto.FLOAT} for t in input_types(graph.graph, types, "LayerNormalization"))
-    residual_adds = [t for t in input_types(graph.graph, types, "Add") if len(t) == 2 and t[0] == t[1] == TensorProto.FLOAT]
+    adds = input_types(graph.graph, types, "Add")
+    residual_adds = [t for t in adds if len(t) == 2 and t[0] == t[1] == TensorProto.FLOAT]
     assert residual_adds, "no Add left in fp32: residual sums must stay fp32"
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.graph.input] == [(n, TensorProto.INT64) for n in feed]
-    assert [(o.name, o.type.tensor_type.elem_type) for o in graph.graph.output] == [(n, TensorProto.FLOAT) for n in QA_OUTPUTS]
+    outputs = [(o.name, o.type.tensor_type.elem_type) for o in graph.graph.output]
+    assert outputs == [(n, TensorProto.FLOAT) for n in QA_OUTPUTS]
 
     result = run(graph, feed)
     for name in QA_OUTPUTS:

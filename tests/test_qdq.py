@@ -54,7 +54,8 @@ def test_int8_graph_has_one_dequantize_per_weight_and_stays_close(model, batches
     activation_qs = op_count(quantized, "QuantizeLinear")
     from_activation = {n.output[0] for n in all_nodes(quantized.graph)
                        if n.op_type == "DequantizeLinear" and not n.input[0].endswith("_int8")}
-    readers = sum(name in from_activation for n in all_nodes(quantized.graph) if n.op_type == "MatMul" for name in n.input)
+    matmuls_after = [n for n in all_nodes(quantized.graph) if n.op_type == "MatMul"]
+    readers = sum(name in from_activation for n in matmuls_after for name in n.input)
     assert activation_qs == counts["activation_qdq"] == readers  # one Q/DQ per MatMul input (same scale per tensor)
     assert len(table.amax) < activation_qs
     assert op_count(quantized, "DequantizeLinear") == ALL_WEIGHTS + activation_qs
@@ -63,7 +64,8 @@ def test_int8_graph_has_one_dequantize_per_weight_and_stays_close(model, batches
             if node.op_type == op:
                 assert not any(name.endswith("_dequantized") for name in node.input)
 
-    int8 = [t for g in _graphs(quantized) for t in g.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 2]
+    int8 = [t for g in _graphs(quantized) for t in g.initializer
+            if t.data_type == TensorProto.INT8 and len(t.dims) == 2]
     assert len(int8) == ALL_WEIGHTS
     float_matrices = [t.name for g in _graphs(quantized) for t in g.initializer
                       if t.data_type == TensorProto.FLOAT and len(t.dims) == 2 and "embeddings" not in t.name]
@@ -164,7 +166,8 @@ def test_options_quantized_attention_products_and_unsigned_activations(model, ba
                      and not any(i.endswith("_dequantized") for i in n.input)]
     assert float_matmuls == [] and counts["matmuls"] == op_count(graph, "MatMul")
     zero_points = [t for t in quantized.graph.initializer if t.name.endswith("_zero_point") and not t.dims]
-    assert zero_points and all(numpy_helper.to_array(t) == 128 and t.data_type == TensorProto.UINT8 for t in zero_points)
+    assert zero_points
+    assert all(numpy_helper.to_array(t) == 128 and t.data_type == TensorProto.UINT8 for t in zero_points)
     np.testing.assert_allclose(run(quantized, feed)["start_logits"], reference["start_logits"], atol=INT8_ATOL)
 
 
@@ -178,7 +181,8 @@ def test_embedding_tables_are_stored_int8_and_dequantized_once_before_the_gather
         calibration = [sample_inputs(4, 11, seed=s, vocab=400) for s in range(3)]
         quantized, _, counts = int8_from_fp32(graph, calibration, progress=False)
         assert counts["tables"] == 1  # word embeddings (positions 64 x 16 and types 2 x 16 are small)
-        table_dq = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and "word_embeddings" in n.input[0]]
+        table_dq = [n for n in quantized.graph.node
+                    if n.op_type == "DequantizeLinear" and "word_embeddings" in n.input[0]]
         assert len(table_dq) == 1
         readers = [n for n in quantized.graph.node if table_dq[0].output[0] in n.input]
         assert [n.op_type for n in readers] == ["Gather"]

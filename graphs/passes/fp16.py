@@ -175,7 +175,8 @@ def _store_constants(scope: Scope, plan: _Plan, names: Names, reads_as: dict, co
             counts["fp16_initializers"] += 1
             if (tensor.name, FP32) in reads_as:
                 as_fp32 = reads_as[(tensor.name, FP32)]
-                casts.append(helper.make_node("Cast", [tensor.name], [as_fp32], to=FP32, name=names.fresh(f"Cast_{as_fp32}")))
+                casts.append(helper.make_node("Cast", [tensor.name], [as_fp32], to=FP32,
+                                              name=names.fresh(f"Cast_{as_fp32}")))
         elif tensor.data_type == FP32 and tensor.name in plan.requests:
             counts["fp32_initializers"] += 1
     nodes = list(casts)
@@ -188,7 +189,8 @@ def _store_constants(scope: Scope, plan: _Plan, names: Names, reads_as: dict, co
                 node.attribute[0].t.CopyFrom(value)
             elif (output, FP16) in reads_as:
                 copy = reads_as[(output, FP16)]
-                nodes.append(helper.make_node("Constant", [], [copy], value=value, name=names.fresh(f"Constant_{copy}")))
+                nodes.append(helper.make_node("Constant", [], [copy], value=value,
+                                              name=names.fresh(f"Constant_{copy}")))
     counts["casts"] += len(casts)
     del scope.graph.node[:]
     scope.graph.node.extend(nodes)
@@ -217,7 +219,8 @@ def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
                     continue
                 if (name, precision) not in cast_of:
                     cast = names.fresh(f"{name}_{'fp16' if precision == FP16 else 'fp32'}")
-                    nodes.append(helper.make_node("Cast", [name], [cast], to=precision, name=names.fresh(f"Cast_{cast}")))
+                    nodes.append(helper.make_node("Cast", [name], [cast], to=precision,
+                                                  name=names.fresh(f"Cast_{cast}")))
                     counts["casts"] += 1
                     cast_of[(name, precision)] = cast
                 node.input[index] = cast_of[(name, precision)]
@@ -235,6 +238,7 @@ def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
             for node in graph.node:
                 node.output[:] = [internal if n == output.name else n for n in node.output]
             rename_reads(graph, output.name, internal)
-            graph.node.append(helper.make_node("Cast", [internal], [output.name], to=FP32, name=names.fresh(f"Cast_{output.name}")))
+            graph.node.append(helper.make_node("Cast", [internal], [output.name], to=FP32,
+                                               name=names.fresh(f"Cast_{output.name}")))
             counts["casts"] += 1
             output.type.tensor_type.elem_type = FP32

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ._precision import Names, Scope, build_scopes, bypass_constant_identities, reads, subgraphs, value_types
+from ._precision import Names, Scope, build_scopes, bypass_constant_identities, reads, value_types
 
 QUANTIZED_OPS = frozenset({"MatMul", "Gemm"})
 INT8_MAX = 127
@@ -51,7 +51,8 @@ def _quantized(node: onnx.NodeProto, scope: Scope, exclude: frozenset[str], acti
     return activation_products or any(_weight(scope, name) is not None for name in node.input[:2])
 
 
-def _targets(model: onnx.ModelProto, exclude: frozenset[str], activation_products: bool = False) -> tuple[list[Scope], list]:
+def _targets(model: onnx.ModelProto, exclude: frozenset[str],
+             activation_products: bool = False) -> tuple[list[Scope], list]:
     """Every graph as a Scope, and (scope, node, value types) for each MatMul/Gemm to quantize."""
     bypass_constant_identities(model)
     types = value_types(model)
@@ -105,8 +106,8 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     TensorRT wants int8, the default.
 
     With `tables`, the other large weight matrices (embedding tables) are stored in int8 too, see
-    `quantize_tables` (and its `gather_int8_rows`). Returns counts: matmuls, activation_qdq (Q/DQ pairs), weight_dq (one per distinct weight),
-    tables, weight_bytes_saved.
+    `quantize_tables` (and its `gather_int8_rows`). Returns counts: matmuls, activation_qdq (Q/DQ pairs),
+    weight_dq (one per distinct weight), tables, weight_bytes_saved.
     Raises QDQError when an activation has no amax (calibrate first) or the opset is too old.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -179,7 +180,8 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
 MIN_TABLE_ELEMENTS = 4096
 
 
-def quantize_tables(model: onnx.ModelProto, names: Names | None = None, gather_int8_rows: bool = False) -> tuple[int, int]:
+def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
+                    gather_int8_rows: bool = False) -> tuple[int, int]:
     """Store the remaining large float matrices (embedding tables, a tied decoder) as int8, computing stays float.
 
     Each table is quantized per row and dequantized once, in the scope that owns it, for all its readers (the
@@ -206,8 +208,9 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None, gather_i
             if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or not uses or tensor.name in outputs
                     or int(np.prod(tensor.dims)) < MIN_TABLE_ELEMENTS):
                 continue
-            gathered = gather_int8_rows and all(node.op_type == "Gather" and position == 0 and
-                           next((a.i for a in node.attribute if a.name == "axis"), 0) == 0 for _, node, position in uses)
+            gathered = gather_int8_rows and all(
+                node.op_type == "Gather" and position == 0
+                and next((a.i for a in node.attribute if a.name == "axis"), 0) == 0 for _, node, position in uses)
             array = numpy_helper.to_array(tensor)
             values, scale = quantize_weight(array, axis=1 if gathered else 0)
             int8_name = names.fresh(f"{tensor.name}_int8")
@@ -267,7 +270,7 @@ def _rewrite_scope(scope: Scope, amax: dict[str, float], weight_dq: dict[str, st
                     continue
                 key = (name, index) if per_reader else name
                 if key not in qdq_of:
-                    if key not in scale_of:  # per reader: own scale tensors, or common-subexpression passes merge the Qs
+                    if key not in scale_of:  # per reader: own scale tensors, or CSE passes merge the Qs again
                         scale = np.asarray(max(float(amax[name]), 1e-12) / INT8_MAX, dtype=np.float32)
                         scale_of[key] = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
                         graph.initializer.extend([numpy_helper.from_array(scale, scale_of[key][0]),
