@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -34,10 +33,12 @@ TIED_ALIASES = ("predictions.decoder.weight", "predictions.decoder.bias")
 class TrainingSettings:
     seed: int = 0
     vocab_size: int = 8000
-    max_length: int = 128
+    max_length: int = 128  # max_position_embeddings; the last long_fraction of the steps use it
+    short_length: int = 64  # the other steps use shorter sequences (BERT's recipe): cheaper, so more steps
+    long_fraction: float = 0.2
     batch_size: int = 32
-    epochs: int = 50
-    learning_rate: float = 1e-3
+    steps: int = 3000
+    learning_rate: float = 2e-3
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
     mask_fraction: float = 0.15
@@ -45,8 +46,8 @@ class TrainingSettings:
 
 
 MODEL_SHAPE = dict(
-    embedding_size=128, hidden_size=256, num_hidden_layers=4, num_hidden_groups=1, num_attention_heads=4,
-    intermediate_size=1024, hidden_act="gelu_new", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+    embedding_size=128, hidden_size=128, num_hidden_layers=4, num_hidden_groups=1, num_attention_heads=4,
+    intermediate_size=512, hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
 )
 
 
@@ -155,9 +156,9 @@ def as_tensors(examples: data.Examples) -> dict[str, torch.Tensor]:
 
 
 def epoch_batches(encoded: list[list[int]], settings: TrainingSettings, vocab_size: int,
-                  rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
+                  rng: np.random.Generator, length: int) -> list[dict[str, torch.Tensor]]:
     """A fresh chunking, sentence-order swap and masking of the training sentences, shuffled into batches."""
-    pairs = data.segment_pairs(encoded, settings.max_length, rng)
+    pairs = data.segment_pairs(encoded, length, rng)
     order = rng.permutation(len(pairs))
     batches = []
     for start in range(0, len(order), settings.batch_size):
@@ -200,9 +201,8 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
     model = AlbertForPreTraining(config)
     initialize(model)
 
-    steps_per_epoch = math.ceil(len(data.segment_pairs(encoded, settings.max_length, np.random.default_rng(0)))
-                                / settings.batch_size)
-    total = min(max_steps or steps_per_epoch * settings.epochs, steps_per_epoch * settings.epochs)
+    total = min(max_steps or settings.steps, settings.steps)
+    long_from = int(total * (1.0 - settings.long_fraction))
     decay, no_decay = [], []
     for parameter in model.parameters():
         (no_decay if parameter.ndim == 1 else decay).append(parameter)
@@ -215,9 +215,11 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
     curve = []  # (step, mlm loss, sop loss)
     model.train()
     bar = tqdm(total=total, desc="pretraining", unit="step", disable=not progress, dynamic_ncols=True)
-    step = 0
+    step = epochs = tokens_seen = 0
     while step < total:
-        for batch in epoch_batches(encoded, settings, vocab_size, rng):
+        length = settings.max_length if step >= long_from else min(settings.short_length, settings.max_length)
+        batches = epoch_batches(encoded, settings, vocab_size, rng, length)
+        for batch in batches:
             mlm, sop = pretraining_losses(model, batch)
             optimizer.zero_grad(set_to_none=True)
             (mlm + sop).backward()
@@ -225,11 +227,13 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
             optimizer.step()
             scheduler.step()
             step += 1
+            tokens_seen += int(batch["attention_mask"].sum())
             curve.append((step, round(mlm.item(), 4), round(sop.item(), 4)))
             bar.update(1)
-            bar.set_postfix(mlm=f"{mlm.item():.3f}", sop=f"{sop.item():.3f}")
-            if step >= total:
+            bar.set_postfix(mlm=f"{mlm.item():.3f}", sop=f"{sop.item():.3f}", length=length)
+            if step >= total or (length != settings.max_length and step >= long_from):
                 break
+        epochs += 1
     bar.close()
     train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     model.eval()
@@ -244,7 +248,8 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
         "model": {name: getattr(config, name) for name in MODEL_SHAPE},
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": step,
-        "epochs": round(step / steps_per_epoch, 2),
+        "epochs": epochs,  # passes over the training sentences begun
+        "tokens_seen": tokens_seen,
         "train_seconds": round(train_seconds, 1),  # wall clock, on a machine other work shares
         "train_cpu_seconds": round(cpu_seconds, 1),
         "final_train_loss": {"mlm": mean_tail(curve, 1), "sop": mean_tail(curve, 2)},
@@ -377,6 +382,7 @@ def save_model(output: Path, model: AlbertForPreTraining, config: AlbertConfig, 
     output.mkdir(parents=True, exist_ok=True)
     config.save(output)
     save_file(checkpoint_state(model), str(output / "model.safetensors"), metadata={"format": "pt"})
+    (output / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a packaged file is read by all
     tokenizer.save(str(output / "tokenizer.json"))
     (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(config.max_position_embeddings),
                                                              indent=2) + "\n")
@@ -428,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
-    parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
+    parser.add_argument("--steps", type=int, default=TrainingSettings.steps)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size)
     parser.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate)
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate_only:
         print(json.dumps(reevaluate(args.corpus, args.output)["heldout"], indent=1))
         return 0
-    settings = TrainingSettings(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+    settings = TrainingSettings(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, threads=args.threads)
     report = train(args.corpus, args.output, settings, max_steps=args.max_steps)
     heldout = report["heldout"]
