@@ -150,3 +150,14 @@ def test_warnings_are_single_lines(capsys, tmp_path):
     warnings = [line for line in err.splitlines() if line.startswith("albert-export: warning: ")]
     assert any("qa_outputs.weight" in line and "newly initialized" in line for line in warnings)
     assert "Warning" not in err and "warnings.warn" not in err  # no category names, no source excerpts
+
+
+def test_default_model_exports_without_model_flag(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_main(capsys, "--task", "mlm", "--layers", "loop")
+    assert status == 0, err
+    bundle = tmp_path / "albert-fill-mask-fp32"
+    assert out.strip() == str(bundle)
+    manifest = load_bundle(bundle).manifest
+    assert manifest.task == "fill-mask" and max(manifest.validation.max_abs_diff.values()) <= 1e-4
+    assert "default_model" in err  # progress names the checkpoint it loaded
