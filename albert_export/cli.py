@@ -20,6 +20,7 @@ def task_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .engine import DEFAULT_SHAPES
     from .export import DEFAULT_OPSET, MIN_OPSET, max_opset
 
     parser = argparse.ArgumentParser(prog="albert-export", description=DESCRIPTION)
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="activation range: minmax, percentile (99.99) or entropy (KL) (default percentile)")
     precision.add_argument("--calibration-samples", type=int, default=128, metavar="N",
                            help="examples to calibrate on, spread over the file (default 128)")
+    target = parser.add_argument_group("engine")
+    target.add_argument("--engine", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                        help="onnxruntime: model.onnx only; tensorrt: also build engine.plan (TensorRT-RTX builds on "
+                             "CPU-only machines for compute capabilities 8.0/8.6/8.9/12.0) (default onnxruntime)")
+    target.add_argument("--shapes", default=None, metavar="MIN:OPT:MAX",
+                        help="TensorRT profile, each BxS (multiple-choice BxCxS), e.g. 1x1:8x128:32x384 "
+                             f"(default {DEFAULT_SHAPES})")
     checks = parser.add_argument_group("validation")
     checks.add_argument("--no-validate", dest="validate", action="store_false",
                         help="skip the onnxruntime-vs-PyTorch check (the manifest then has no validation)")
@@ -73,6 +81,8 @@ def export_options(args: argparse.Namespace) -> dict:
         "calibration_data": args.calibration_data,
         "calibration_method": args.calibration_method,
         "calibration_samples": args.calibration_samples,
+        "engine": args.engine,
+        "shapes": args.shapes,
     }
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from runtime.bundle import EngineInfo
 from runtime.taskspec import INPUT_NAMES
 
+ENGINES = ("onnxruntime", "tensorrt")  # onnxruntime: the bundle's model.onnx alone; tensorrt: + engine.plan
 RTX_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9", "12.0")
-DEFAULT_SHAPES = "1x1:8x128:32x512"
+DEFAULT_SHAPES = "1x1:8x128:32xP"  # P: the model's max_position_embeddings (multiple choice: 1x2x1:8x4x128:16x8xP)
 DIMS = re.compile(r"^\d+(x\d+)+$")
 
 
@@ -53,6 +54,14 @@ def parse_shapes(text: str, rank: int = 2, max_positions: int | None = None) -> 
             f"--shapes {text!r}: a sequence of {dims[2][-1]} exceeds the model's {max_positions} positions"
         )
     return ShapeProfile(*dims)
+
+
+def default_profile(rank: int, max_positions: int) -> ShapeProfile:
+    """Batch 1..32 (multiple choice: 1..16 items of 2..8 choices), sequence 1..all positions, tuned at 128."""
+    typical = min(128, max_positions)
+    if rank == 3:
+        return ShapeProfile((1, 2, 1), (8, 4, typical), (16, 8, max_positions))
+    return ShapeProfile((1, 1), (8, typical), (32, max_positions))
 
 
 def import_tensorrt(flavour: str = "auto"):

@@ -25,11 +25,12 @@ from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
-from runtime.bundle import MODEL, TOKENIZER, Manifest, TensorSpec
+from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
+from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import tokenizer_from_pretrained
@@ -204,6 +205,19 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Mani
     )
 
 
+def check_engine(engine: str, shapes: str | None, rank: int) -> None:
+    """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, TensorRT is importable."""
+    if engine not in ENGINES:
+        raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
+    if engine != "tensorrt":
+        if shapes is not None:
+            raise ExportOptionError("--shapes sets the TensorRT optimization profile; add --engine tensorrt")
+        return
+    if shapes is not None:
+        parse_shapes(shapes, rank=rank)
+    import_tensorrt()
+
+
 def default_output_dir(task: str, precision: str = PRECISION) -> Path:
     return Path(f"albert-{task}-{precision}")
 
@@ -226,6 +240,8 @@ def export(
     calibration_method: str = DEFAULT_METHOD,
     calibration_samples: int = DEFAULT_SAMPLES,
     optimize: str = "none",
+    engine: str = "onnxruntime",
+    shapes: str | None = None,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -241,6 +257,7 @@ def export(
         raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
     precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
     tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
+    check_engine(engine, shapes, rank=len(input_dims(task)))
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
@@ -264,6 +281,11 @@ def export(
     manifest.extra.update(precision_extra)
     manifest.extra["optimize"] = {"profile": optimize, "passes": optimize_report}
     stats = manifest.extra["graph"] = graph_stats(graph, model)
+    profile = None
+    if engine == "tensorrt":
+        rank, positions = len(input_dims(task)), model.config.max_position_embeddings
+        profile = (parse_shapes(shapes, rank=rank, max_positions=positions) if shapes
+                   else default_profile(rank, positions))
     log(f"assembled {layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")
     with BundleWriter(output, overwrite) as bundle:
@@ -280,6 +302,11 @@ def export(
                                                 atol=atol)
             worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
             log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
+        if profile is not None:
+            plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
+            (bundle.path / ENGINE).write_bytes(plan)
+            log(f"built {ENGINE} ({len(plan) / 1e6:.1f} MB) for compute capabilities "
+                f"{', '.join(manifest.engine.compute_capabilities)}")
         path = bundle.commit(manifest)
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     return path

@@ -18,7 +18,9 @@ class Tolerance:
 
 
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
-    "fp32": {ANY_OUTPUT: Tolerance(atol=1e-4)},
+    # fp32: atol 1e-4, plus 2e-5 of the value, because rounding grows with magnitude: peaked logits near 10 differ
+    # by up to 1.9e-4 between onnxruntime and torch (measured on the runtime tests' sharp random models)
+    "fp32": {ANY_OUTPUT: Tolerance(atol=1e-4, rtol=2e-5)},
     # fp16 (mixed): measured <= 1.5e-3 on the 4-layer test models, see docs/bench.md for albert-base
     "fp16": {ANY_OUTPUT: Tolerance(atol=2e-2, rtol=1e-2)},
     # int8 (QDQ calibrated on text, validated on random ids): measured up to 0.14 on logits and 0.21 on hidden

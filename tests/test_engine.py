@@ -4,9 +4,15 @@ import warnings
 import pytest
 import torch
 
+import albert_export
+from albert_export.cli import main as cli_main
 from albert_export.config import AlbertConfig
-from albert_export.engine import EngineError, engine_from_onnx, import_tensorrt, parse_shapes
+from albert_export.engine import EngineError, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
+from albert_export.export import ExportOptionError
 from albert_export.modeling import model_for_task
+from runtime.bundle import ENGINE, load_bundle
+from runtime.taskspec import INPUT_NAMES
+from tests.export_helpers import save_checkpoint
 
 
 
@@ -74,3 +80,50 @@ def test_bad_shapes_get_one_clear_error(text, rank, message):
 def test_multiple_choice_shapes_have_three_dims():
     profile = parse_shapes("1x2x1:4x4x64:8x4x128", rank=3)
     assert profile.as_lists() == [[1, 2, 1], [4, 4, 64], [8, 4, 128]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("engine-checkpoint") / "qa"
+    save_checkpoint(directory, "question-answering", vocab_size=1004)
+    return directory
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_export_with_tensorrt_adds_a_checksummed_plan_and_its_profile(checkpoint, tmp_path, layers):
+    out = albert_export.export(checkpoint, "qa", tmp_path / "b", layers=layers, engine="tensorrt",
+                               shapes="1x1:2x16:4x40", log=lambda _: None)
+    bundle = load_bundle(out)  # verifies every sha256, engine.plan included
+    assert bundle.engine_path == out / ENGINE and ENGINE in bundle.manifest.files
+    assert bundle.engine_path.stat().st_size > 100_000
+    assert bundle.manifest.engine.flavour == "tensorrt_rtx"
+    assert bundle.manifest.engine.profiles == [{name: [[1, 1], [2, 16], [4, 40]] for name in INPUT_NAMES}]
+    assert bundle.manifest.engine.compute_capabilities == ["8.0", "8.6", "8.9", "12.0"]
+
+
+def test_default_profile_spans_all_positions():
+    assert default_profile(2, 40).as_lists() == [[1, 1], [8, 40], [32, 40]]
+    assert default_profile(2, 512).as_lists() == [[1, 1], [8, 128], [32, 512]]
+    assert default_profile(3, 512).as_lists() == [[1, 2, 1], [8, 4, 128], [16, 8, 512]]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"shapes": "1x1:2x16:4x40"}, "--shapes sets the TensorRT optimization profile; add --engine tensorrt"),
+        ({"engine": "tensorrt", "shapes": "1x1:2x16"}, "must be MIN:OPT:MAX"),
+        ({"engine": "tensorrt", "shapes": "1x1:2x16:4x41"}, "exceeds the model's 40 positions"),
+        ({"engine": "openvino"}, "--engine 'openvino' is not an engine"),
+    ],
+)
+def test_engine_options_are_refused_and_nothing_is_written(checkpoint, tmp_path, options, message):
+    with pytest.raises((EngineError, ExportOptionError), match=message):
+        albert_export.export(checkpoint, "qa", tmp_path / "b", log=lambda _: None, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_builds_an_engine(checkpoint, tmp_path, capsys):
+    code = cli_main(["--model", str(checkpoint), "--task", "qa", "--output", str(tmp_path / "b"),
+                     "--engine", "tensorrt", "--shapes", "1x1:1x8:2x16", "--no-validate"])
+    assert code == 0 and (tmp_path / "b" / ENGINE).is_file()
+    assert "built engine.plan" in capsys.readouterr().err
