@@ -200,3 +200,24 @@ def test_embedding_tables_are_stored_int8_and_dequantized_once_before_the_gather
         assert len(gathers) == 1
         assert [n.op_type for n in rows.graph.node if gathers[0].output[0] in n.input] == ["DequantizeLinear"]
         np.testing.assert_allclose(run(rows, feed)["end_logits"], reference["end_logits"], atol=INT8_ATOL)
+
+
+@pytest.mark.parametrize("mode", sorted(BUILDERS))
+def test_onnxruntime_only_graphs_gather_int8_rows_by_default(mode):
+    """A graph with com.microsoft ops cannot go to TensorRT: its tables are gathered as int8 rows (no per-run
+    dequantization of the whole table); a portable graph keeps the TensorRT form (table DQ, then Gather)."""
+    from graphs.pipeline import optimize
+
+    model = tiny_model(vocab_size=400)
+    graph = BUILDERS[mode](model)
+    feed = sample_inputs(batch=2, sequence=9, seed=3, vocab=400)
+    reference = run(graph, feed)
+    calibration = [sample_inputs(4, 11, seed=s, vocab=400) for s in range(3)]
+    for profile, rows_expected in (("onnxruntime", True), ("portable", False)):
+        optimized = optimize(graph, profile)[0]
+        quantized, _, counts = int8_from_fp32(optimized, calibration, progress=False)
+        assert counts["tables"] == 1
+        gathers = [n for n in all_nodes(quantized.graph) if n.op_type == "Gather" and "word_embeddings" in n.input[0]]
+        assert len(gathers) == 1
+        assert gathers[0].input[0].endswith("_int8") == rows_expected, profile
+        np.testing.assert_allclose(run(quantized, feed)["end_logits"], reference["end_logits"], atol=INT8_ATOL)
