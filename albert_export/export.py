@@ -205,14 +205,20 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Mani
     )
 
 
-def check_engine(engine: str, shapes: str | None, rank: int) -> None:
-    """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, TensorRT is importable."""
+def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
+    """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, the graph will be one
+    TensorRT can parse, TensorRT is importable."""
     if engine not in ENGINES:
         raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
     if engine != "tensorrt":
         if shapes is not None:
             raise ExportOptionError("--shapes sets the TensorRT optimization profile; add --engine tensorrt")
         return
+    if optimize.startswith("onnxruntime"):
+        # TensorRT's parser reads com.microsoft Attention as ONNX's own Attention op and refuses it
+        raise ExportOptionError(f"--optimize {optimize} writes onnxruntime-only ops (com.microsoft Attention, "
+                                "FastGelu) that TensorRT cannot build; use --optimize portable or none with "
+                                "--engine tensorrt (TensorRT fuses attention itself)")
     if shapes is not None:
         parse_shapes(shapes, rank=rank)
     import_tensorrt()
@@ -257,7 +263,7 @@ def export(
         raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
     precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
     tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
-    check_engine(engine, shapes, rank=len(input_dims(task)))
+    check_engine(engine, shapes, rank=len(input_dims(task)), optimize=optimize)
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")

@@ -114,6 +114,7 @@ def test_default_profile_spans_all_positions():
         ({"engine": "tensorrt", "shapes": "1x1:2x16"}, "must be MIN:OPT:MAX"),
         ({"engine": "tensorrt", "shapes": "1x1:2x16:4x41"}, "exceeds the model's 40 positions"),
         ({"engine": "openvino"}, "--engine 'openvino' is not an engine"),
+        ({"engine": "tensorrt", "optimize": "onnxruntime"}, "onnxruntime-only ops .* use --optimize portable or none"),
     ],
 )
 def test_engine_options_are_refused_and_nothing_is_written(checkpoint, tmp_path, options, message):
