@@ -7,7 +7,6 @@ the heads need: `ids`, `type_ids`, `attention_mask`, `offsets` (character spans 
 """
 from __future__ import annotations
 
-import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +18,6 @@ from .errors import InputError, TruncationWarning
 from .tasks.base import Feature
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
-_lock = threading.Lock()
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -66,14 +64,11 @@ def encode(
     strategy = "longest_first" if truncation in (None, True) else truncation
     if strategy not in TRUNCATION_STRATEGIES:
         raise InputError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
-    with _lock:
-        tokenizer.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
-        try:
-            encodings = tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        except Exception as exc:  # tokenizers raises plain Exception when a pair cannot be cut to fit
-            raise InputError(f"cannot fit the input into {max_length} tokens: {exc}") from exc
-        finally:
-            tokenizer.no_truncation()
+    try:
+        encodings = truncating_copy(tokenizer, max_length, stride, strategy).encode_batch(
+            list(texts), add_special_tokens=add_special_tokens)
+    except Exception as exc:  # tokenizers raises plain Exception when a pair cannot be cut to fit
+        raise InputError(f"cannot fit the input into {max_length} tokens: {exc}") from exc
     if truncation is None:
         for text, encoding in zip(texts, encodings):
             if encoding.overflowing:
@@ -141,3 +136,31 @@ def decode(
 
 def token_id(tokenizer: Tokenizer, token: str | None) -> int | None:
     return None if token is None else tokenizer.token_to_id(token)
+
+
+MAX_CACHED = 8  # tokenizers, and truncation settings per tokenizer, kept configured
+_TRUNCATING_COPIES: dict[int, tuple[Tokenizer, dict[tuple, Tokenizer]]] = {}
+
+
+def truncating_copy(tokenizer: Tokenizer, max_length: int | None, stride: int = 0,
+                    strategy: str = "longest_first") -> Tokenizer:
+    """A private copy of `tokenizer` with this truncation (None: none) and no padding, cached per (tokenizer,
+    settings): the shared tokenizer is never mutated."""
+    owner, copies = _TRUNCATING_COPIES.get(id(tokenizer), (None, {}))
+    if owner is not tokenizer:  # a new tokenizer, or another one reusing a freed id
+        if len(_TRUNCATING_COPIES) >= MAX_CACHED:
+            _TRUNCATING_COPIES.clear()
+        copies = {}
+        _TRUNCATING_COPIES[id(tokenizer)] = (tokenizer, copies)
+    key = (max_length, stride, strategy)
+    if key not in copies:
+        if len(copies) >= MAX_CACHED:
+            copies.clear()
+        copy = Tokenizer.from_str(tokenizer.to_str())
+        copy.no_padding()
+        if max_length is None:
+            copy.no_truncation()
+        else:
+            copy.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
+        copies[key] = copy
+    return copies[key]

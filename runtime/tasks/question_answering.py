@@ -21,6 +21,7 @@ from tokenizers import Encoding, Tokenizer
 
 from runtime.errors import InputError, OptionError
 from runtime.tasks.base import Feature, TaskContext
+from runtime.tokenizer import truncating_copy
 
 DEFAULT_MAX_SEQ_LEN = 384
 DEFAULT_MAX_DOC_STRIDE = 128
@@ -181,7 +182,7 @@ def encode_with_overflow(
     """The encodings HF's fast tokenizer makes for `tokenizer(question, context, truncation="only_second",
     max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True)`: the first window, then the
     overflowing ones. Raises ValueError when the question leaves no room for the context."""
-    windowing = _configured_copy(tokenizer, max_seq_len, doc_stride)
+    windowing = truncating_copy(tokenizer, max_seq_len, doc_stride, strategy="only_second")
     try:
         encoding = windowing.encode(question, context)
     except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
@@ -190,30 +191,6 @@ def encode_with_overflow(
             f"{error}. Use a shorter question, a larger max_seq_len or a smaller doc_stride."
         ) from error
     return [encoding, *encoding.overflowing]
-
-
-MAX_CACHED = 8  # tokenizers, and settings per tokenizer, kept configured
-_COPIES: dict[int, tuple[Tokenizer, dict[tuple[int, int], Tokenizer]]] = {}
-
-
-def _configured_copy(tokenizer: Tokenizer, max_seq_len: int, doc_stride: int) -> Tokenizer:
-    """A private copy with only_second truncation, cached per (shared tokenizer, settings): the shared one is
-    never mutated."""
-    owner, copies = _COPIES.get(id(tokenizer), (None, {}))
-    if owner is not tokenizer:
-        if len(_COPIES) >= MAX_CACHED:
-            _COPIES.clear()
-        copies = {}
-        _COPIES[id(tokenizer)] = (tokenizer, copies)
-    key = (max_seq_len, doc_stride)
-    if key not in copies:
-        if len(copies) >= MAX_CACHED:
-            copies.clear()
-        copy = Tokenizer.from_str(tokenizer.to_str())
-        copy.no_padding()
-        copy.enable_truncation(max_seq_len, stride=doc_stride, strategy="only_second", direction="right")
-        copies[key] = copy
-    return copies[key]
 
 
 def _token_id(ctx: TaskContext, role: str) -> int | None:

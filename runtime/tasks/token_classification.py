@@ -19,6 +19,7 @@ from tokenizers import Encoding, Tokenizer
 
 from runtime.errors import OptionError
 from runtime.tasks.base import TaskContext
+from runtime.tokenizer import truncating_copy
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
@@ -162,39 +163,13 @@ def encode_chunks(
     """The encodings HF's fast tokenizer makes for the pipeline: truncated at max_length (when it is a real limit);
     with `stride`, the first chunk and then the overflowing ones, each overlapping the previous by `stride` tokens.
     Padding the chunks to one length, as HF does, changes nothing for the result and is left out."""
-    copy = _configured_copy(tokenizer, max_length if max_length and 0 < max_length <= NO_TRUNCATION_ABOVE else None,
+    copy = truncating_copy(tokenizer, max_length if max_length and 0 < max_length <= NO_TRUNCATION_ABOVE else None,
                             stride or 0)
     try:
         encoding = copy.encode(text, is_pretokenized=is_split_into_words)
     except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
         raise ValueError(f"cannot split the text into chunks of {max_length} tokens with stride={stride}: {error}") from error
     return [encoding, *encoding.overflowing] if stride is not None else [encoding]
-
-
-MAX_CACHED = 8  # tokenizers, and settings per tokenizer, kept configured
-_COPIES: dict[int, tuple[Tokenizer, dict[tuple, Tokenizer]]] = {}
-
-
-def _configured_copy(tokenizer: Tokenizer, max_length: int | None, stride: int) -> Tokenizer:
-    """A private copy with the truncation HF uses, cached per (shared tokenizer, settings)."""
-    owner, copies = _COPIES.get(id(tokenizer), (None, {}))
-    if owner is not tokenizer:
-        if len(_COPIES) >= MAX_CACHED:
-            _COPIES.clear()
-        copies = {}
-        _COPIES[id(tokenizer)] = (tokenizer, copies)
-    key = (max_length, stride)
-    if key not in copies:
-        if len(copies) >= MAX_CACHED:
-            copies.clear()
-        copy = Tokenizer.from_str(tokenizer.to_str())
-        copy.no_padding()
-        if max_length is None:
-            copy.no_truncation()
-        else:
-            copy.enable_truncation(max_length, stride=stride, strategy="longest_first", direction="right")
-        copies[key] = copy
-    return copies[key]
 
 
 def entities_from_chunks(
