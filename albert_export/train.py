@@ -37,7 +37,7 @@ class TrainingSettings:
     short_length: int = 64  # the other steps use shorter sequences (BERT's recipe): cheaper, so more steps
     long_fraction: float = 0.2
     batch_size: int = 32
-    steps: int = 3000
+    steps: int = 7000
     learning_rate: float = 2e-3
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
@@ -285,7 +285,7 @@ def evaluate(model: AlbertForPreTraining, tokenizer: Tokenizer, encoded_train: l
             "unigram_baseline_mlm": accuracy.unigram_baseline(counts, masked),
             "sop_majority_baseline": round(float(max(plain.sop_labels.mean(), 1 - plain.sop_labels.mean())), 4),
         },
-        "demo": demo_sentences(model, tokenizer, heldout_sentences),
+        "demo": demo_sentences(model, tokenizer, heldout_sentences, counts),
     }
 
 
@@ -309,10 +309,12 @@ DEMO_FILE = "heldout_masked.txt"
 
 
 @torch.no_grad()
-def demo_sentences(model: AlbertForPreTraining, tokenizer: Tokenizer, sentences: list[str], count: int = 8,
-                   max_words: int = 16) -> list[dict]:
-    """Held-out sentences with one word (4+ letters, one token) replaced by [MASK] that the model gets right
-    at top-1, most confident first: the README's fill-mask demo."""
+def demo_sentences(model: AlbertForPreTraining, tokenizer: Tokenizer, sentences: list[str], counts: np.ndarray,
+                   count: int = 8, max_words: int = 16, common: int = 30) -> list[dict]:
+    """Held-out sentences with one word (3+ letters, one token) replaced by [MASK] that the model gets right
+    at top-1: the README's fill-mask demo. Words outside the `common` most frequent tokens come first, then
+    the most confident; one sentence per answer."""
+    frequent = set(np.argsort(-counts, kind="stable")[:common].tolist())
     candidates = []
     for sentence in sentences:
         words = sentence.split()
@@ -320,23 +322,29 @@ def demo_sentences(model: AlbertForPreTraining, tokenizer: Tokenizer, sentences:
             continue
         best = None
         for position, word in enumerate(words[1:-1], start=1):
-            if not (word.isalpha() and len(word) >= 4):
-                continue
-            answer = tokenizer.token_to_id("▁" + word.lower())
+            answer = tokenizer.token_to_id("▁" + word.lower()) if word.isalpha() and len(word) >= 3 else None
             if answer is None:
                 continue
             text = " ".join(words[:position] + ["[MASK]"] + words[position + 1 :])
             encoding = tokenizer.encode(text)
             if len(encoding.ids) > model.config.max_position_embeddings:
                 break
-            ids = torch.tensor([encoding.ids])
-            where = encoding.ids.index(data.MASK)
-            probabilities = torch.softmax(model(ids)["prediction_logits"][0, where], dim=-1)
-            if int(probabilities.argmax()) == answer and (best is None or probabilities[answer] > best["score"]):
-                best = {"text": text, "answer": word.lower(), "score": round(float(probabilities[answer]), 4)}
+            logits = model(torch.tensor([encoding.ids]))["prediction_logits"][0, encoding.ids.index(data.MASK)]
+            probabilities = torch.softmax(logits, dim=-1)
+            if int(probabilities.argmax()) != answer:
+                continue
+            item = {"text": text, "answer": word.lower(), "score": round(float(probabilities[answer]), 4),
+                    "common": answer in frequent}
+            if best is None or (item["common"], -item["score"]) < (best["common"], -best["score"]):
+                best = item
         if best is not None:
             candidates.append(best)
-    return sorted(candidates, key=lambda item: -item["score"])[:count]
+    chosen, answers = [], set()
+    for item in sorted(candidates, key=lambda item: (item["common"], -item["score"])):
+        if item["answer"] not in answers:
+            chosen.append(item)
+            answers.add(item["answer"])
+    return chosen[:count]
 
 
 def write_report(output: Path, report: dict) -> None:

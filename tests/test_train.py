@@ -25,8 +25,8 @@ def corpus(tmp_path_factory):
 
 
 def tiny_run(corpus, seed=0, output=None, steps=3):
-    settings = TrainingSettings(seed=seed, vocab_size=400, max_length=32, batch_size=8, epochs=2)
-    return train(corpus, output, settings, max_steps=steps, progress=False, **TINY)
+    settings = TrainingSettings(seed=seed, vocab_size=400, max_length=32, short_length=16, batch_size=8, steps=steps)
+    return train(corpus, output, settings, progress=False, **TINY)
 
 
 def test_same_seed_same_losses_other_seed_other_losses(corpus):
