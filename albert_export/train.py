@@ -134,7 +134,8 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def pretraining_losses(model: AlbertForPreTraining, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pretraining_losses(model: AlbertForPreTraining,
+                       batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(MLM loss, SOP loss); the vocabulary projection runs only at the masked positions."""
     hidden, mask = model.albert.embed(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     hidden = model.albert.encoder(hidden, mask)  # (B, S, H)

@@ -71,7 +71,8 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("oracle")
     return {
         "pretraining": handmade_bundle(root / "pretraining", "pretraining"),
-        "pretraining-fp16-weights": handmade_bundle(root / "rounded", "pretraining", half_precision_weights("pretraining")),
+        "pretraining-fp16-weights": handmade_bundle(root / "rounded", "pretraining",
+                                                    half_precision_weights("pretraining")),
         "fill-mask": handmade_bundle(root / "fill-mask", "fill-mask"),
     }
 
