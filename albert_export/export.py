@@ -24,7 +24,8 @@ from torch import nn
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
-from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
+from graphs.size import array_digest, node_count, stored_tensors
+from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
 

@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .size import all_graphs, array_digest, subgraphs
+from .size import array_digest
+from .walk import all_graphs, subgraphs
 
 LAYER_MODES = ("unrolled", "loop")
 ATTENTION_BIAS = "attention_bias"

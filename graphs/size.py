@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .walk import all_graphs, tensor_nbytes
+
 
 def array_digest(array: np.ndarray) -> str:
     """sha256 over dtype, shape and C-order bytes: equal digests mean equal tensors."""
@@ -25,27 +27,6 @@ def array_digest(array: np.ndarray) -> str:
 
 def tensor_digest(tensor: onnx.TensorProto) -> str:
     return array_digest(numpy_helper.to_array(tensor))
-
-
-def tensor_nbytes(tensor: onnx.TensorProto) -> int:
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
-
-
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            yield attribute.g
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            yield from attribute.graphs
-
-
-def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and every subgraph (Loop/If bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from all_graphs(sub)
 
 
 def stored_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:

@@ -13,7 +13,8 @@ from albert_export.export import pieces_from_torch
 from albert_export.modeling import model_for_task
 from albert_export.validate import reference_outputs, validation_inputs
 from graphs.assemble import AssemblyError, assemble, hoist_constants, layer_runs, share_initializers
-from graphs.size import all_graphs, node_count, storage_report
+from graphs.size import node_count, storage_report
+from graphs.walk import all_graphs
 
 torch.set_num_threads(1)
 

@@ -5,26 +5,12 @@ and its element type are looked up along the scope chain. Names are unique acros
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx
 from onnx import TensorProto
 
-
-def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            yield attribute.g
-        elif attribute.type == onnx.AttributeProto.GRAPHS:
-            yield from attribute.graphs
-
-
-def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for sub in subgraphs(node):
-            yield from all_graphs(sub)
+from ..walk import all_graphs, subgraphs
 
 
 def reads(graph: onnx.GraphProto) -> set[str]:
@@ -137,27 +123,6 @@ def build_scopes(model: onnx.ModelProto, types: dict[str, int]) -> list[Scope]:
 
     visit(model.graph, None)
     return found
-
-
-class Names:
-    """Fresh value and node names that collide with nothing in the model."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.taken: set[str] = set()
-        for graph in all_graphs(model.graph):
-            self.taken.update(tensor.name for tensor in graph.initializer)
-            self.taken.update(value.name for value in (*graph.input, *graph.output, *graph.value_info))
-            for node in graph.node:
-                self.taken.update(node.input)
-                self.taken.update(node.output)
-                self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.taken:
-            name, index = f"{base}_{index}", index + 1
-        self.taken.add(name)
-        return name
 
 
 def set_value_type(graph: onnx.GraphProto, name: str, elem_type: int) -> None:

@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..walk import Names, subgraphs
 from ._precision import (
-    Names, Scope, build_scopes, bypass_constant_identities, rename_reads, set_value_type, subgraphs, value_types,
+    Scope, build_scopes, bypass_constant_identities, rename_reads, set_value_type, value_types,
 )
 
 FP16, FP32 = TensorProto.FLOAT16, TensorProto.FLOAT

@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ._precision import Names, Scope, build_scopes, bypass_constant_identities, reads, value_types
+from ..walk import Names
+from ._precision import Scope, build_scopes, bypass_constant_identities, reads, value_types
 
 QUANTIZED_OPS = frozenset({"MatMul", "Gemm"})
 INT8_MAX = 127
