@@ -21,17 +21,12 @@ from calibration import (
 )
 from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
+from graphs.walk import op_counts
 
 PRECISIONS = ("fp32", "fp16", "int8")
 EVALUATION_SAMPLES = 64  # held-out examples for the INT8 accuracy report
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
 DEFAULT_METHOD = "percentile"
 
 
@@ -84,7 +79,8 @@ def graph_at_precision(
     if precision != "int8":
         raise PrecisionOptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
-    fused = sum(node.op_type in ("Attention", "MultiHeadAttention", "QAttention") for node in _all_nodes(graph.graph))
+    counts = op_counts(graph)
+    fused = sum(counts[op] for op in ("Attention", "MultiHeadAttention", "QAttention"))
     if fused:
         log(f"int8: warning: {fused} fused Attention node(s) keep their QKV weights in float (the QDQ pass quantizes "
             "MatMul/Gemm); for a smaller, faster INT8 graph use --optimize portable")

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 from albert_export.config import AlbertConfig
 from albert_export.modeling import model_for_task
+from graphs.walk import all_graphs
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 QA_OUTPUTS = ["start_logits", "end_logits"]
@@ -147,11 +148,8 @@ def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from all_nodes(attribute.g)
+    """Every node of the graph and of its Loop/If bodies."""
+    return (node for sub in all_graphs(graph) for node in sub.node)
 
 
 def op_count(model: onnx.ModelProto, op_type: str) -> int:
