@@ -67,3 +67,21 @@ def hf_outputs(model, task: str, inputs: dict) -> dict:
         "pretraining": {"prediction_logits": "prediction_logits", "sop_logits": "sop_logits"},
     }[task]
     return {ours: getattr(out, theirs).numpy() for ours, theirs in names.items()}
+
+
+def assert_transformers_loads_pretraining(directory: Path, ours, texts: list[str], pairs: list[str]):
+    """transformers' AlbertForPreTraining and AlbertTokenizerFast load `directory` (only the tied decoder keys
+    missing) and compute what our pretraining model computes. Returns the HF model and tokenizer."""
+    from transformers import AlbertForPreTraining, AlbertTokenizerFast
+
+    theirs, info = AlbertForPreTraining.from_pretrained(directory, output_loading_info=True)
+    assert set(info["missing_keys"]) <= {"predictions.decoder.weight", "predictions.decoder.bias"}
+    assert info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    hf_tokenizer = AlbertTokenizerFast.from_pretrained(directory)
+    encoded = hf_tokenizer(texts, pairs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = theirs.eval()(**encoded)
+        actual = ours(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+    torch.testing.assert_close(actual["prediction_logits"], expected.prediction_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(actual["sop_logits"], expected.sop_logits, atol=1e-4, rtol=1e-4)
+    return theirs, hf_tokenizer

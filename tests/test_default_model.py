@@ -15,6 +15,7 @@ from albert_export.checkpoint import HeadInitializedWarning, default_model_dir
 from albert_export.train import torch_logits
 from runtime.taskspec import TASKS
 from tests.conftest import DATA
+from tests.export_helpers import assert_transformers_loads_pretraining
 
 DEFAULT = default_model_dir()
 SHIPPED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -71,20 +72,9 @@ def test_initialized_heads_are_the_same_every_load():
 
 
 def test_transformers_loads_the_checkpoint_and_computes_the_same(pretraining_model):
-    from transformers import AlbertForPreTraining, AlbertTokenizerFast
-
-    theirs, info = AlbertForPreTraining.from_pretrained(DEFAULT, output_loading_info=True)
-    assert set(info["missing_keys"]) <= {"predictions.decoder.weight", "predictions.decoder.bias"}
-    assert info["unexpected_keys"] == [] and info["mismatched_keys"] == []
-    hf_tokenizer = AlbertTokenizerFast.from_pretrained(DEFAULT)
+    theirs, hf_tokenizer = assert_transformers_loads_pretraining(
+        DEFAULT, pretraining_model, ["It was a [MASK] day.", "The Red Shirt laughed."], ["I went home.", "Fine."])
     assert hf_tokenizer.model_max_length == theirs.config.max_position_embeddings
-    encoded = hf_tokenizer(["It was a [MASK] day.", "The Red Shirt laughed."], ["I went home.", "Fine."],
-                           padding=True, return_tensors="pt")
-    with torch.no_grad():
-        expected = theirs.eval()(**encoded)
-        actual = pretraining_model(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
-    torch.testing.assert_close(actual["prediction_logits"], expected.prediction_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(actual["sop_logits"], expected.sop_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_hf_tokenizer_and_shipped_tokenizer_give_the_same_ids(tokenizer):

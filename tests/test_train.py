@@ -5,12 +5,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from albert_export import pretraining_data as data
 from albert_export.checkpoint import HeadInitializedWarning, from_pretrained
 from albert_export.train import TrainingSettings, checkpoint_state, train, train_tokenizer
 from tests.conftest import DATA
+from tests.export_helpers import assert_transformers_loads_pretraining
 
 TINY = dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -38,8 +38,6 @@ def test_same_seed_same_losses_other_seed_other_losses(corpus):
 
 
 def test_written_checkpoint_loads_here_and_in_transformers(corpus, tmp_path):
-    from transformers import AlbertForPreTraining, AlbertTokenizerFast
-
     report = tiny_run(corpus, output=tmp_path, steps=2)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "heldout.txt",
                  "training_report.json"):
@@ -50,17 +48,8 @@ def test_written_checkpoint_loads_here_and_in_transformers(corpus, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", HeadInitializedWarning)
         ours = from_pretrained(tmp_path, "pretraining")
-    theirs, info = AlbertForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
-    assert set(info["missing_keys"]) <= {"predictions.decoder.weight", "predictions.decoder.bias"}
-    assert info["unexpected_keys"] == [] and info["mismatched_keys"] == []
-    hf_tokenizer = AlbertTokenizerFast.from_pretrained(tmp_path)
-    encoded = hf_tokenizer(["It was a [MASK] day.", "I said nothing."], ["He left.", "So be it."],
-                           padding=True, return_tensors="pt")
-    with torch.no_grad():
-        expected = theirs.eval()(**encoded)
-        actual = ours(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
-    torch.testing.assert_close(actual["prediction_logits"], expected.prediction_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(actual["sop_logits"], expected.sop_logits, atol=1e-4, rtol=1e-4)
+    assert_transformers_loads_pretraining(tmp_path, ours, ["It was a [MASK] day.", "I said nothing."],
+                                          ["He left.", "So be it."])
 
 
 def test_checkpoint_state_leaves_out_only_the_tied_decoder(corpus):
