@@ -25,10 +25,6 @@ def array_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def tensor_digest(tensor: onnx.TensorProto) -> str:
-    return array_digest(numpy_helper.to_array(tensor))
-
-
 def stored_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
     """(where, tensor) for every initializer and Constant value in the model, subgraphs included."""
     for graph in all_graphs(model.graph):

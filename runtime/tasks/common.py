@@ -1,15 +1,13 @@
 """Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, OptionError
 from ..tokenizer import encode, feature_from_encoding, require_text
 from .base import TaskContext
-
-T = TypeVar("T")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -74,7 +72,3 @@ def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def single_or_list(results: list[T], single: bool, wrap: Callable[[T], Any] = lambda r: r) -> Any:
-    return wrap(results[0]) if single else results
