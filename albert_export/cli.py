@@ -1,15 +1,23 @@
-"""albert-export: parse, one library call, print the bundle path. Progress goes to stderr; a failure is one
+"""albert-export: parse, one library call, print the bundle path. Progress goes to stderr (through `logging`;
+--quiet keeps warnings and errors only, --verbose adds TensorRT's and the passes' details); a failure is one
 `albert-export: error: ...` line and exit status 1 (2 for bad usage); ALBERT_EXPORT_DEBUG=1 shows the traceback.
 Warnings (e.g. a task head that is not in the checkpoint) are one `albert-export: warning: ...` line each.
+stdout carries the bundle path and nothing else.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 
+from runtime import __version__
+from runtime.extras import missing_module_line
 from runtime.taskspec import TASKS
+
+from .config import TaskDetectionError
+from .progress import LOGGER, configure
 
 DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled or kept as a Loop, weights once)."
 
@@ -21,18 +29,27 @@ def task_help() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import DEFAULT_SHAPES
-    from .export import DEFAULT_OPSET, MIN_OPSET, max_opset
+    from .opsets import DEFAULT_OPSET, MIN_OPSET
 
     parser = argparse.ArgumentParser(prog="albert-export", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"albert-export {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                      default=logging.INFO, help="only warnings and errors on stderr")
+    talk.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                      help="also TensorRT's messages and other details")
     source = parser.add_argument_group("model")
     source.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID",
                         help="checkpoint directory or hub id (default: the embedded tiny model)")
-    source.add_argument("--task", required=True, help=f"one of: {task_help()}")
+    source.add_argument("--task", default=None,
+                        help=f"one of: {task_help()} (default: from config.json's architectures, as optimum's "
+                             "--task auto; fill-mask for the embedded model)")
     graph = parser.add_argument_group("graph")
     graph.add_argument("--layers", choices=("unrolled", "loop"), default="unrolled",
                        help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                       help=f"ONNX opset, {MIN_OPSET}..{max_opset()} (default {DEFAULT_OPSET})")
+                       help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnx and onnxruntime run "
+                            f"(default {DEFAULT_OPSET})")
     graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
                        help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
                             "(com.microsoft Attention, FastGelu) (default none)")
@@ -87,11 +104,12 @@ def export_options(args: argparse.Namespace) -> dict:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"albert-export: warning: {message}", file=sys.stderr)
+    LOGGER.warning(str(message))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure(args.log_level)
     try:
         from .export import export
 
@@ -101,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("albert-export: interrupted; no bundle was written", file=sys.stderr)
         return 130
+    except TaskDetectionError as exc:  # --task left out and config.json does not settle it: a usage error
+        print(f"albert-export: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a runtime-only install: which extra brings the missing package
+        line = missing_module_line(exc.name or "", "albert-export")
+        if line is None or os.environ.get("ALBERT_EXPORT_DEBUG"):
+            raise
+        print(f"albert-export: error: {line}", file=sys.stderr)
+        return 1
     except Exception as exc:  # one clear line, never a traceback (unless asked for)
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise

@@ -9,7 +9,6 @@ nothing here needs it.)
 from __future__ import annotations
 
 import functools
-import sys
 import tempfile
 import time
 import warnings
@@ -30,27 +29,24 @@ from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
-from .checkpoint import from_pretrained, resolve_checkpoint
+from .checkpoint import from_pretrained, load_config, resolve_checkpoint
+from .config import task_from_architectures
 from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
+from .opsets import DEFAULT_OPSET, MIN_OPSET, TRACE_MAX_OPSET
+from .progress import bar, log, stage
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import tokenizer_from_pretrained
 from .tolerances import tolerance_for
 from .validate import validate_onnx
 
-DEFAULT_OPSET = 17
-MIN_OPSET = 14  # the oldest the graph passes are written for
-TRACE_MAX_OPSET = 20  # the TorchScript exporter's newest; newer opsets are converted to
 PRECISION = "fp32"
+DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
 
 
 class ExportOptionError(ValueError):
     """An export option with a value this exporter cannot honour."""
-
-
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,13 +221,25 @@ def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "no
     import_tensorrt()
 
 
+def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -> str:
+    if path_or_hub_id is None:
+        task, reason = DEFAULT_MODEL_TASK, "the embedded default model"
+    else:
+        checkpoint = resolve_checkpoint(path_or_hub_id)
+        config = load_config(checkpoint)
+        task = task_from_architectures(config, checkpoint)
+        reason = f"{checkpoint / 'config.json'} names {', '.join(config.extra['architectures'])}"
+    log(f"task: {task} ({reason}; --task overrides)")
+    return task
+
+
 def default_output_dir(task: str, precision: str = PRECISION) -> Path:
     return Path(f"albert-{task}-{precision}")
 
 
 def export(
     path_or_hub_id: str | Path | None,
-    task: str,
+    task: str | None = None,
     output_dir: str | Path | None = None,
     *,
     layers: str = "unrolled",
@@ -240,7 +248,7 @@ def export(
     atol: float | None = None,
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-    log: Callable[[str], None] = stderr_log,
+    log: Callable[[str], None] = log,
     fp16: bool = False,
     int8: bool = False,
     calibration_data: str | Path | None = None,
@@ -252,11 +260,15 @@ def export(
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
-    path_or_hub_id None is the embedded default model; output_dir None is ./albert-<task>-<precision>. Raises
+    path_or_hub_id None is the embedded default model; task None is the task of the Albert* architecture its
+    config.json names (fill-mask for the embedded model, which names none: its MLM head answers seed-style
+    `[MASK]` lines); output_dir None is ./albert-<task>-<precision>. Raises
     (before any tracing) UnknownTaskError, ExportOptionError, OutputExistsError, CheckpointError, ConfigError,
     TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
     """
     started = time.perf_counter()
+    if task is None:
+        task = detect_task(path_or_hub_id, log)
     task = canonical_task(task)
     check_layers(layers)
     check_opset(opset)
@@ -267,16 +279,19 @@ def export(
     check_engine(engine, shapes, rank=len(input_dims(task)), optimize=optimize)
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
-    log(f"loading {checkpoint} for {task}")
-    model = from_pretrained(checkpoint, task)
-    tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
-    log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
-    graph = onnx_from_reference(model, layers, opset)
+    with stage("loaded", log) as done:
+        model = from_pretrained(checkpoint, task)
+        tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
+        done(f"{checkpoint} for {task}")
+    with stage("traced", log) as done:
+        graph = onnx_from_reference(model, layers, opset)
+        done(f"embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     optimize_report = {}
     if optimize != "none":
-        graph, optimize_report = optimize_graph(graph, optimize)
-        fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
-        log(f"optimized ({optimize}): " + (", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused"))
+        with stage(f"optimized ({optimize}):", log) as done:
+            graph, optimize_report = optimize_graph(graph, optimize)
+            fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
+            done(", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused")
     # precision last, after any graph optimization: fp16 (mixed) or calibrated INT8 QDQ
     graph, precision_extra, calibration_table = graph_at_precision(
         graph, precision, task=task, tokenizer=tokenizer, layers=layers, vocab_size=model.config.vocab_size,
@@ -304,16 +319,18 @@ def export(
         if calibration_table is not None:
             calibration_table.save(bundle.path)
         if validate:
-            log("validating against the PyTorch reference with onnxruntime (CPU)")
-            manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
-                                                atol=atol)
-            worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
-            log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
+            with stage("validated", log) as done:
+                manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
+                                                    atol=atol, progress=bar)
+                worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
+                done(f"on {len(manifest.validation.shapes)} shapes against the PyTorch reference (onnxruntime CPU): "
+                     f"max abs diff {worst}")
         if profile is not None:
-            plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
-            (bundle.path / ENGINE).write_bytes(plan)
-            log(f"built {ENGINE} ({len(plan) / 1e6:.1f} MB) for compute capabilities "
-                f"{', '.join(manifest.engine.compute_capabilities)}")
+            with stage(f"built {ENGINE}", log) as done:
+                plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
+                (bundle.path / ENGINE).write_bytes(plan)
+                done(f"({len(plan) / 1e6:.1f} MB) for compute capabilities "
+                     f"{', '.join(manifest.engine.compute_capabilities)}")
         path = bundle.commit(manifest)
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     return path

@@ -93,15 +93,17 @@ def validate_onnx(
     atol: float | None = None,
     shapes: list[tuple[int, ...]] | None = None,
     threads: int | None = None,
+    progress=None,
 ) -> Validation:
-    """Run the graph and the reference on every shape; raise ValidationError for the worst failing output."""
+    """Run the graph and the reference on every shape; raise ValidationError for the worst failing output.
+    progress: albert_export.progress.bar (or alike) to show a bar per shape."""
     config = reference.config
     spec = TASKS[task]
     shapes = shapes or validation_shapes(config.max_position_embeddings, spec.multiple_choice)
     session = onnx_session(model_path, threads)
     tolerances = {name: tolerance_for(precision, name, atol) for name in spec.outputs}
     results = {name: Comparison() for name in spec.outputs}
-    for shape in shapes:
+    for shape in progress(shapes, desc="validating", total=len(shapes), unit="shape") if progress else shapes:
         inputs = validation_inputs(shape, config.vocab_size, config.type_vocab_size)
         expected = reference_outputs(reference, inputs)
         actual = dict(zip(spec.outputs, session.run(list(spec.outputs), inputs)))

@@ -9,6 +9,8 @@ only for the tensorrt backend.
 """
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the distribution's one version (pyproject.toml reads it)
+
 from .pipeline import Pipeline, pipeline
 
-__all__ = ["pipeline", "Pipeline"]
+__all__ = ["pipeline", "Pipeline", "__version__"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
+from ..extras import missing_module_line
 
 BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -50,7 +51,13 @@ def backend_from_bundle(
         from .trt import TensorRTBackend
 
         return TensorRTBackend(bundle.engine_path)
-    from .ort import OnnxRuntimeBackend
+    try:
+        from .ort import OnnxRuntimeBackend
+    except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
+        line = missing_module_line(exc.name or "", "the onnxruntime backend")
+        if line is None:
+            raise
+        raise BackendError(line) from None
 
     return OnnxRuntimeBackend(
         bundle.model_path,
