@@ -7,7 +7,7 @@ environment overwrite each other's `onnxruntime` package (README, "Install").
 from __future__ import annotations
 
 PACKAGE = "albert-export"
-EXPORT_MODULES = ("torch", "onnx", "onnxsim", "safetensors", "huggingface_hub", "sentencepiece", "google", "tqdm")
+EXPORT_MODULES = ("torch", "onnx", "safetensors", "huggingface_hub", "sentencepiece", "google", "tqdm")
 EXTRA_OF_MODULE = {
     **{module: "export" for module in EXPORT_MODULES},
     "onnxruntime": "cpu",

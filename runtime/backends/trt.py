@@ -43,7 +43,7 @@ def _import_cudart():
 
         return cudart
     except ImportError as exc:
-        raise BackendError("the tensorrt backend needs cuda-python (pip install cuda-python)") from exc
+        raise BackendError("the tensorrt backend needs cuda-python: pip install 'albert-export[tensorrt]'") from exc
 
 
 def _check(result):
