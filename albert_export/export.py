@@ -35,6 +35,7 @@ from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt,
 from .modeling import AlbertForTask
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import tokenizer_from_pretrained
+from .tokenizer_files import write_tokenizer_files
 from .tolerances import tolerance_for
 from .validate import validate_onnx
 
@@ -303,6 +304,8 @@ def export(
         stats["model_bytes"] = sum(file.stat().st_size for file in files)
         del graph
         tokenizer.save(str(bundle.path / TOKENIZER))
+        write_tokenizer_files(checkpoint, bundle.path, tokenizer_settings,
+                              max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings))
         model.config.save(bundle.path)
         if calibration_table is not None:
             calibration_table.save(bundle.path)

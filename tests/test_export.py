@@ -74,8 +74,10 @@ def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
     bundle = albert_export.export(directory, "qa", tmp_path / "bundle", layers="loop", log=quiet)
     loaded = load_bundle(bundle)  # verifies every sha256
     manifest = loaded.manifest
-    assert sorted(manifest.files) == ["config.json", "model.onnx", "tokenizer.json"]
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    files = ["config.json", "model.onnx", "special_tokens_map.json", "spiece.model", "tokenizer.json",
+             "tokenizer_config.json"]
+    assert sorted(manifest.files) == files
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, "manifest.json"])
     assert (manifest.task, manifest.layers, manifest.precision, manifest.opset, manifest.format) == (
         "question-answering", "loop", "fp32", 17, 1)
     assert [(t.name, t.dtype, t.dims) for t in manifest.inputs] == [
