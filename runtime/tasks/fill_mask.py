@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OptionError
+from ..errors import NoMaskTokenError, OptionError
 from ..taskspec import TASKS
 from ..tokenizer import decode
 from .base import TaskContext
@@ -111,7 +111,9 @@ def run_each(
     encodings, features = encode_features(ctx, texts, truncation, max_length)
     for text, encoding in zip(texts, encodings):
         if mask_id not in encoding.ids:
-            raise InputError(f"No mask_token ({ctx.special_tokens['mask']}) found on the input: {text[:80]!r}")
+            raise NoMaskTokenError(
+                "fill-mask", "albert", f"No mask_token ({ctx.special_tokens['mask']}) found on the input: {text[:80]!r}"
+            )
     logits_name = TASKS["fill-mask"].outputs[0]
     results = []
     for feature, output in zip(features, ctx.runner.run(features)):
