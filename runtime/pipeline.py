@@ -3,6 +3,7 @@
     from runtime import pipeline
     fill = pipeline("albert-fill-mask-fp32/")          # task from the manifest
     fill("Plants create [MASK] through photosynthesis.", top_k=3)
+    qa = pipeline("question-answering", model="albert-question-answering-fp32/", device="cuda:0")  # HF's form
 
 Keyword arguments given to `pipeline` that are not runtime options are defaults for every call; a call's own
 keyword arguments win. The heads' arguments and results are transformers 4.57's (see runtime/tasks/*).
