@@ -61,9 +61,7 @@ def encode(
                     "shorten it or allow truncation"
                 )
         return encodings
-    strategy = "longest_first" if truncation in (None, True) else truncation
-    if strategy not in TRUNCATION_STRATEGIES:
-        raise InputError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
+    strategy = truncation_strategy(truncation)
     try:
         encodings = truncating_copy(tokenizer, max_length, stride, strategy).encode_batch(
             list(texts), add_special_tokens=add_special_tokens)
@@ -79,6 +77,14 @@ def encode(
                     stacklevel=3,
                 )
     return encodings
+
+
+def truncation_strategy(truncation: bool | str | None) -> str:
+    """The tokenizers strategy for HF's truncation argument (None and True: "longest_first")."""
+    strategy = "longest_first" if truncation in (None, True) else truncation
+    if strategy not in TRUNCATION_STRATEGIES:
+        raise InputError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
+    return strategy
 
 
 def _preview(text: str | tuple[str, str], width: int = 40) -> str:
@@ -237,9 +243,7 @@ class PipelineTokenizer:
         if truncation in (None, False) and max_length is None:
             encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
         else:
-            strategy = "longest_first" if truncation in (None, True) else truncation
-            if strategy not in TRUNCATION_STRATEGIES:
-                raise ValueError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
+            strategy = truncation_strategy(truncation)
             copy = truncating_copy(self.backend_tokenizer, max_length or self.model_max_length, stride, strategy)
             encodings = copy.encode_batch(texts, add_special_tokens=add_special_tokens)
         columns = {
@@ -272,9 +276,11 @@ class PipelineTokenizer:
     def encode(self, text: str, text_pair: str | None = None, **options) -> list[int]:
         return self(text, text_pair, **options)["input_ids"]
 
-    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
+    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None):
         ids = [int(token_ids)] if np.ndim(token_ids) == 0 else [int(i) for i in token_ids]
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        clean = clean_up_tokenization_spaces
+        if clean is None:
+            clean = self.clean_up_tokenization_spaces
         return decode(self.backend_tokenizer, ids, skip_special_tokens=skip_special_tokens,
                       clean_up_tokenization_spaces=clean)
 

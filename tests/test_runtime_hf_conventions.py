@@ -401,7 +401,8 @@ def test_tokenizer_answers_as_hf(fill_pair):
     assert mine.decode(ids[3]) == hf_tok.decode(ids[3])
     assert mine.tokenize(pair["text"]) == hf_tok.tokenize(pair["text"])
     assert mine.convert_ids_to_tokens(ids) == hf_tok.convert_ids_to_tokens(ids)
-    assert mine.convert_tokens_to_ids(["[MASK]", "no-such-piece"]) == hf_tok.convert_tokens_to_ids(["[MASK]", "no-such-piece"])
+    pieces = ["[MASK]", "no-such-piece"]
+    assert mine.convert_tokens_to_ids(pieces) == hf_tok.convert_tokens_to_ids(pieces)
     assert mine.backend_tokenizer.token_to_id("[MASK]") == mine.token_to_id("[MASK]") == hf_tok.mask_token_id
     with pytest.raises(ValueError, match="np"):
         mine(texts, padding=True, return_tensors="pt")
