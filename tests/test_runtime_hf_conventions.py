@@ -302,6 +302,11 @@ def test_fill_mask_without_mask_raises_a_pipeline_exception_like_hf(fill_pair):
     assert isinstance(got.value, InputError)  # albert-run reports it as a bad line
     with pytest.raises(PipelineException):
         ours(["a [MASK] here", "none here"])
+    for empty in ("", " \t "):
+        with pytest.raises(HFPipelineException):
+            theirs(empty)
+        with pytest.raises(PipelineException, match="No mask_token .* the text is empty"):
+            ours(empty)
 
 
 def test_option_errors_have_hf_types(handmade_bundle, fill_pair):
