@@ -10,34 +10,17 @@ gets its own error and nothing else is affected.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from runtime import Pipeline
 
+from .requests import Call
+
 
 class QueueFull(Exception):
     """The model's queue holds --max-queue calls already."""
-
-
-@dataclass
-class Call:
-    inputs: Any
-    params: dict[str, Any]
-    single: bool  # inputs is one input (batched with others), not a list
-    future: asyncio.Future = field(default=None)  # type: ignore[assignment]
-
-    @property
-    def size(self) -> int:
-        return 1 if self.single else max(len(self.inputs), 1)
-
-    @property
-    def group(self) -> str | None:
-        """Calls with the same group share one run_each; None: runs alone."""
-        return json.dumps(self.params, sort_keys=True, default=str) if self.single else None
 
 
 class Batcher:
