@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bundle directory (default ./albert-<task>-<precision>)")
     output.add_argument("--overwrite", action="store_true",
                         help="replace an existing bundle at --output (never a non-bundle folder)")
+    output.add_argument("--triton", default=None, metavar="DIR",
+                        help="also write a Triton Inference Server model repository for the bundle into DIR")
     return parser
 
 
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # one line per warning, no source excerpt
             path = export(args.model, args.task, args.output, **export_options(args))
+            if args.triton:
+                from .triton import write_repository
+
+                write_repository(path, args.triton)
     except KeyboardInterrupt:
         print("albert-export: interrupted; no bundle was written", file=sys.stderr)
         return 130
