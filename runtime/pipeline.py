@@ -71,6 +71,7 @@ class Pipeline:
         threads: int | None = None,
         providers: list | None = None,
         graph_optimization_level: str = "all",
+        backend_options: dict | None = None,
         verify: bool = True,
         engine: Backend | None = None,
         **defaults: Any,
@@ -107,6 +108,7 @@ class Pipeline:
                 threads=threads,
                 providers=providers,
                 graph_optimization_level=graph_optimization_level,
+                backend_options=backend_options,
             )
         self.backend = engine
         outputs = manifest.outputs or []
@@ -182,9 +184,10 @@ class Pipeline:
 def pipeline(bundle: str | Path | Bundle, task: str | None = None, **defaults: Any) -> Pipeline:
     """Load a bundle and return its task's pipeline.
 
-    Runtime options: backend ("onnxruntime" | "tensorrt"), device ("cpu" | "cuda"), batch_size (8), threads,
-    providers (onnxruntime execution providers), graph_optimization_level ("disable" | "basic" | "extended" |
-    "all"), verify (check sha256 of every file, True), engine (a ready Backend to use instead of building one).
+    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda"), batch_size (8),
+    threads, providers (onnxruntime execution providers), graph_optimization_level ("disable" | "basic" | "extended" |
+    "all"), backend_options (openvino: {"hint": "latency" | "throughput", "precision": "f32" | "bf16"}), verify
+    (check sha256 of every file, True), engine (a ready Backend to use instead of building one).
     Other keyword arguments are the head's defaults, checked against the head's PARAMETERS.
     """
     return Pipeline(bundle, task, **defaults)
