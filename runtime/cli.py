@@ -1,6 +1,6 @@
 """albert-run: run a bundle over text lines, print one JSON line per input.
 
-    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|tensorrt] [--device cpu|cuda|cuda:N] [--batch-size N]
+    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda|cuda:N] [--batch-size N]
                [--top-k K] [--targets W,...] [--function-to-apply softmax|sigmoid|none]
                [--aggregation-strategy none|simple|first|average|max] [--ignore-labels L,...]
                [--doc-stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
