@@ -21,3 +21,13 @@ class BackendError(RuntimeError):
 
 class TruncationWarning(UserWarning):
     """A text was longer than the model's maximum positions and was cut."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a user: its message (a KeyError's without the quotes), never its class name,
+    a Rust panic from tokenizers is named as such."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    message = " ".join(str(message).split())
+    if type(exc).__name__ == "PanicException":
+        return f"the tokenizer failed on this input ({message})"
+    return message or "failed without saying why"
