@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bundle directory (default ./albert-<task>-<precision>)")
     output.add_argument("--overwrite", action="store_true",
                         help="replace an existing bundle at --output (never a non-bundle folder)")
+    output.add_argument("--triton", default=None, metavar="DIR",
+                        help="also write a Triton Inference Server model repository for the bundle into DIR")
     return parser
 
 
@@ -150,6 +152,10 @@ def run(argv: list[str] | None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # one line per warning, no source excerpt
             path = export(args.model, args.task, args.output, **options)
+            if args.triton:
+                from .triton import write_repository
+
+                write_repository(path, args.triton)
     except Exception as exc:  # one clear line, never a traceback (unless asked for)
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise

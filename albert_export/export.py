@@ -29,7 +29,7 @@ from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
-from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
+from runtime.taskspec import BATCH, INPUT_NAMES, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
@@ -37,6 +37,7 @@ from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt,
 from .modeling import AlbertForTask
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
+from .tokenizer_files import write_tokenizer_files
 from .tolerances import tolerance_for
 from .validate import validate_onnx
 
@@ -134,8 +135,8 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
     batch, sequence = TRACE_SHAPE[0], min(TRACE_SHAPE[1], config.max_position_embeddings)
     ids = torch.randint(0, config.vocab_size, (batch, sequence), generator=torch.Generator().manual_seed(0))
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    tokens = {0: "batch", 1: "sequence"}
-    bias_axes = {0: "batch", 3: "sequence"}
+    tokens = {0: BATCH, 1: SEQUENCE}
+    bias_axes = {0: BATCH, 3: SEQUENCE}
     embed = onnx_from_torch(
         EmbeddingsPiece(model).eval(), (ids, mask, types), list(INPUT_NAMES), ["hidden", "attention_bias"],
         {**{name: tokens for name in INPUT_NAMES}, "hidden": tokens, "attention_bias": bias_axes}, opset)
@@ -147,13 +148,16 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
                         {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}, opset)
         for group in model.albert.encoder.albert_layer_groups
     ]
-    output_axes = {name: {axis: ("batch", "sequence")[axis] for axis in range(min(2, tensor.dim()))}
-                   for name, tensor in head_outputs.items()}
-    head = onnx_from_torch(HeadPiece(model).eval(), (hidden,), ["hidden"], list(head_outputs), {"hidden": tokens,
-                           **output_axes}, opset)
+    spec = TASKS[model.task]
+    # multiple choice: the head scores (B*C, 1); assembly reshapes them to the task's (B, C)
+    dims = dict(zip(spec.outputs, spec.output_dims))
+    output_axes = {name: dynamic_axes(dims[name]) if name in dims and not spec.multiple_choice else {0: BATCH}
+                   for name in head_outputs}
+    head = onnx_from_torch(HeadPiece(model).eval(), (hidden,), ["hidden"], list(head_outputs),
+                           {"hidden": tokens, **output_axes}, opset)
     model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
-                  multiple_choice=TASKS[model.task].multiple_choice)
+                  multiple_choice=spec.multiple_choice)
 
 
 def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
@@ -323,6 +327,8 @@ def export(
         stats["model_bytes"] = sum(file.stat().st_size for file in files)
         del graph
         tokenizer.save(str(bundle.path / TOKENIZER))
+        write_tokenizer_files(checkpoint, bundle.path, tokenizer_settings,
+                              max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings))
         model.config.save(bundle.path)
         if calibration_table is not None:
             calibration_table.save(bundle.path)

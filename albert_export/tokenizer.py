@@ -185,7 +185,7 @@ def tokenizer_from_spiece(
 
 # --- a checkpoint's tokenizer directory -------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -197,7 +197,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _token_text(value: Any) -> str | None:
+def token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # serialized AddedToken
         value = value.get("content")
     return value if isinstance(value, str) else None
@@ -207,7 +207,7 @@ def _special_tokens(tokenizer_config: dict[str, Any], special_map: dict[str, Any
     roles = dict(ALBERT_SPECIAL_TOKENS)
     for role in roles:
         for source in (special_map, tokenizer_config):
-            text = _token_text(source.get(f"{role}_token"))
+            text = token_text(source.get(f"{role}_token"))
             if text is not None:
                 roles[role] = text
     return roles
@@ -246,7 +246,7 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
         raise TokenizerError(
             f"{root} is not a directory; pass the checkpoint folder holding {TOKENIZER} or {SPIECE}"
         )
-    tokenizer_config = _read_json(root / TOKENIZER_CONFIG)
+    tokenizer_config = read_json_object(root / TOKENIZER_CONFIG)
     do_lower_case = bool(tokenizer_config.get("do_lower_case", True))
     keep_accents = bool(tokenizer_config.get("keep_accents", False))
     if (root / TOKENIZER).is_file():
@@ -268,15 +268,16 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
         )
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    special_tokens = _special_tokens(tokenizer_config, _read_json(root / SPECIAL_TOKENS_MAP))
+    special_tokens = _special_tokens(tokenizer_config, read_json_object(root / SPECIAL_TOKENS_MAP))
     missing = [f"{role}={text!r}" for role, text in special_tokens.items() if tokenizer.token_to_id(text) is None]
     if missing:
         raise TokenizerError(f"the tokenizer in {root} lacks the special tokens {', '.join(missing)}")
     settings = TokenizerSettings(
-        max_length=_max_length(tokenizer_config, _read_json(root / MODEL_CONFIG)),
+        max_length=_max_length(tokenizer_config, read_json_object(root / MODEL_CONFIG)),
         do_lower_case=do_lower_case,
         keep_accents=keep_accents,
         special_tokens=special_tokens,
+        clean_up_tokenization_spaces=bool(tokenizer_config.get("clean_up_tokenization_spaces", False)),
     )
     return tokenizer, settings
 
