@@ -36,8 +36,8 @@ from typing import Any
 
 from .backends import BACKENDS, DEVICES
 from .bundle import BundleError
-from .errors import BackendError, InputError, OptionError, one_line
-from .lines import LineRunner, byte_reader, is_failure
+from .errors import BackendError, InputError, OptionError, is_failure, one_line
+from .lines import LineRunner, byte_reader
 from .taskspec import UnknownTaskError
 
 PROG = "albert-run"

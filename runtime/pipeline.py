@@ -21,6 +21,7 @@ from .errors import InputError, OptionError
 from .runner import BatchRunner, sequence_axes
 from .taskspec import TASKS, canonical_task
 from .tasks.base import TaskContext
+from .tasks.common import check_option_values
 from .tokenizer import load_tokenizer
 
 HEAD_MODULES = {
@@ -129,6 +130,7 @@ class Pipeline:
         )
 
     def _check_parameters(self, params: dict[str, Any]) -> None:
+        check_option_values(params)
         if self.parameters is None:
             return
         unknown = sorted(set(params) - self.parameters - {"batch_size"})

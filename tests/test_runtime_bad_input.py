@@ -138,3 +138,38 @@ def test_a_terminal_gets_line_1_answered_before_line_2_is_typed(fill_mask_bundle
         os.close(controller)
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def qa_bundle(handmade_bundle):
+    return handmade_bundle("question-answering")
+
+
+def test_qa_long_question_and_tiny_windows_never_panic_and_keep_every_answer(monkeypatch, capsys, qa_bundle):
+    """The issue's case: 50 good lines, then a ~62-token question over a context that needs windows (the tokenizer
+    panicked past every `except Exception`, and the 50 answers were lost); and --max-seq-len 8 / 10."""
+    good = {"question": "Who went?", "context": "Botchan went to Shikoku to teach mathematics."}
+    long = {"question": " ".join(["who threw the narrator out of the window"] * 8) + "?",
+            "context": "Botchan went to Shikoku to teach. " * 40}
+    stdin = (json.dumps(good) + "\n") * 50 + json.dumps(long) + "\n" + json.dumps(good) + "\n"
+    code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle], stdin.encode())
+    answer = pipeline(qa_bundle)(good)
+    assert code == 0 and len(lines) == 52 and lines[:50] == [answer] * 50 and lines[51] == answer
+    assert set(lines[50]) == {"score", "start", "end", "answer"} and "PanicException" not in err
+    assert err.startswith("albert-run: warning: question of ") and "cut to" in err
+    for max_seq_len in ("8", "10"):
+        code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle, "--max-seq-len", max_seq_len], stdin.encode())
+        assert code == 0 and len(lines) == 52 and "panicked" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-seq-len", "200"], "max_seq_len=200 is more than the model's 128 positions; use at most 128"),
+    (["--max-seq-len", "100000"], "use at most 128"),
+    (["--max-seq-len", "3"], "max_seq_len=3 cannot hold the 3 special tokens"),
+    (["--max-seq-len", "10", "--doc-stride", "9"], "use a doc_stride of at most 5"),
+])
+def test_qa_windows_the_model_cannot_take_are_one_line_exit_2(monkeypatch, capsys, qa_bundle, argv, message):
+    stdin = json.dumps({"question": "Who went?", "context": "Botchan went."}) + "\n"
+    code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle, *argv], stdin.encode())
+    assert code == 2 and lines == [] and err == f"albert-run: error: {err.split('error: ', 1)[1]}" and message in err
+    assert err.count("\n") == 1
