@@ -222,8 +222,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         config = json.loads(files[CONFIG].read_bytes())
     except (OSError, ValueError, RecursionError) as exc:
         raise BundleError(f"{root / CONFIG} cannot be read ({_reason(exc)}); re-export the bundle") from None
-    if not isinstance(config, dict) or not isinstance(config.get("id2label", {}), dict):
-        raise BundleError(f"{root / CONFIG} is not an HF config (a JSON object, id2label a map); re-export the bundle")
+    id2label = config.get("id2label", {}) if isinstance(config, dict) else None
+    if not isinstance(id2label, dict) or not all(str(k).isdigit() and isinstance(v, str) for k, v in id2label.items()):
+        raise BundleError(
+            f"{root / CONFIG} is not an HF config (a JSON object, id2label a map of label ids to names); "
+            "re-export the bundle"
+        )
     return Bundle(root=root, manifest=manifest, config=config)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
 from .errors import InputError, OptionError
-from .runner import BatchRunner, sequence_axes
+from .runner import BatchRunner, check_model_outputs, sequence_axes
 from .taskspec import TASKS, canonical_task
 from .tasks.base import TaskContext
 from .tasks.common import check_option_values
@@ -116,6 +116,7 @@ class Pipeline:
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
         self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0:

@@ -141,3 +141,49 @@ def test_manifest_fields_of_the_wrong_shape_are_one_clear_error(copy, change, me
     with pytest.raises(BundleError, match=message) as refused:
         load_bundle(copy)
     assert "__init__" not in str(refused.value)
+
+
+def rehash(bundle, *names):
+    edit_manifest(bundle, lambda m: m["files"].update({name: sha256_file(bundle / name) for name in names}))
+
+
+@pytest.mark.parametrize("task, other", [("question-answering", "text-classification"),
+                                         ("text-classification", "question-answering"),
+                                         ("fill-mask", "token-classification"),
+                                         ("token-classification", "text-classification"),
+                                         ("multiple-choice", "fill-mask")])
+def test_a_manifest_task_that_is_not_the_models_is_one_line(handmade_bundle, tmp_path, task, other):
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle(other), target)
+    edit_manifest(target, lambda m: m.update(task=task))
+    pattern = f"a {task} model gives .*the bundle's task is not its model's|a {task} input fails .*task its model's"
+    with pytest.raises(Exception, match=pattern) as refused:
+        pipeline(target)
+    assert "KeyError" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_model_of_another_task_rehashed_into_the_bundle_names_expected_and_found_outputs(handmade_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("question-answering"), target)
+    shutil.copy(handmade_bundle("text-classification") / MODEL, target / MODEL)
+    rehash(target, MODEL)
+    with pytest.raises(Exception, match=r"the model gives logits \(2\) per input, a question-answering model gives "
+                                        r"start_logits \(sequence\), end_logits \(sequence\)"):
+        pipeline(target)
+
+
+def test_an_id2label_that_does_not_name_every_logit_is_refused_at_load(handmade_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("text-classification"), target)
+    config = json.loads((target / "config.json").read_text())
+    config["id2label"] = {"0": "ONLY"}
+    config["label2id"] = {"ONLY": 0}
+    (target / "config.json").write_text(json.dumps(config))
+    rehash(target, "config.json")
+    with pytest.raises(Exception, match="config.json's id2label names 1 labels, the model gives 2 logits"):
+        pipeline(target)
+    config["id2label"] = {"zero": "A", "1": "B"}
+    (target / "config.json").write_text(json.dumps(config))
+    rehash(target, "config.json")
+    with pytest.raises(BundleError, match="id2label a map of label ids to names"):
+        pipeline(target)
