@@ -173,3 +173,25 @@ def test_qa_windows_the_model_cannot_take_are_one_line_exit_2(monkeypatch, capsy
     code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle, *argv], stdin.encode())
     assert code == 2 and lines == [] and err == f"albert-run: error: {err.split('error: ', 1)[1]}" and message in err
     assert err.count("\n") == 1
+
+
+def test_token_classification_of_a_long_line_warns_or_chunks_with_stride(monkeypatch, capsys, handmade_bundle):
+    bundle = handmade_bundle("token-classification")
+    text = " ".join(f"Botchan{i % 7} went to Shikoku" for i in range(400))
+    code, lines, err = albert_run(monkeypatch, capsys, [bundle, "--aggregation-strategy", "simple"], (text + "\n").encode())
+    kept = int(err.split("only its first ")[1].split(" characters")[0])
+    assert code == 0 and err.count("\n") == 1 and err.startswith("albert-run: warning: text is longer than the model's")
+    assert 0 < kept < len(text) // 10 and max(entity["end"] for entity in lines[0]) <= kept
+    argv = [bundle, "--aggregation-strategy", "simple", "--stride", "16"]
+    code, lines, err = albert_run(monkeypatch, capsys, argv, (text + "\n").encode())
+    assert (code, err) == (0, "")
+    ours = json.loads(json.dumps(pipeline(bundle)(text, aggregation_strategy="simple", stride=16), default=float))
+    assert lines == [ours] and max(entity["end"] for entity in lines[0]) > len(text) - 40
+
+
+@pytest.mark.parametrize("stride", [126, 127])
+def test_token_classification_stride_the_tokenizer_cannot_take_is_refused(monkeypatch, capsys, handmade_bundle, stride):
+    argv = [handmade_bundle("token-classification"), "--aggregation-strategy", "simple", "--stride", stride]
+    code, lines, err = albert_run(monkeypatch, capsys, argv, b"Botchan went to Shikoku.\n")
+    assert code == 2 and lines == [] and err.count("\n") == 1 and "panicked" not in err
+    assert "use a stride of at most 125" in err or "`stride` must be less than" in err
