@@ -23,10 +23,10 @@ from typing import Any
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
 from .errors import InputError, OptionError, UnknownParameterError
-from .runner import BatchRunner, sequence_axes
-from .taskspec import TASKS, UnknownTaskError, canonical_task
+from .runner import BatchRunner, check_model_outputs, sequence_axes
+from .taskspec import SEQUENCE, TASKS, UnknownTaskError, canonical_task
 from .tasks.base import TaskContext
-from .tasks.common import is_stream, stream_items
+from .tasks.common import check_option_values, is_stream, stream_items
 from .tokenizer import PipelineTokenizer, load_tokenizer
 
 HEAD_MODULES = {
@@ -125,10 +125,11 @@ class Pipeline:
         self.model = BundleModel(self.bundle)
         outputs = manifest.outputs or []
         axes = sequence_axes(outputs) if outputs else {
-            name: tuple(i for i, d in enumerate(dims) if d == "sequence")
+            name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
         self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0:
@@ -146,6 +147,7 @@ class Pipeline:
         )
 
     def _check_parameters(self, params: dict[str, Any]) -> None:
+        check_option_values(params)
         if self.parameters is None:
             return
         unknown = sorted(set(params) - self.parameters - CALL_OPTIONS)
