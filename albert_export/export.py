@@ -9,6 +9,7 @@ nothing here needs it.)
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ import torch
 from onnx import version_converter
 from torch import nn
 
+from calibration import load_examples
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
@@ -34,7 +36,7 @@ from .checkpoint import from_pretrained, resolve_checkpoint
 from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
-from .tokenizer import tokenizer_from_pretrained
+from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
 from .tolerances import tolerance_for
 from .validate import validate_onnx
@@ -212,7 +214,7 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Mani
 
 def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
     """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, the graph will be one
-    TensorRT can parse, TensorRT is importable."""
+    TensorRT can parse."""
     if engine not in ENGINES:
         raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
     if engine != "tensorrt":
@@ -226,7 +228,28 @@ def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "no
                                 "--engine tensorrt (TensorRT fuses attention itself)")
     if shapes is not None:
         parse_shapes(shapes, rank=rank)
-    import_tensorrt()
+
+
+def check_options(task: str | None, *, layers: str = "unrolled", opset: int = DEFAULT_OPSET, optimize: str = "none",
+                  fp16: bool = False, int8: bool = False, calibration_data: str | Path | None = None,
+                  calibration_method: str = DEFAULT_METHOD, calibration_samples: int = DEFAULT_SAMPLES,
+                  engine: str = "onnxruntime", shapes: str | None = None, atol: float | None = None,
+                  **_: object) -> tuple[str | None, str]:
+    """Every option alone and in combination, before anything is read or traced: (canonical task, precision).
+    Whatever this raises is a usage error (albert-export exits 2). task None: not known yet (auto-detected)."""
+    task = canonical_task(task) if task is not None else None
+    check_layers(layers)
+    check_opset(opset)
+    if optimize not in PROFILES:
+        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
+    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
+    tolerance_for(precision, "*", atol)
+    if atol is not None and not math.isfinite(atol):
+        raise ExportOptionError(f"--atol must be a finite number, got {atol!r}; leave it out for the precision's "
+                                "table, or pass --no-validate to skip validation")
+    rank = len(input_dims(task)) if task is not None else 2
+    check_engine(engine, shapes, rank=rank, optimize=optimize)
+    return task, precision
 
 
 def default_output_dir(task: str, precision: str = PRECISION) -> Path:
@@ -261,19 +284,19 @@ def export(
     TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
     """
     started = time.perf_counter()
-    task = canonical_task(task)
-    check_layers(layers)
-    check_opset(opset)
-    if optimize not in PROFILES:
-        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
-    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
-    tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
-    check_engine(engine, shapes, rank=len(input_dims(task)), optimize=optimize)
+    task, precision = check_options(task, layers=layers, opset=opset, optimize=optimize, fp16=fp16, int8=int8,
+                                    calibration_data=calibration_data, calibration_method=calibration_method,
+                                    calibration_samples=calibration_samples, engine=engine, shapes=shapes, atol=atol)
+    if engine == "tensorrt":
+        import_tensorrt()
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
+    if precision == "int8":
+        load_examples(calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
     model = from_pretrained(checkpoint, task)
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
+    tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
     optimize_report = {}

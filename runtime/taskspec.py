@@ -57,8 +57,11 @@ TASKS: dict[str, TaskSpec] = {
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class UnknownTaskError(ValueError):
-    pass
+class UnknownTaskError(KeyError, ValueError):
+    """A task name no bundle has (a KeyError, as transformers' pipeline() raises for one, and a ValueError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def canonical_task(name: str) -> str:

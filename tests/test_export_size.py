@@ -19,7 +19,7 @@ from tests.export_helpers import save_checkpoint
 
 torch.set_num_threads(1)
 
-BASE_V2_SHAPE = dict(vocab_size=1000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+BASE_V2_SHAPE = dict(vocab_size=1004, embedding_size=128, hidden_size=768, num_hidden_layers=12,
                      num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
 
 
