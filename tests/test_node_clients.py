@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from albert_export.export import export
 from runtime import pipeline
 from runtime.tokenizer import load_tokenizer
-from tests.export_helpers import save_checkpoint, tokenizer_files
+from tests.export_helpers import save_checkpoint
 
 torch.set_num_threads(1)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
@@ -47,11 +46,10 @@ def bundles(tmp_path_factory):
     if not (EXAMPLE / "node_modules" / "@huggingface" / "transformers").is_dir():
         pytest.fail("examples/node/node_modules is missing: run scripts/setup-node.sh (npm ci) first")
     root = tmp_path_factory.mktemp("node")
-    vocab_size = len(AutoTokenizer.from_pretrained(tokenizer_files()))  # the ids the tokenizer gives all embed
     made = {}
     for task in ("fill-mask", "text-classification", "question-answering", "feature-extraction",
                  "token-classification"):
-        save_checkpoint(root / f"{task}-checkpoint", task, vocab_size=vocab_size, max_position_embeddings=MAX_LENGTH)
+        save_checkpoint(root / f"{task}-checkpoint", task, max_position_embeddings=MAX_LENGTH)
         made[task] = export(root / f"{task}-checkpoint", task, root / task, log=quiet)
     return made
 
