@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--pooler-output", action="store_true",
                        help="feature-extraction: also output pooler_output (optimum's validate_model_outputs "
                             "then refuses the graph: its feature-extraction config has last_hidden_state only)")
+    graph.add_argument("--ort-format", action="store_true",
+                       help="also write model.ort and required_operators.config, for onnxruntime's minimal "
+                            "(mobile, reduced web) builds")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -116,6 +119,7 @@ def export_options(args: argparse.Namespace) -> dict:
         "engine": args.engine,
         "shapes": args.shapes,
         "pooler_output": args.pooler_output,
+        "ort_format": args.ort_format,
     }
 
 

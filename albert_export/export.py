@@ -35,6 +35,7 @@ from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_d
 from .checkpoint import from_pretrained, resolve_checkpoint
 from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
+from .ort_format import ort_from_onnx
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
@@ -288,6 +289,7 @@ def export(
     engine: str = "onnxruntime",
     shapes: str | None = None,
     pooler_output: bool = False,
+    ort_format: bool = False,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -353,6 +355,11 @@ def export(
                                                 atol=atol, outputs=outputs)
             worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
             log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
+        if ort_format:
+            ort_model, _ = ort_from_onnx(bundle.path / MODEL, bundle.path)
+            stats["ort_model_bytes"] = ort_model.stat().st_size
+            log(f"wrote {ort_model.name} ({stats['ort_model_bytes'] / stats['model_bytes']:.3f} x model.onnx) "
+                "and its required operators")
         if profile is not None:
             plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
             (bundle.path / ENGINE).write_bytes(plan)
