@@ -50,7 +50,8 @@ def bundles(tmp_path_factory):
     for task in ("fill-mask", "text-classification", "question-answering", "feature-extraction",
                  "token-classification"):
         save_checkpoint(root / f"{task}-checkpoint", task, max_position_embeddings=MAX_LENGTH)
-        made[task] = export(root / f"{task}-checkpoint", task, root / task, log=quiet)
+        made[task] = export(root / f"{task}-checkpoint", task, root / task, ort_format=task == "question-answering",
+                            log=quiet)
     return made
 
 
@@ -116,9 +117,10 @@ def test_transformers_js_has_no_albert_token_classification(bundles):
     assert done.returncode == 1 and done.stderr.strip() == "pipeline.mjs: Unsupported model type: albert"
 
 
-def test_node_example_answers_as_the_runtime(bundles):
+@pytest.mark.parametrize("model", ["model.onnx", "model.ort"])
+def test_node_example_answers_as_the_runtime(model, bundles):
     bundle = bundles["question-answering"]
-    theirs = node_results("qa.mjs", bundle, lines=QUESTIONS + [{**QUESTIONS[1], "top_k": 3}])
+    theirs = node_results("qa.mjs", "--model", model, bundle, lines=QUESTIONS + [{**QUESTIONS[1], "top_k": 3}])
     qa = pipeline(str(bundle))
     ours = [qa(**item) for item in QUESTIONS] + [qa(**QUESTIONS[1], top_k=3)]
     for their, our in zip(theirs, ours, strict=True):
@@ -137,4 +139,8 @@ def test_node_example_refuses_what_it_cannot_answer(bundles):
                                        f"{MAX_LENGTH} this example answers in one window")
     wrong_task = node("qa.mjs", bundles["fill-mask"], "Who?", "Zola.", lines=[])
     assert wrong_task.returncode == 1 and "is a fill-mask bundle" in wrong_task.stderr
+    unlisted = node("qa.mjs", "--model", "../outside.onnx", bundle, "Who?", "Zola.", lines=[])
+    assert unlisted.returncode == 1
+    assert unlisted.stderr.strip() == "qa.mjs: the bundle's manifest lists no ../outside.onnx"
     assert node("qa.mjs", lines=[]).returncode == 2
+    assert node("qa.mjs", "--model", lines=[]).returncode == 2

@@ -6,6 +6,7 @@
 //
 //   node qa.mjs BUNDLE "question" "context"     one answer, as a JSON line
 //   node qa.mjs BUNDLE < questions.jsonl        one {"question", "context"} per line, one JSON line out each
+//   node qa.mjs --model model.ort BUNDLE ...    the ORT format copy (albert-export --ort-format) instead
 //
 // Kept small on purpose: one window per input (a context longer than the model's length is refused; the Python
 // runtime slides windows over it with doc_stride), top_k answers, no impossible answer.
@@ -28,19 +29,20 @@ function readJson(file) {
 }
 
 // The bundle as the Python runtime reads it: manifest format 1, every listed file's sha256 checked.
-export async function loadBundle(dir) {
+export async function loadBundle(dir, { model = 'model.onnx' } = {}) {
   const manifest = readJson(path.join(dir, 'manifest.json'));
   if (manifest.format !== 1) throw new Error(`manifest format ${manifest.format} is not 1; re-export the bundle`);
   if (manifest.task !== 'question-answering') {
     throw new Error(`${dir} is a ${manifest.task} bundle; export one with --task question-answering`);
   }
+  if (!Object.hasOwn(manifest.files, model)) throw new Error(`the bundle's manifest lists no ${model}`);
   for (const [name, expected] of Object.entries(manifest.files)) {
     const actual = createHash('sha256').update(readFileSync(path.join(dir, name))).digest('hex');
     if (actual !== expected) throw new Error(`checksum mismatch for ${name}; re-export the bundle`);
   }
   const tokenizerConfig = readJson(path.join(dir, 'tokenizer_config.json'));
   const tokenizer = new Tokenizer(readJson(path.join(dir, 'tokenizer.json')), tokenizerConfig);
-  const session = await ort.InferenceSession.create(path.join(dir, 'model.onnx'));
+  const session = await ort.InferenceSession.create(path.join(dir, model));
   const maxLength = Math.min(manifest.tokenizer.max_length, tokenizerConfig.model_max_length, MAX_SEQ_LEN);
   const special = manifest.tokenizer.special_tokens;
   return { tokenizer, session, maxLength, clsId: tokenizer.token_to_id(special.cls), sepId: tokenizer.token_to_id(special.sep) };
@@ -123,11 +125,13 @@ export async function answer(bundle, question, context, { topK = 1 } = {}) {
 }
 
 async function main(argv) {
-  if (argv.length !== 1 && argv.length !== 3) {
-    console.error('usage: node qa.mjs BUNDLE [QUESTION CONTEXT]   (without them: JSON lines {"question", "context"} on stdin)');
+  const options = {};
+  if (argv[0] === '--model') [, options.model, ...argv] = argv;
+  if ((argv.length !== 1 && argv.length !== 3) || options.model === undefined && 'model' in options) {
+    console.error('usage: node qa.mjs [--model FILE] BUNDLE [QUESTION CONTEXT]   (without them: JSON lines {"question", "context"} on stdin)');
     return 2;
   }
-  const bundle = await loadBundle(argv[0]);
+  const bundle = await loadBundle(argv[0], options);
   if (argv.length === 3) {
     console.log(JSON.stringify(await answer(bundle, argv[1], argv[2])));
     return 0;
