@@ -116,6 +116,7 @@ def test_factory_forms_task_first_model_keyword_and_aliases(qa_bundle, handmade_
         pipeline(qa_bundle, "qa"),
         pipeline(qa_bundle, task="question-answering"),
         pipeline(task="qa", model=str(qa_bundle)),
+        pipeline("question-answering", model=str(qa_bundle), tokenizer=str(qa_bundle)),  # HF code often does this
     ):
         assert ours.task == "question-answering"
         assert_same(ours(**example), theirs)
@@ -135,6 +136,9 @@ def test_factory_errors(qa_bundle):
         pipeline("question-answering")
     with pytest.raises(TypeError, match="task twice"):
         pipeline("qa", "fill-mask", model=qa_bundle)
+    for tokenizer in (qa_bundle.parent, hf_tokenizer()):
+        with pytest.raises(OptionError, match="the bundle carries its own tokenizer"):
+            pipeline("question-answering", model=qa_bundle, tokenizer=tokenizer)
 
 
 def test_qa_positional_forms_warn_as_hf_and_answer_the_same(qa_pair):
