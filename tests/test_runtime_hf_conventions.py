@@ -448,3 +448,28 @@ def test_model_task_and_backend_attributes(handmade_bundle):
     with torch.no_grad():
         expected = model(**theirs.tokenizer(mrpc_pairs()[0]["text"], return_tensors="pt")).logits.numpy()
     np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
+
+
+def test_conventions_on_a_bundle_albert_export_wrote(tmp_path):
+    from albert_export import export
+
+    checkpoint = tmp_path / "checkpoint"
+    tiny_model("question-answering").save_pretrained(checkpoint)
+    hf_tokenizer().save_pretrained(checkpoint)
+    bundle = export(checkpoint, "qa", tmp_path / "qa", layers="loop", atol=1e-3, log=lambda _: None)
+    ours = pipeline("question-answering", model=bundle, tokenizer=bundle, device=-1, batch_size=2)
+    theirs = hf_pipeline("question-answering", model=str(checkpoint), device=-1, batch_size=2)
+    windows = {"max_seq_len": 48, "doc_stride": 16}  # several windows per context
+    examples = squad(3)
+    with pytest.warns(FutureWarning):
+        expected = theirs(examples[0]["question"], examples[0]["context"], **windows)
+    with pytest.warns(FutureWarning):
+        assert_same(ours(examples[0]["question"], examples[0]["context"], **windows), expected)
+    with pytest.warns(FutureWarning):
+        expected = list(theirs((e for e in examples), **windows))
+    with pytest.warns(FutureWarning):
+        assert_same(list(ours((e for e in examples), **windows)), expected)
+    assert ours.tokenizer.model_max_length == theirs.tokenizer.model_max_length == 128
+    for role in ("mask", "cls", "sep", "pad", "unk"):
+        assert getattr(ours.tokenizer, f"{role}_token_id") == getattr(theirs.tokenizer, f"{role}_token_id")
+    assert ours.tokenizer(examples[0]["question"]) == dict(theirs.tokenizer(examples[0]["question"]))
