@@ -48,3 +48,13 @@ class UnknownChoiceError(KeyError, OptionError):
 
 class UnknownParameterError(TypeError, OptionError):
     """A keyword argument the task does not take (HF: a TypeError from its _sanitize_parameters)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a user: its message (a KeyError's without the quotes), never its class name,
+    a Rust panic from tokenizers is named as such."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    message = " ".join(str(message).split())
+    if type(exc).__name__ == "PanicException":
+        return f"the tokenizer failed on this input ({message})"
+    return message or "failed without saying why"

@@ -81,6 +81,7 @@ class Pipeline:
         threads: int | None = None,
         providers: list | None = None,
         graph_optimization_level: str = "all",
+        backend_options: dict | None = None,
         verify: bool = True,
         engine: Backend | None = None,
         **defaults: Any,
@@ -118,6 +119,7 @@ class Pipeline:
                 threads=threads,
                 providers=providers,
                 graph_optimization_level=graph_optimization_level,
+                backend_options=backend_options,
             )
         self.backend = engine
         self.model = BundleModel(self.bundle)
@@ -284,10 +286,11 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
     left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own). A bundle
     carries its tokenizer: `tokenizer=` may only name the bundle itself.
 
-    Runtime options: backend ("onnxruntime" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
+    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
     an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
     as HF does, no effect), threads, providers (onnxruntime execution providers), graph_optimization_level
-    ("disable" | "basic" | "extended" | "all"), verify (check sha256 of every file, True), engine (a ready
+    ("disable" | "basic" | "extended" | "all"), backend_options (openvino: {"hint": "latency" |
+    "throughput", "precision": "f32" | "bf16"}), verify (check sha256 of every file, True), engine (a ready
     Backend to use instead of building one). Other keyword arguments are the head's defaults, checked against
     the head's PARAMETERS.
     """

@@ -1,8 +1,9 @@
 """Inference engines behind one protocol: named numpy arrays in, named numpy arrays out.
 
 `OnnxRuntimeBackend` (runtime.backends.ort) runs model.onnx on CPU, CUDA or the TensorRT execution provider;
-`TensorRTBackend` (runtime.backends.trt) runs engine.plan with tensorrt / tensorrt_rtx and cuda-python,
-imported only when it is created.
+`OpenVINOBackend` (runtime.backends.openvino) runs model.onnx with OpenVINO on the CPU; `TensorRTBackend`
+(runtime.backends.trt) runs engine.plan with tensorrt / tensorrt_rtx and cuda-python. Both import their packages
+only when they are created.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda")
 GPU_EXTRA = "pip install 'albert-export[gpu]'"  # onnxruntime-gpu and cuda-python
 
@@ -64,7 +65,9 @@ def backend_from_bundle(
     threads: int | None = None,
     providers: list | None = None,
     graph_optimization_level: str = "all",
+    backend_options: dict | None = None,
 ) -> Backend:
+    """backend_options: the openvino backend's `hint` ("latency" | "throughput") and `precision` ("f32" | "bf16")."""
     if backend not in BACKENDS:
         raise OptionError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     parsed = parse_device(device)
@@ -79,7 +82,19 @@ def backend_from_bundle(
                 stacklevel=3,
             )
             parsed = Device("cpu")
+    if parsed.cpu_fallback and backend == "openvino":
+        parsed = Device("cpu")  # an int device or None means "the GPU when there is one"; openvino runs on the CPU
     device = parsed.kind
+    if backend_options and backend != "openvino":
+        raise OptionError(f"backend_options {sorted(backend_options)} are openvino options; the {backend} backend takes none")
+    if backend == "openvino":
+        if device != "cpu":
+            raise OptionError("the openvino backend runs on the CPU only; use --device cpu")
+        if providers is not None:
+            raise OptionError("providers are onnxruntime options; the openvino backend takes none")
+        from .openvino import OpenVINOBackend
+
+        return OpenVINOBackend(bundle.model_path, threads=threads, **(backend_options or {}))
     if backend == "tensorrt":
         if device != "cuda":
             raise OptionError("the tensorrt backend runs on a GPU only; use --device cuda, or --backend onnxruntime for CPU")
