@@ -369,6 +369,27 @@ def test_devices_reach_the_onnxruntime_providers(fill_pair, handmade_bundle, mon
         assert seen.pop() == [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_an_error(handmade_bundle, monkeypatch):
+    real_session = ort.InferenceSession
+
+    def cpu_only(path, sess_options=None, providers=None):  # what onnxruntime-gpu does without its CUDA libraries
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort_backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(ort_backend.ort, "InferenceSession", cpu_only)
+    with pytest.raises(BackendError, match="could not start CUDA on device 1 .*fell back to CPUExecutionProvider"):
+        pipeline(handmade_bundle("fill-mask"), device="cuda:1")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_device_runs_on_the_gpu_with_the_same_answers(fill_pair, handmade_bundle):
+    texts = botchan_masked(4, seed=12)
+    for device in ("cuda", "cuda:0", 0):
+        pipe = pipeline(handmade_bundle("fill-mask"), device=device)
+        assert pipe.backend.providers[0] == "CUDAExecutionProvider"
+        assert_same(pipe(texts), fill_pair[1](texts))
+
+
 def test_albert_run_device_flag(handmade_bundle, capsys):
     bundle = str(handmade_bundle("fill-mask"))
     for flag, device in (("cpu", "cpu"), ("cuda", "cuda:0"), ("cuda:1", "cuda:1"), ("CUDA:2", "cuda:2")):
