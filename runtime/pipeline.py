@@ -285,7 +285,8 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
 
     The bundle and the task, either way round: ours `pipeline("bundle/")`, `pipeline("bundle/", "qa")`, and
     transformers' `pipeline("question-answering", model="bundle/")`, `pipeline(model="bundle/")`. The task may be
-    left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own).
+    left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own). A bundle
+    carries its tokenizer: `tokenizer=` may only name the bundle itself.
 
     Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
     an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
@@ -310,4 +311,17 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
             raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
     if model is None:
         raise OptionError(f"pipeline({task!r}) needs the bundle: pipeline({task!r}, model='path/to/bundle')")
+    _check_tokenizer(options.pop("tokenizer", None), model)
     return Pipeline(model, task, **options)
+
+
+def _check_tokenizer(tokenizer: Any, model: str | Path | Bundle) -> None:
+    """HF code often passes tokenizer=<the model's path>; a bundle carries its tokenizer, so only that path fits."""
+    if tokenizer is None:
+        return
+    root = model.root if isinstance(model, Bundle) else Path(model)
+    if not isinstance(tokenizer, (str, Path)) or Path(tokenizer).resolve() != root.resolve():
+        raise OptionError(
+            f"the bundle carries its own tokenizer (tokenizer.json); leave tokenizer= out or give the bundle's path, "
+            f"not {tokenizer!r}"
+        )
