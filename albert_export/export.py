@@ -21,13 +21,13 @@ import torch
 from onnx import version_converter
 from torch import nn
 
-from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
+from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, dims_of, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
-from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
+from runtime.taskspec import INPUT_NAMES, OPTIONAL_OUTPUTS, TASKS, canonical_task, input_dims
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
@@ -96,6 +96,17 @@ class EmbeddingsPiece(nn.Module):
         return self.albert.embed(input_ids, attention_mask, token_type_ids)  # (B, S, H), (B, 1, 1, S)
 
 
+class LayerGroupPiece(nn.Module):
+    def __init__(self, group: nn.Module, output_attentions: bool):
+        super().__init__()
+        self.group, self.output_attentions = group, output_attentions
+
+    def forward(self, hidden, attention_bias):
+        if self.output_attentions:
+            return self.group.with_attentions(hidden, attention_bias)  # (B, S, H), (I, B, N, S, S)
+        return self.group(hidden, attention_bias)
+
+
 class HeadPiece(nn.Module):
     def __init__(self, model: AlbertForTask):
         super().__init__()
@@ -125,8 +136,10 @@ def onnx_from_torch(module: nn.Module, args: tuple, input_names: list[str], outp
     return piece
 
 
-def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Pieces:
-    """Trace embeddings, each layer group and the head of the reference model (left in eval mode)."""
+def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, output_hidden_states: bool = False,
+                      output_attentions: bool = False) -> Pieces:
+    """Trace embeddings, each layer group (with its inner softmaxes when output_attentions) and the head of the
+    reference model (left in eval mode)."""
     config = model.config
     model.eval()
     batch, sequence = TRACE_SHAPE[0], min(TRACE_SHAPE[1], config.max_position_embeddings)
@@ -140,9 +153,13 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
     with torch.no_grad():
         hidden, bias = model.albert.embed(ids, mask, types)
         head_outputs = model.head(hidden)
+    group_outputs, group_axes = ["hidden_out"], {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}
+    if output_attentions:
+        group_outputs.append(ATTENTIONS)
+        group_axes[ATTENTIONS] = {1: tokens[0], 3: tokens[1], 4: tokens[1]}  # (I, B, N, S, S)
     groups = [
-        onnx_from_torch(group, (hidden, bias), ["hidden", "attention_bias"], ["hidden_out"],
-                        {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}, opset)
+        onnx_from_torch(LayerGroupPiece(group, output_attentions).eval(), (hidden, bias),
+                        ["hidden", "attention_bias"], group_outputs, group_axes, opset)
         for group in model.albert.encoder.albert_layer_groups
     ]
     output_axes = {name: {axis: ("batch", "sequence")[axis] for axis in range(min(2, tensor.dim()))}
@@ -151,7 +168,8 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
                            **output_axes}, opset)
     model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
-                  multiple_choice=TASKS[model.task].multiple_choice)
+                  multiple_choice=TASKS[model.task].multiple_choice, output_hidden_states=output_hidden_states,
+                  output_attentions=output_attentions)
 
 
 def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
@@ -166,8 +184,10 @@ def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
 
 
 def onnx_from_reference(model: AlbertForTask, layers: str = "unrolled", opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The whole reference model as one ONNX graph, weights stored once, initializers named after parameters."""
-    graph = assemble(pieces_from_torch(model, check_opset(opset)), check_layers(layers))
+    """The whole reference model as one ONNX graph, weights stored once, initializers named after parameters;
+    with hidden_states / attentions outputs where the model's output_hidden_states / output_attentions are set."""
+    pieces = pieces_from_torch(model, check_opset(opset), model.output_hidden_states, model.output_attentions)
+    graph = assemble(pieces, check_layers(layers))
     name_initializers(graph, parameter_names_by_digest(model))
     graph.producer_version = albert_version()
     return graph
@@ -204,6 +224,12 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Mani
         producer={"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
                   "onnx": onnx.__version__},
     )
+
+
+def optional_output_specs(graph: onnx.ModelProto) -> list[TensorSpec]:
+    """hidden_states / attentions as the graph declares them (layer counts fixed, the rest symbolic)."""
+    return [TensorSpec(output.name, "float32", dims_of(output)) for output in graph.graph.output
+            if output.name in OPTIONAL_OUTPUTS]
 
 
 def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
@@ -249,6 +275,8 @@ def export(
     optimize: str = "none",
     engine: str = "onnxruntime",
     shapes: str | None = None,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -268,7 +296,8 @@ def export(
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
-    model = from_pretrained(checkpoint, task)
+    model = from_pretrained(checkpoint, task, output_hidden_states=output_hidden_states,
+                            output_attentions=output_attentions)
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
@@ -284,6 +313,7 @@ def export(
         calibration_method=calibration_method, calibration_samples=calibration_samples, log=log,
         max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings, 384))
     manifest = manifest_for(task, layers, opset, tokenizer_settings)
+    manifest.outputs += optional_output_specs(graph)
     manifest.precision = precision
     manifest.extra.update(precision_extra)
     manifest.extra["optimize"] = {"profile": optimize, "passes": optimize_report}

@@ -18,7 +18,7 @@ from typing import Any
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
 from .errors import InputError, OptionError
-from .runner import BatchRunner, sequence_axes
+from .runner import BatchRunner, batch_layout, sequence_axes
 from .taskspec import TASKS, canonical_task
 from .tasks.base import TaskContext
 from .tokenizer import load_tokenizer
@@ -114,7 +114,8 @@ class Pipeline:
             name: tuple(i for i, d in enumerate(dims) if d == "sequence")
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
-        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
+        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id, **layout)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0:
