@@ -165,7 +165,7 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     group_names = [take_initializers(group, f"group{index}/") for index, group in enumerate(pieces.groups)]
 
     current = "hidden_0"
-    hidden_parts = [unsqueezed(current, nodes)] if pieces.output_hidden_states else []  # (k, B, S, H) each
+    hidden_parts = [unsqueezed(current, nodes, initializers)] if pieces.output_hidden_states else []  # (k, B, S, H)
     attention_parts = []  # (k, I, B, N, S, S) each
     if layers == "unrolled":
         for layer, group in enumerate(pieces.layer_groups):
@@ -178,9 +178,9 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
             nodes += copy_nodes(graph, renamer(prefix, fixed, group_names[group]), prefix)
             current = out
             if pieces.output_hidden_states:
-                hidden_parts.append(unsqueezed(out, nodes))
+                hidden_parts.append(unsqueezed(out, nodes, initializers))
             if pieces.output_attentions:
-                attention_parts.append(unsqueezed(f"attentions_{layer}", nodes))
+                attention_parts.append(unsqueezed(f"attentions_{layer}", nodes, initializers))
     else:
         layer = 0
         for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
@@ -270,11 +270,10 @@ def stacked(name: str, like: onnx.ValueInfoProto, count: int, batch: str | None,
     return value_info(name, like, [count, *dims])
 
 
-def unsqueezed(name: str, nodes: list[onnx.NodeProto]) -> str:
-    """`name` with a new leading axis of 1 (appends the node; opset >= 13, axes as an input)."""
+def unsqueezed(name: str, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> str:
+    """`name` with a new leading axis of 1 (appends the node; opset >= 13, axes as an input, shared later)."""
     axes, out = f"{name}/axes", f"{name}/unsqueezed"
-    nodes.append(helper.make_node("Constant", [], [axes], name=axes,
-                                  value=numpy_helper.from_array(np.array([0], dtype=np.int64))))
+    initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), axes))
     nodes.append(helper.make_node("Unsqueeze", [name, axes], [out], name=out))
     return out
 
