@@ -23,7 +23,7 @@ from typing import Any
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
 from .errors import InputError, OptionError, UnknownParameterError
-from .runner import BatchRunner, check_model_outputs, sequence_axes
+from .runner import BatchRunner, batch_layout, check_model_outputs, sequence_axes
 from .taskspec import SEQUENCE, TASKS, UnknownTaskError, canonical_task
 from .tasks.base import TaskContext
 from .tasks.common import check_option_values, is_stream, stream_items
@@ -128,7 +128,8 @@ class Pipeline:
             name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
-        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
+        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id, **layout)
         check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
