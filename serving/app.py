@@ -139,7 +139,8 @@ class Server:
         except QueueFull as exc:
             raise RequestError(503, f"model {name} is overloaded ({exc}); retry after a second",
                                {"Retry-After": "1"}) from None
-        return JSON(await self._await(future))
+        with self.metrics.in_flight.labels(name).track_inprogress():
+            return JSON(await self._await(future))
 
     async def v2_infer(self, request: Request, name: str) -> Response:
         pipe = self.model(name)
