@@ -3,7 +3,7 @@
 Features are grouped by (choices, length) so a batch pads little: sort by length, cut into batches of
 `batch_size`, pad each on the right to its longest feature (input_ids with the pad id, the rest with 0).
 Outputs lose the batch axis and are cut back to the feature's own length on every axis the manifest
-names "sequence".
+names the sequence axis.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import numpy as np
 from .backends import Backend
 from .errors import OptionError
 from .tasks.base import Feature
+from .taskspec import SEQUENCE
+
+LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
 
 @dataclass
@@ -72,5 +75,6 @@ class BatchRunner:
 
 
 def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
-    """{output: axes named "sequence"} from the manifest's output TensorSpecs."""
-    return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim == "sequence") for spec in outputs}
+    """{output: its sequence axes} from the manifest's output TensorSpecs."""
+    return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim in (SEQUENCE, LEGACY_SEQUENCE))
+            for spec in outputs}
