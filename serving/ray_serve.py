@@ -22,6 +22,7 @@ from typing import Any
 from ray import serve
 
 from runtime import pipeline
+from runtime.errors import one_line
 
 from .batcher import answer_calls
 from .requests import Limits, RequestError, hf_call, response_json
@@ -51,10 +52,10 @@ class AlbertDeployment:
         try:
             call = hf_call(body, self.pipe.task, self.limits)
         except (ValueError, RequestError) as exc:
-            raise CallFailed(str(exc)) from None
+            raise CallFailed(one_line(exc)) from None
         ok, value = await self.batched(call)
         if not ok:
-            raise CallFailed(str(value))
+            raise CallFailed(one_line(value))
         return value
 
     async def __call__(self, request):
