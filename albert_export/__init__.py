@@ -1,26 +1,35 @@
 """albert-export: ALBERT from PyTorch to ONNX / TensorRT bundles, weights stored once.
 
-On an install with only the runtime (no torch, no onnx) the package still imports, so `albert-export` can say in
-one line which extra to add; the build-side names then raise ModuleNotFoundError with that line.
+The public names load on first use, so the CLI starts (and answers Ctrl-C, --help, --version, usage errors) before
+torch, and on an install without the export extra says in one line which extra to add.
 """
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+
 from runtime import __version__
-from runtime.extras import missing_module_line
-
 __all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "export", "from_pretrained", "__version__"]
+_HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint",
+          "from_pretrained": "checkpoint"}
 
-try:
-    from .checkpoint import CheckpointError, from_pretrained
-    from .config import AlbertConfig, ConfigError
-    from .export import export
-except ModuleNotFoundError as _missing:
-    _MISSING_LINE = missing_module_line(_missing.name or "", "the export")
-    if _MISSING_LINE is None:
-        raise
-    _MISSING_NAME = _missing.name
 
-    def __getattr__(name: str):
-        if name in __all__:
-            raise ModuleNotFoundError(_MISSING_LINE, name=_MISSING_NAME)
-        raise AttributeError(f"module 'albert_export' has no attribute {name!r}")
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    @property
+    def export(self):
+        """albert_export.export is the function (its module is albert_export.export in sys.modules)."""
+        return importlib.import_module(".export", __name__).export
+
+    @export.setter
+    def export(self, module) -> None:
+        pass  # the import system binds the submodule here; the function stays the package's `export`
+
+
+sys.modules[__name__].__class__ = _Package

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.bundle import EngineInfo
+from runtime.extras import install_command
 from runtime.taskspec import INPUT_NAMES
 
 from .progress import LOGGER, bars_shown, log, stdout_to_stderr
@@ -76,7 +77,7 @@ def import_tensorrt(flavour: str = "auto"):
         except ImportError:
             continue
     raise EngineError(
-        "no TensorRT found: pip install 'albert-export[tensorrt]' (tensorrt-rtx, builds on CPU-only machines), "
+        f"no TensorRT found: {install_command('tensorrt')} (tensorrt-rtx, builds on CPU-only machines), "
         "or NVIDIA's datacenter `tensorrt` from NVIDIA's package index"
     )
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from graphs.passes.qdq import insert_qdq, quantization_targets
+from runtime.taskspec import OPTIONAL_OUTPUTS
 
 from .ranges import (
     DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, examples_in, ranges,
@@ -65,8 +66,10 @@ def onnxruntime_only(model: onnx.ModelProto) -> bool:
 
 def _run_all(model: onnx.ModelProto, batches, threads: int, progress=None,
              desc: str = "") -> list[dict[str, np.ndarray]]:
+    """The task outputs for every batch (hidden_states / attentions are not kept: they are large and validated
+    against PyTorch anyway)."""
     session = calibration_session(model, threads)
-    names = [o.name for o in session.get_outputs()]
+    names = [o.name for o in session.get_outputs() if o.name not in OPTIONAL_OUTPUTS]
     inputs = {i.name for i in session.get_inputs()}
     if progress:
         batches = progress(batches, desc=desc, total=sum(examples_in(b) for b in batches), unit="example",

@@ -24,6 +24,10 @@ def install_command(extra: str) -> str:
     return f"pip install '{PACKAGE}[{extra}]'"
 
 
+# from the cpu engine to the gpu one: onnxruntime first goes, or both distributions write the `onnxruntime` package
+GPU_SWITCH = f"pip uninstall -y onnxruntime && {install_command('gpu')}"
+
+
 def missing_module_line(module: str, needed_for: str) -> str | None:
     """'torch is not installed; the export needs it: pip install ...' for a module an extra brings, else None."""
     top = module.split(".")[0]
