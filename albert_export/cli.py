@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"albert-export: interrupted ({signal.Signals(signum).name}); no bundle was written and its "
-              "temporary files are removed", file=sys.stderr)
+        print(f"albert-export: interrupted ({signal.Signals(signum).name}); no partial bundle is left behind",
+              file=sys.stderr)
         return 128 + signum
     finally:
         for signum, handler in previous.items():
