@@ -9,6 +9,7 @@ nothing here needs it.)
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import tempfile
 import time
@@ -21,20 +22,22 @@ import torch
 from onnx import version_converter
 from torch import nn
 
+from calibration import load_examples
 from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
-from runtime.taskspec import INPUT_NAMES, TASKS, canonical_task, input_dims
+from runtime.taskspec import BATCH, INPUT_NAMES, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
 from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
-from .tokenizer import tokenizer_from_pretrained
+from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
+from .tokenizer_files import write_tokenizer_files
 from .tolerances import tolerance_for
 from .validate import validate_onnx
 
@@ -132,8 +135,8 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
     batch, sequence = TRACE_SHAPE[0], min(TRACE_SHAPE[1], config.max_position_embeddings)
     ids = torch.randint(0, config.vocab_size, (batch, sequence), generator=torch.Generator().manual_seed(0))
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    tokens = {0: "batch", 1: "sequence"}
-    bias_axes = {0: "batch", 3: "sequence"}
+    tokens = {0: BATCH, 1: SEQUENCE}
+    bias_axes = {0: BATCH, 3: SEQUENCE}
     embed = onnx_from_torch(
         EmbeddingsPiece(model).eval(), (ids, mask, types), list(INPUT_NAMES), ["hidden", "attention_bias"],
         {**{name: tokens for name in INPUT_NAMES}, "hidden": tokens, "attention_bias": bias_axes}, opset)
@@ -145,13 +148,16 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET) -> Piece
                         {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}, opset)
         for group in model.albert.encoder.albert_layer_groups
     ]
-    output_axes = {name: {axis: ("batch", "sequence")[axis] for axis in range(min(2, tensor.dim()))}
-                   for name, tensor in head_outputs.items()}
-    head = onnx_from_torch(HeadPiece(model).eval(), (hidden,), ["hidden"], list(head_outputs), {"hidden": tokens,
-                           **output_axes}, opset)
+    spec = TASKS[model.task]
+    # multiple choice: the head scores (B*C, 1); assembly reshapes them to the task's (B, C)
+    dims = dict(zip(spec.outputs, spec.output_dims))
+    output_axes = {name: dynamic_axes(dims[name]) if name in dims and not spec.multiple_choice else {0: BATCH}
+                   for name in head_outputs}
+    head = onnx_from_torch(HeadPiece(model).eval(), (hidden,), ["hidden"], list(head_outputs),
+                           {"hidden": tokens, **output_axes}, opset)
     model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
-                  multiple_choice=TASKS[model.task].multiple_choice)
+                  multiple_choice=spec.multiple_choice)
 
 
 def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
@@ -208,7 +214,7 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings) -> Mani
 
 def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
     """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, the graph will be one
-    TensorRT can parse, TensorRT is importable."""
+    TensorRT can parse."""
     if engine not in ENGINES:
         raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
     if engine != "tensorrt":
@@ -222,7 +228,28 @@ def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "no
                                 "--engine tensorrt (TensorRT fuses attention itself)")
     if shapes is not None:
         parse_shapes(shapes, rank=rank)
-    import_tensorrt()
+
+
+def check_options(task: str | None, *, layers: str = "unrolled", opset: int = DEFAULT_OPSET, optimize: str = "none",
+                  fp16: bool = False, int8: bool = False, calibration_data: str | Path | None = None,
+                  calibration_method: str = DEFAULT_METHOD, calibration_samples: int = DEFAULT_SAMPLES,
+                  engine: str = "onnxruntime", shapes: str | None = None, atol: float | None = None,
+                  **_: object) -> tuple[str | None, str]:
+    """Every option alone and in combination, before anything is read or traced: (canonical task, precision).
+    Whatever this raises is a usage error (albert-export exits 2). task None: not known yet (auto-detected)."""
+    task = canonical_task(task) if task is not None else None
+    check_layers(layers)
+    check_opset(opset)
+    if optimize not in PROFILES:
+        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
+    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
+    tolerance_for(precision, "*", atol)
+    if atol is not None and not math.isfinite(atol):
+        raise ExportOptionError(f"--atol must be a finite number, got {atol!r}; leave it out for the precision's "
+                                "table, or pass --no-validate to skip validation")
+    rank = len(input_dims(task)) if task is not None else 2
+    check_engine(engine, shapes, rank=rank, optimize=optimize)
+    return task, precision
 
 
 def default_output_dir(task: str, precision: str = PRECISION) -> Path:
@@ -257,19 +284,19 @@ def export(
     TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
     """
     started = time.perf_counter()
-    task = canonical_task(task)
-    check_layers(layers)
-    check_opset(opset)
-    if optimize not in PROFILES:
-        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
-    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
-    tolerance_for(precision, "*", atol)  # a bad --atol fails now, not after tracing
-    check_engine(engine, shapes, rank=len(input_dims(task)), optimize=optimize)
+    task, precision = check_options(task, layers=layers, opset=opset, optimize=optimize, fp16=fp16, int8=int8,
+                                    calibration_data=calibration_data, calibration_method=calibration_method,
+                                    calibration_samples=calibration_samples, engine=engine, shapes=shapes, atol=atol)
+    if engine == "tensorrt":
+        import_tensorrt()
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
+    if precision == "int8":
+        load_examples(calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
     model = from_pretrained(checkpoint, task)
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
+    tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     graph = onnx_from_reference(model, layers, opset)
     optimize_report = {}
@@ -300,6 +327,8 @@ def export(
         stats["model_bytes"] = sum(file.stat().st_size for file in files)
         del graph
         tokenizer.save(str(bundle.path / TOKENIZER))
+        write_tokenizer_files(checkpoint, bundle.path, tokenizer_settings,
+                              max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings))
         model.config.save(bundle.path)
         if calibration_table is not None:
             calibration_table.save(bundle.path)

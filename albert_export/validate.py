@@ -29,6 +29,19 @@ class ValidationError(Exception):
         )
 
 
+class NonFiniteOutputError(ValidationError):
+    """The reference or the exported graph gives NaN or Inf: no diff against it means anything."""
+
+    def __init__(self, output: str, source: str, values: np.ndarray, shape: tuple[int, ...]):
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        self.output, self.source, self.nan, self.inf, self.shape = output, source, nan, inf, shape
+        self.max_abs_diff = self.max_rel_diff = float("nan")
+        cause = ("the checkpoint's weights or config.json produce non-finite numbers"
+                 if source == "the PyTorch reference" else "the exported graph overflows where PyTorch does not")
+        Exception.__init__(self, f"output {output!r}: {source} gives {nan} NaN and {inf} Inf among its {values.size} "
+                                 f"values at input shape {list(shape)}; {cause}")
+
+
 @dataclass
 class Comparison:
     max_abs: float = 0.0
@@ -106,6 +119,9 @@ def validate_onnx(
         expected = reference_outputs(reference, inputs)
         actual = dict(zip(spec.outputs, session.run(list(spec.outputs), inputs)))
         for name in spec.outputs:
+            for source, values in (("the PyTorch reference", expected[name]), ("the exported graph", actual[name])):
+                if not np.all(np.isfinite(values)):
+                    raise NonFiniteOutputError(name, source, values, shape)
             try:
                 max_abs, max_rel, diff = compare(actual[name], expected[name])
             except ValueError as exc:

@@ -33,6 +33,7 @@ from .walk import all_graphs, subgraphs
 LAYER_MODES = ("unrolled", "loop")
 ATTENTION_BIAS = "attention_bias"
 MULTIPLE_CHOICE_OUTPUT = "logits"
+CHOICES_DIM = "num_choices"  # optimum's name; batch and sequence are named as the embeddings piece names them
 
 
 class AssemblyError(ValueError):
@@ -186,7 +187,8 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     nodes += copy_nodes(head_graph, renamer("head/", fixed, head_names), "head/")
     if pieces.multiple_choice:
         nodes += unflatten_choices(scores, graph_inputs[0].name)
-        graph_outputs = [value_info(MULTIPLE_CHOICE_OUTPUT, head_graph.output[0], ["batch", "choices"])]
+        batch = graph_inputs[0].type.tensor_type.shape.dim[0].dim_param
+        graph_outputs = [value_info(MULTIPLE_CHOICE_OUTPUT, head_graph.output[0], [batch, CHOICES_DIM])]
     else:
         graph_outputs = [value_info(output.name, output) for output in head_graph.output]
 
@@ -206,7 +208,8 @@ def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: lis
         return inputs, {value.name: value.name for value in embed_graph.input}
     inputs, mapping = [], {}
     for value in embed_graph.input:
-        inputs.append(value_info(value.name, value, ["batch", "choices", "sequence"]))
+        batch, sequence = (dim.dim_param for dim in value.type.tensor_type.shape.dim)
+        inputs.append(value_info(value.name, value, [batch, CHOICES_DIM, sequence]))
         flat = mapping[value.name] = f"flat/{value.name}"
         nodes.append(helper.make_node("Flatten", [value.name], [flat], name=flat, axis=2))  # (B*C, S)
     return inputs, mapping

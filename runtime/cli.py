@@ -1,6 +1,6 @@
 """albert-run: run a bundle over text lines, print one JSON line per input.
 
-    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|tensorrt] [--device cpu|cuda] [--batch-size N]
+    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda|cuda:N] [--batch-size N]
                [--top-k K] [--targets W,...] [--function-to-apply softmax|sigmoid|none]
                [--aggregation-strategy none|simple|first|average|max] [--ignore-labels L,...]
                [--doc-stride N] [--stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
@@ -34,7 +34,7 @@ import sys
 import warnings
 from typing import Any
 
-from .backends import BACKENDS, DEVICES
+from .backends import BACKENDS, parse_device
 from .bundle import BundleError
 from .errors import BackendError, InputError, OptionError, is_failure, one_line
 from .lines import LineRunner, byte_reader
@@ -74,12 +74,19 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        return str(parse_device(text))
+    except OptionError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.")
     p.add_argument("bundle", help="bundle directory written by albert-export")
     p.add_argument("input", nargs="?", default="-", help="input file, one input per line; '-' or absent: stdin")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", choices=DEVICES, default=None, help="cpu (default for onnxruntime) or cuda")
+    p.add_argument("--device", type=_device, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--top-k", type=_positive)
     p.add_argument("--targets", type=_comma_list, help="fill-mask/pretraining: candidate words, comma-separated")

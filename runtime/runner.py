@@ -3,7 +3,7 @@
 Features are grouped by (choices, length) so a batch pads little: sort by length, cut into batches of
 `batch_size`, pad each on the right to its longest feature (input_ids with the pad id, the rest with 0).
 Outputs lose the batch axis and are cut back to the feature's own length on every axis the manifest
-names "sequence".
+names the sequence axis.
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 
 from .backends import Backend
 from .errors import BackendError, OptionError, is_failure, one_line
-from .taskspec import TASKS
 from .tasks.base import Feature
+from .taskspec import CHOICES, SEQUENCE, TASKS
+
+LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
 
 @dataclass
@@ -80,8 +82,9 @@ class BatchRunner:
 
 
 def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
-    """{output: axes named "sequence"} from the manifest's output TensorSpecs."""
-    return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim == "sequence") for spec in outputs}
+    """{output: its sequence axes} from the manifest's output TensorSpecs."""
+    return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim in (SEQUENCE, LEGACY_SEQUENCE))
+            for spec in outputs}
 
 
 def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_id: int = 0) -> None:
@@ -110,7 +113,7 @@ def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_
             raise mismatch
         value = np.shape(outputs[name])
         for axis, dim in enumerate(dims[1:]):
-            if dim in ("sequence", "choices") and value[axis] != shape[axis if dim == "choices" else -1]:
+            if dim in (SEQUENCE, CHOICES) and value[axis] != shape[axis if dim == CHOICES else -1]:
                 raise mismatch
             if isinstance(sizes.get(dim), int) and value[axis] != sizes[dim]:
                 raise mismatch

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up on a fresh machine: a venv in .venv with torch (CPU wheel, pinned: any other spec may pull a
-# multi-GB CUDA build), then albert-export with its export, test, bench and tensorrt (TensorRT-RTX builds engines
+# multi-GB CUDA build), then albert-export with its export, test, bench, openvino and tensorrt (TensorRT-RTX builds engines
 # on CPU-only machines) extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,4 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[export,test,tensorrt,bench]'
+python -m pip install -q -e '.[export,test,tensorrt,bench,openvino]'

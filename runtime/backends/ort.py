@@ -29,16 +29,20 @@ _PROVIDER_ALIASES = {
 }
 
 
-def default_providers(device: str) -> list[str]:
-    available = ort.get_available_providers()
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def default_providers(device: str, device_id: int = 0) -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
+    if not cuda_available():
         raise BackendError(
-            "--device cuda needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
-            f"{', '.join(available)}. Install onnxruntime-gpu or use --device cpu"
+            f"device cuda:{device_id} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
+            f"{', '.join(ort.get_available_providers())}. Install it with pip install 'albert-export[gpu]', "
+            "or use the cpu device"
         )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
@@ -47,6 +51,7 @@ class OnnxRuntimeBackend:
         model_path: str | Path,
         *,
         device: str = "cpu",
+        device_id: int = 0,
         providers: list | None = None,
         threads: int | None = None,
         graph_optimization_level: str = "all",
@@ -66,7 +71,7 @@ class OnnxRuntimeBackend:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         if providers is None:
-            providers = default_providers(device)
+            providers = default_providers(device, device_id)
         else:
             providers = [_PROVIDER_ALIASES.get(p, p) if isinstance(p, str) else p for p in providers]
             missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]

@@ -1,6 +1,9 @@
 """Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
 from __future__ import annotations
 
+import sys
+import types
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,22 @@ def as_batch(inputs: Any) -> tuple[list, bool]:
     if isinstance(inputs, (list, tuple)):
         return list(inputs), False
     return [inputs], True
+
+
+def is_stream(inputs: Any) -> bool:
+    """Whether HF's pipelines stream these inputs (results as an iterator): a generator, or a torch Dataset
+    (recognised only when torch is already imported: whoever holds one has imported it)."""
+    torch_data = sys.modules.get("torch.utils.data")
+    dataset = getattr(torch_data, "Dataset", None)
+    return isinstance(inputs, types.GeneratorType) or (dataset is not None and isinstance(inputs, dataset))
+
+
+def stream_items(inputs: Any) -> tuple[Iterator, int | None]:
+    """(the stream's items, its length when it has one): a sized dataset is read by index, as HF's
+    PipelineDataset reads it; a generator or an iterable dataset by iterating."""
+    if isinstance(inputs, Sized) and not isinstance(inputs, types.GeneratorType):
+        return (inputs[i] for i in range(len(inputs))), len(inputs)
+    return iter(inputs), None
 
 
 def text_or_pair(item: Any, task: str, pairs: bool) -> str | tuple[str, str]:

@@ -13,6 +13,7 @@ The numpy steps are kept operation for operation as HF writes them (float32, arg
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from tokenizers import Encoding, Tokenizer
 
 from runtime.errors import InputError, OptionError, TruncationWarning, is_failure, one_line
 from runtime.tasks.base import Feature, TaskContext
+from runtime.tasks.common import is_stream
 from runtime.tokenizer import truncating_copy
 
 DEFAULT_MAX_SEQ_LEN = 384
@@ -76,22 +78,53 @@ def run(ctx: TaskContext, inputs: Any = None, **params: Any) -> dict | list:
     return results
 
 
+def inputs_from_call(args: tuple, params: dict[str, Any]) -> Any:
+    """What `qa(*args, **params)` asks about, as HF's QuestionAnsweringPipeline.__call__ and its argument handler
+    read it (FutureWarnings included); pops X/data/question/context from params. Returns a list of examples
+    (dicts, or SquadExample-like objects with .question_text/.context_text), or a stream (is_stream) as it is."""
+    if args:
+        warnings.warn(
+            "Passing a list of SQuAD examples to the pipeline is deprecated and will be removed in v5. Inputs should "
+            "be passed using the `question` and `context` keyword arguments instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    given = {key: params.pop(key) for key in ("X", "data", "question", "context") if key in params}
+    if args:
+        if len(args) == 1:
+            inputs = args[0]
+        elif len(args) == 2 and {type(arg) for arg in args} == {str}:
+            inputs = [{"question": args[0], "context": args[1]}]
+        else:
+            inputs = list(args)
+    elif "X" in given or "data" in given:
+        key = "X" if "X" in given else "data"
+        warnings.warn(
+            f"Passing the `{key}` argument to the pipeline is deprecated and will be removed in v5. Inputs should be "
+            "passed using the `question` and `context` keyword arguments instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        inputs = given[key]
+    elif "question" in given and "context" in given:
+        inputs = items_from_keywords(given["question"], given["context"])
+    else:
+        raise ValueError(f"Unknown arguments {params}: pass question= and context=, or {{'question', 'context'}} dicts")
+    if is_stream(inputs):
+        return inputs
+    if isinstance(inputs, dict):
+        return [inputs]
+    if isinstance(inputs, Iterable):
+        return list(inputs)
+    raise ValueError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
+
+
 def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
     """Mirror HF's QuestionAnsweringArgumentHandler: the accepted shapes and its error messages."""
     if inputs is not None:
         items = inputs
     elif "question" in params and "context" in params:
-        question, context = params["question"], params["context"]
-        if isinstance(question, list) and isinstance(context, str):
-            items = [{"question": q, "context": context} for q in question]
-        elif isinstance(question, list) and isinstance(context, list):
-            if len(question) != len(context):
-                raise ValueError("Questions and contexts don't have the same lengths")
-            items = [{"question": q, "context": c} for q, c in zip(question, context)]
-        elif isinstance(question, str) and isinstance(context, str):
-            items = [{"question": question, "context": context}]
-        else:
-            raise ValueError("Arguments can't be understood")
+        items = items_from_keywords(params["question"], params["context"])
     else:
         raise ValueError(
             f"Unknown arguments {params}: pass question= and context=, or a {{'question', 'context'}} dict or a list of them"
@@ -106,7 +139,21 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
     return [_example_from_item(item) for item in items]
 
 
+def items_from_keywords(question: Any, context: Any) -> list[dict[str, Any]]:
+    if isinstance(question, list) and isinstance(context, str):
+        return [{"question": q, "context": context} for q in question]
+    if isinstance(question, list) and isinstance(context, list):
+        if len(question) != len(context):
+            raise ValueError("Questions and contexts don't have the same lengths")
+        return [{"question": q, "context": c} for q, c in zip(question, context)]
+    if isinstance(question, str) and isinstance(context, str):
+        return [{"question": question, "context": context}]
+    raise ValueError("Arguments can't be understood")
+
+
 def _example_from_item(item: Any) -> tuple[str, str]:
+    if hasattr(item, "question_text") and hasattr(item, "context_text"):  # HF's SquadExample, taken as it is
+        return item.question_text, item.context_text
     if not isinstance(item, dict):
         raise ValueError(f"{item} argument needs to be of type (SquadExample, dict)")
     for key in ("question", "context"):

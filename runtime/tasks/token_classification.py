@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError, TruncationWarning, is_failure, one_line
+from runtime.errors import InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
 from runtime.tasks.base import TaskContext
 from runtime.tokenizer import truncating_copy
 
@@ -30,11 +30,8 @@ PARAMETERS = frozenset({
 })
 
 
-class UnknownAggregationStrategy(KeyError, OptionError):
+class UnknownAggregationStrategy(UnknownChoiceError):
     """An aggregation_strategy outside none/simple/first/average/max (a KeyError like HF's, and a ValueError)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
