@@ -24,7 +24,7 @@ from runtime.errors import BackendError, InputError, OptionError
 from runtime.lines import JSON_INPUTS, LineRunner, decode_line, parse_line
 from runtime.taskspec import TASKS, UnknownTaskError
 
-FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 12)), deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 GOOD = {
     "fill-mask": "Plants create [MASK] through photosynthesis.",
