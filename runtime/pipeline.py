@@ -186,7 +186,8 @@ def pipeline(bundle: str | Path | Bundle, task: str | None = None, **defaults: A
 
     Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda"), batch_size (8),
     threads, providers (onnxruntime execution providers), graph_optimization_level ("disable" | "basic" | "extended" |
-    "all"), backend_options (openvino: {"hint": "latency" | "throughput", "precision": "f32" | "bf16"}), verify
+    "all"), backend_options (onnxruntime: {"low_memory": bool}; openvino: {"hint": "latency" | "throughput",
+    "precision": "f32" | "bf16"}), verify
     (check sha256 of every file, True), engine (a ready Backend to use instead of building one).
     Other keyword arguments are the head's defaults, checked against the head's PARAMETERS.
     """
