@@ -6,6 +6,7 @@ a checkpoint is never unpickled.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -24,6 +25,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BASE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 HEAD_INIT_SEED = 0
+PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+EXPORT_COPIES = 3  # fp32 weights held at once: the PyTorch model, the traced pieces, the assembled graph
 
 
 class CheckpointError(ValueError):
@@ -81,7 +84,7 @@ def download_from_hub(repo_id: str) -> Path:
             ) from exc
         raise CheckpointError(
             f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+            f"({first_line(exc)}); "
             "pass a local checkpoint directory (config.json + model.safetensors), or check the id and network "
             "(HF_HUB_OFFLINE=1 uses the local cache only)"
         ) from exc
@@ -101,13 +104,79 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         if safetensors_path.exists():
             from safetensors.torch import load_file
 
-            return load_file(str(safetensors_path))
-        if bin_path.exists():
-            return torch.load(bin_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+            state = load_file(str(safetensors_path))
+        elif bin_path.exists():
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(f"{directory} has no weights: expected {SAFETENSORS} or {PYTORCH_BIN}")
+    except pickle.UnpicklingError as exc:
+        refused = PICKLED_GLOBAL.search(str(exc))
+        what = f"the Python global {refused.group(1)}" if refused else "a Python object that is not a tensor"
+        raise CheckpointError(
+            f"{bin_path} asks to load {what}; albert-export never unpickles code (weights are read with "
+            f"torch.load(weights_only=True) or from {SAFETENSORS}), so it refused the file: convert the checkpoint "
+            f"to {SAFETENSORS} where you trust its source") from None
+    except (CheckpointError, MemoryError):
+        raise
+    except Exception as exc:  # safetensors, torch and zipfile each raise their own kinds for a damaged file
         broken = safetensors_path if safetensors_path.exists() else bin_path
-        raise CheckpointError(f"{broken} cannot be read ({type(exc).__name__}: {exc}); re-save the checkpoint") from exc
-    raise CheckpointError(f"{directory} has no weights: expected {SAFETENSORS} or {PYTORCH_BIN}")
+        raise CheckpointError(f"{broken} cannot be read ({first_line(exc)}); the file is damaged or truncated, "
+                              "re-save the checkpoint") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{bin_path} holds no state dict of tensors; save the model's state_dict()")
+    return state
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or Inf in a weight makes every output NaN: refuse, naming the tensors, instead of exporting it."""
+    bad = []
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            if nan or inf:
+                bad.append(f"{key} ({nan} NaN, {inf} Inf of {tensor.numel()})")
+    if bad:
+        raise CheckpointError(f"{source}: weights with non-finite values: {', '.join(bad[:5])}"
+                              f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; the checkpoint is broken, "
+                              "re-save it from a model that trains without NaN/Inf")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping (Linux MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def export_memory(config: AlbertConfig) -> int:
+    """Bytes an export holds at its peak: the fp32 weights EXPORT_COPIES times, and validation at (1, max
+    positions) with its attention scores, intermediate activations and vocabulary logits."""
+    positions = config.max_position_embeddings
+    activations = 4 * positions * (3 * config.num_attention_heads * positions + 4 * config.intermediate_size
+                                   + config.vocab_size)
+    return EXPORT_COPIES * 4 * config.parameter_count() + activations
+
+
+def check_fits_in_memory(config: AlbertConfig, source: str) -> None:
+    """Before any allocation: refuse a model that cannot be exported in the memory that is available."""
+    needed, available = export_memory(config), available_memory()
+    if available is not None and needed > available:
+        raise CheckpointError(
+            f"{source}: exporting this model needs about {needed / 1e9:.1f} GB of memory "
+            f"({config.parameter_count():,} parameters, validation at {config.max_position_embeddings} positions) "
+            f"but {available / 1e9:.1f} GB are available; check config.json's sizes, or export on a larger machine")
 
 
 def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,7 +230,10 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
         if key in state and state[key].shape != tensor.shape
     ]
     if misshaped:
-        raise CheckpointError(f"{source}: weights whose shape does not match config.json: {', '.join(misshaped)}")
+        labels = (" (config.json's id2label names one label per output of the task head)"
+                  if any(name.startswith("classifier.") for name in misshaped) else "")
+        raise CheckpointError(f"{source}: weights whose shape does not match config.json{labels}: "
+                              f"{', '.join(misshaped)}")
     missing = [key for key in expected if key not in state and key not in optional]
     missing_base = [key for key in missing if key.startswith("albert.") and not key.startswith("albert.pooler.")]
     if missing_base:
@@ -187,11 +259,17 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
     model.tie_weights()
 
 
-def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTask:
-    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights."""
+def from_pretrained(path_or_hub_id: str | Path | None, task: str, *, output_hidden_states: bool = False,
+                    output_attentions: bool = False) -> AlbertForTask:
+    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights. The output_* flags
+    are the defaults of its forward's arguments (as transformers' from_pretrained(..., output_attentions=True))."""
     task = canonical_task(task)
     directory = resolve_checkpoint(path_or_hub_id)
     config = load_config(directory)
+    check_fits_in_memory(config, str(directory))
+    state = normalize_keys(load_state_dict(directory))
+    check_finite(state, str(directory))
     model = model_for_task(config, task)
-    load_into(model, normalize_keys(load_state_dict(directory)), str(directory))
+    load_into(model, state, str(directory))
+    model.output_hidden_states, model.output_attentions = bool(output_hidden_states), bool(output_attentions)
     return model.eval()

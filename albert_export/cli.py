@@ -1,12 +1,16 @@
 """albert-export: parse, one library call, print the bundle path. Progress goes to stderr; a failure is one
-`albert-export: error: ...` line and exit status 1 (2 for bad usage); ALBERT_EXPORT_DEBUG=1 shows the traceback.
-Warnings (e.g. a task head that is not in the checkpoint) are one `albert-export: warning: ...` line each.
+`albert-export: error: ...` line and exit status 1 (2 for bad usage: an unknown flag, task or option value, flags
+that do not combine); ALBERT_EXPORT_DEBUG=1 shows the traceback. Warnings (e.g. a task head that is not in the
+checkpoint) are one `albert-export: warning: ...` line each. SIGINT (Ctrl-C), SIGTERM and SIGHUP, at any point
+from start-up on, remove the export's temporary files and exit 128 + the signal number (130, 143, 129).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from runtime.taskspec import TASKS
@@ -19,11 +23,34 @@ def task_help() -> str:
                      for spec in TASKS.values())
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, as every other failure (argparse would print the usage first); exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal, raised where the program is, so every cleanup that Ctrl-C runs runs for it too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_interrupted(signum, frame) -> None:
+    for other in STOP_SIGNALS:  # one clean-up: a second signal must not interrupt the first one's
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .engine import DEFAULT_SHAPES
     from .export import DEFAULT_OPSET, MIN_OPSET, max_opset
 
-    parser = argparse.ArgumentParser(prog="albert-export", description=DESCRIPTION)
+    parser = Parser(prog="albert-export", description=DESCRIPTION)
     source = parser.add_argument_group("model")
     source.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID",
                         help="checkpoint directory or hub id (default: the embedded tiny model)")
@@ -36,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
                        help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
                             "(com.microsoft Attention, FastGelu) (default none)")
+    graph.add_argument("--pooler-output", action="store_true",
+                       help="feature-extraction: also output pooler_output (optimum's validate_model_outputs "
+                            "then refuses the graph: its feature-extraction config has last_hidden_state only)")
+    graph.add_argument("--ort-format", action="store_true",
+                       help="also write model.ort and required_operators.config, for onnxruntime's minimal "
+                            "(mobile, reduced web) builds")
+    graph.add_argument("--output-hidden-states", action="store_true",
+                       help="add output hidden_states [L+1, batch, sequence, hidden]: embeddings, then each layer")
+    graph.add_argument("--output-attentions", action="store_true",
+                       help="add output attentions [L, batch, heads, sequence, sequence]: each layer's softmax "
+                            "(L x heads x sequence^2 floats per example; keeps attention unfused)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -64,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bundle directory (default ./albert-<task>-<precision>)")
     output.add_argument("--overwrite", action="store_true",
                         help="replace an existing bundle at --output (never a non-bundle folder)")
+    output.add_argument("--triton", default=None, metavar="DIR",
+                        help="also write a Triton Inference Server model repository for the bundle into DIR")
     return parser
 
 
@@ -83,6 +123,10 @@ def export_options(args: argparse.Namespace) -> dict:
         "calibration_samples": args.calibration_samples,
         "engine": args.engine,
         "shapes": args.shapes,
+        "pooler_output": args.pooler_output,
+        "ort_format": args.ort_format,
+        "output_hidden_states": args.output_hidden_states,
+        "output_attentions": args.output_attentions,
     }
 
 
@@ -91,16 +135,42 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous = {signum: signal.signal(signum, raise_interrupted) for signum in STOP_SIGNALS} if in_main_thread else {}
     try:
-        from .export import export
+        return run(argv)
+    except KeyboardInterrupt as exc:  # also during the imports: torch takes seconds to load
+        if os.environ.get("ALBERT_EXPORT_DEBUG"):
+            raise
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"albert-export: interrupted ({signal.Signals(signum).name}); no bundle was written and its "
+              "temporary files are removed", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
+
+def run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from .export import check_options, export
+
+    options = export_options(args)
+    try:
+        check_options(args.task, **options)
+    except Exception as exc:  # a value or combination of flags that cannot work: usage
+        if os.environ.get("ALBERT_EXPORT_DEBUG"):
+            raise
+        print(f"albert-export: error: {str(exc).strip() or error_line(exc)}", file=sys.stderr)
+        return 2
+    try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # one line per warning, no source excerpt
-            path = export(args.model, args.task, args.output, **export_options(args))
-    except KeyboardInterrupt:
-        print("albert-export: interrupted; no bundle was written", file=sys.stderr)
-        return 130
+            path = export(args.model, args.task, args.output, **options)
+            if args.triton:
+                from .triton import write_repository
+
+                write_repository(path, args.triton)
     except Exception as exc:  # one clear line, never a traceback (unless asked for)
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise
@@ -110,11 +180,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def error_line(exc: Exception) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if type(exc).__module__.split(".")[0] in ("albert_export", "runtime", "graphs"):
+OUR_PACKAGES = ("albert_export", "runtime", "graphs", "calibration")
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def raised_in(exc: BaseException) -> str:
+    """The module whose code raised `exc` (a ValueError of ours is written to be read, a library's may not be)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+
+
+def error_line(exc: BaseException) -> str:
+    """The message alone: our errors are written to be read; a third-party one gets what it lacks."""
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else ""
+    if isinstance(exc, MemoryError):
+        return ("out of memory" + (f" ({message})" if message else "") +
+                "; the model is too large for this machine's memory, check config.json's sizes")
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}; check the path and its permissions"
+    if message and (package_of(type(exc).__module__) in OUR_PACKAGES or package_of(raised_in(exc)) in OUR_PACKAGES):
         return message
-    return f"{type(exc).__name__}: {message}"
+    return (f"unexpected failure: {message or type(exc).__name__.lower()}; run with ALBERT_EXPORT_DEBUG=1 for the "
+            "traceback, and please report it")
 
 
 if __name__ == "__main__":

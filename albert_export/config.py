@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,24 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label
 
 class ConfigError(ValueError):
     """An ALBERT config that cannot describe a working model."""
+
+
+# Far beyond any ALBERT (xxlarge: H 4096, I 16384, 12 layers, 512 positions, vocab 30000), low enough that a
+# typo (10**9) is refused before torch tries to allocate it, or the unrolled graph to hold it. The memory the
+# whole model needs is checked against the machine separately (checkpoint.check_fits_in_memory).
+LIMITS = {
+    "vocab_size": 1 << 20,
+    "embedding_size": 1 << 16,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1024,
+    "num_hidden_groups": 1024,
+    "num_attention_heads": 1024,
+    "intermediate_size": 1 << 18,
+    "inner_group_num": 64,
+    "max_position_embeddings": 1 << 16,
+    "type_vocab_size": 1024,
+}
+MAX_LABELS = 1 << 16
 
 
 @dataclass
@@ -42,7 +61,7 @@ class AlbertConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back unchanged
 
     def __post_init__(self) -> None:
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        self.id2label = labels_by_id(self.id2label)
         self.validate()
 
     @property
@@ -70,6 +89,20 @@ class AlbertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+            elif value > LIMITS[name]:
+                problems.append(f"{name} {value} exceeds the limit of {LIMITS[name]} this exporter accepts")
+        problems += float_problems(self)
+        pad = self.pad_token_id
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0
+                                or (isinstance(self.vocab_size, int) and pad >= self.vocab_size)):
+            problems.append(f"pad_token_id must be a token id in 0..vocab_size-1 (or null), got {pad!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            problems.append(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        if len(self.id2label) > MAX_LABELS:
+            problems.append(f"id2label has {len(self.id2label)} labels, more than the limit of {MAX_LABELS}")
+        elif sorted(self.id2label) != list(range(len(self.id2label))):
+            problems.append(f"id2label must number its labels 0..{len(self.id2label) - 1}, got ids "
+                            f"{sorted(self.id2label)[:8]}")
         if not problems:
             if self.hidden_size % self.num_attention_heads:
                 problems.append(
@@ -81,18 +114,28 @@ class AlbertConfig:
                     f"num_hidden_layers {self.num_hidden_layers} is not divisible by num_hidden_groups "
                     f"{self.num_hidden_groups}"
                 )
-        if self.hidden_act not in ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             problems.append(f"hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
-        if self.position_embedding_type != "absolute":
+        if not isinstance(self.position_embedding_type, str) or self.position_embedding_type != "absolute":
             problems.append(
                 f"position_embedding_type {self.position_embedding_type!r} is not supported; only 'absolute'"
             )
-        if self.problem_type not in PROBLEM_TYPES:
+        if not isinstance(self.problem_type, (str, type(None))) or self.problem_type not in PROBLEM_TYPES:
             problems.append(f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
         if not self.id2label:
             problems.append("id2label is empty; a model needs at least one label")
         if problems:
             raise ConfigError("invalid ALBERT config: " + "; ".join(problems))
+
+    def parameter_count(self) -> int:
+        """Parameters of the largest task model (the MLM head's V x E decoder tied to the embeddings)."""
+        v, e, h, i, p, t = (self.vocab_size, self.embedding_size, self.hidden_size, self.intermediate_size,
+                            self.max_position_embeddings, self.type_vocab_size)
+        embeddings = (v + p + t) * e + 2 * e
+        layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
+        encoder = e * h + h + self.num_hidden_groups * self.inner_group_num * layer
+        heads = h * h + h + h * e + e + 2 * e + v + max(len(self.id2label), 2) * h
+        return embeddings + encoder + heads
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AlbertConfig":
@@ -101,23 +144,41 @@ class AlbertConfig:
         if model_type != "albert":
             raise ConfigError(f"config.json describes a {model_type!r} model, not ALBERT")
         known = {f.name for f in fields(cls)} - {"extra"}
-        if "id2label" not in data and "num_labels" in data:
-            data["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
-        data.pop("num_labels", None)
+        num_labels = data.pop("num_labels", None)
+        if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)
+                                       or not 1 <= num_labels <= MAX_LABELS):
+            raise ConfigError(f"invalid ALBERT config: num_labels must be an integer in 1..{MAX_LABELS}, "
+                              f"got {num_labels!r}")
+        if data.get("id2label") is None and num_labels is not None:
+            data["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+        elif data.get("id2label") is None:
+            data.pop("id2label", None)
         data.pop("label2id", None)
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**kwargs, extra=extra)
+        try:
+            return cls(**kwargs, extra=extra)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # a field of a type no check expected
+            raise ConfigError(f"invalid ALBERT config: {exc}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlbertConfig":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path} does not exist; an ALBERT checkpoint needs a config.json") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path} cannot be read ({exc.strerror}); an ALBERT checkpoint needs a readable "
+                              "config.json") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); config.json must be a JSON file") from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ConfigError(f"{path} is nested too deeply to be a config.json") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a JSON object")
         return cls.from_dict(data)
@@ -133,3 +194,43 @@ class AlbertConfig:
         path = Path(directory) / "config.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def labels_by_id(id2label: Any) -> dict[int, str]:
+    """id2label as config.json holds it (string keys) -> {int: str}; ConfigError for anything else."""
+    if not isinstance(id2label, dict):
+        raise ConfigError(f"invalid ALBERT config: id2label must be an object of id -> label name, got "
+                          f"{type(id2label).__name__}")
+    labels = {}
+    for key, value in id2label.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid ALBERT config: id2label key {key!r} is not a label id (0, 1, ...)") from None
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"invalid ALBERT config: id2label[{key!r}] must be a label name, got {value!r}")
+        labels[index] = str(value)
+    return labels
+
+
+def float_problems(config: AlbertConfig) -> list[str]:
+    """Float fields: finite, and within the range where they mean something (NaN compares False to everything,
+    so each test is written to fail on NaN)."""
+    problems = []
+    eps = config.layer_norm_eps
+    if not is_number(eps) or not (math.isfinite(eps) and eps > 0):
+        problems.append(f"layer_norm_eps must be a finite positive number, got {eps!r}")
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+        value = getattr(config, name)
+        if value is None and name == "classifier_dropout_prob":
+            continue
+        if not is_number(value) or not 0 <= value <= 1:
+            problems.append(f"{name} must be a probability in [0, 1], got {value!r}")
+    value = config.initializer_range
+    if not is_number(value) or not (math.isfinite(value) and value >= 0):
+        problems.append(f"initializer_range must be a finite number >= 0, got {value!r}")
+    return problems
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -184,7 +185,7 @@ def tokenizer_from_spiece(
 
 # --- a checkpoint's tokenizer directory -------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
@@ -196,7 +197,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _token_text(value: Any) -> str | None:
+def token_text(value: Any) -> str | None:
     if isinstance(value, dict):  # serialized AddedToken
         value = value.get("content")
     return value if isinstance(value, str) else None
@@ -206,7 +207,7 @@ def _special_tokens(tokenizer_config: dict[str, Any], special_map: dict[str, Any
     roles = dict(ALBERT_SPECIAL_TOKENS)
     for role in roles:
         for source in (special_map, tokenizer_config):
-            text = _token_text(source.get(f"{role}_token"))
+            text = token_text(source.get(f"{role}_token"))
             if text is not None:
                 roles[role] = text
     return roles
@@ -245,7 +246,7 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
         raise TokenizerError(
             f"{root} is not a directory; pass the checkpoint folder holding {TOKENIZER} or {SPIECE}"
         )
-    tokenizer_config = _read_json(root / TOKENIZER_CONFIG)
+    tokenizer_config = read_json_object(root / TOKENIZER_CONFIG)
     do_lower_case = bool(tokenizer_config.get("do_lower_case", True))
     keep_accents = bool(tokenizer_config.get("keep_accents", False))
     if (root / TOKENIZER).is_file():
@@ -267,14 +268,63 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
         )
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    special_tokens = _special_tokens(tokenizer_config, _read_json(root / SPECIAL_TOKENS_MAP))
+    special_tokens = _special_tokens(tokenizer_config, read_json_object(root / SPECIAL_TOKENS_MAP))
     missing = [f"{role}={text!r}" for role, text in special_tokens.items() if tokenizer.token_to_id(text) is None]
     if missing:
         raise TokenizerError(f"the tokenizer in {root} lacks the special tokens {', '.join(missing)}")
     settings = TokenizerSettings(
-        max_length=_max_length(tokenizer_config, _read_json(root / MODEL_CONFIG)),
+        max_length=_max_length(tokenizer_config, read_json_object(root / MODEL_CONFIG)),
         do_lower_case=do_lower_case,
         keep_accents=keep_accents,
         special_tokens=special_tokens,
+        clean_up_tokenization_spaces=bool(tokenizer_config.get("clean_up_tokenization_spaces", False)),
     )
     return tokenizer, settings
+
+
+# --- does the tokenizer fit the model? (refused at export: the runtime would die in a Gather) --------------
+
+PAIR_TASKS = ("text-classification", "question-answering", "multiple-choice", "pretraining")
+
+
+def largest_token_id(tokenizer: Tokenizer) -> int:
+    return max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+
+
+def largest_type_id(tokenizer: Tokenizer) -> int:
+    """The largest token type id the post-processor assigns (a pair's second segment gets 1 in ALBERT's)."""
+    def type_ids(node: Any) -> Iterator[int]:
+        if isinstance(node, dict):
+            if node.get("type") == "BertProcessing":
+                yield 1
+            for key, value in node.items():
+                if key == "type_id" and isinstance(value, int):
+                    yield value
+                else:
+                    yield from type_ids(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from type_ids(item)
+
+    return max(type_ids(json.loads(tokenizer.to_str()).get("post_processor")), default=0)
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, settings: TokenizerSettings, config, task: str) -> TokenizerSettings:
+    """Refuse a tokenizer whose ids the model cannot embed; cap its max length at the model's positions (with a
+    warning, as the runtime would otherwise feed positions the model does not have). `config`: AlbertConfig."""
+    largest = largest_token_id(tokenizer)
+    if largest >= config.vocab_size:
+        raise TokenizerError(
+            f"the tokenizer has token ids up to {largest} but the model's vocabulary has {config.vocab_size} entries "
+            "(vocab_size in config.json); export the checkpoint with the tokenizer it was trained with")
+    types = largest_type_id(tokenizer)
+    if task in PAIR_TASKS and types >= config.type_vocab_size:
+        raise TokenizerError(
+            f"the tokenizer gives token type id {types} to a text pair but the model has type_vocab_size "
+            f"{config.type_vocab_size}; {task} needs pairs, so export with a checkpoint that has "
+            f"type_vocab_size >= {types + 1}")
+    if settings.max_length > config.max_position_embeddings:
+        warnings.warn(f"the tokenizer's model_max_length {settings.max_length} exceeds the model's "
+                      f"{config.max_position_embeddings} positions; the bundle uses {config.max_position_embeddings}")
+        settings.max_length = config.max_position_embeddings
+    return settings

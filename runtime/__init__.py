@@ -9,6 +9,16 @@ only for the tensorrt backend.
 """
 from __future__ import annotations
 
-from .pipeline import Pipeline, pipeline
+import os as _os
+import sys as _sys
+
+try:
+    from .pipeline import Pipeline, pipeline
+except KeyboardInterrupt:
+    # Ctrl-C while albert-run's console script is still importing us: exit as its main() would, no traceback.
+    # ("-m": python is still importing the package of a `python -m runtime.cli` run.)
+    if _os.path.basename(_sys.argv[0]) == "albert-run" or _sys.argv[0] == "-m":
+        raise SystemExit(130) from None
+    raise
 
 __all__ = ["pipeline", "Pipeline"]

@@ -1,23 +1,25 @@
 """albert-run: run a bundle over text lines, print one JSON line per input.
 
-    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--batch-size N]
+    albert-run BUNDLE [INPUT|-] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda|cuda:N] [--batch-size N]
                [--top-k K] [--targets W,...] [--function-to-apply softmax|sigmoid|none]
                [--aggregation-strategy none|simple|first|average|max] [--ignore-labels L,...]
-               [--doc-stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
+               [--doc-stride N] [--stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
                [--handle-impossible-answer] [--no-align-to-words] [--pooling cls|mean|none] [--keep-going]
 
 Input: INPUT, or stdin when it is "-" or left out. One input per line: plain text, or (a line starting with
 "{") a JSON object: {"text", "text_pair"?} (text pairs for text-classification and pretraining),
 {"question", "context"} (question-answering, which takes only JSON lines), {"prompt", "choices": [...]}
-(multiple-choice, likewise). Only lines starting with "{" are read as JSON ("[MASK] ..." is text). Blank
-lines are skipped. Lines are read 64 at a time (or --batch-size, if larger) and answered in batches, so a
-slow producer sees output per 64 lines or at end of input. Output: one JSON line per input, in input order, the
-result `runtime.pipeline(BUNDLE)(input, **options)` gives. Only the options given are passed, so every
+(multiple-choice, likewise). Only lines starting with "{" are read as JSON ("[MASK] ..." is text). Lines
+are answered as they arrive: what the input has ready is batched (up to 64 lines, or --batch-size if larger),
+so a terminal or a slow producer gets each answer at once and a file is answered in full batches (runtime.lines).
+Output: one JSON line per input line, in input order, the result `runtime.pipeline(BUNDLE)(input, **options)`
+gives. Only the options given are passed, so every
 default is the pipeline's (HF's); an option that does not apply to the bundle's task is an error.
 
-Errors: a line that cannot be used (invalid JSON, wrong keys, empty text, no [MASK], ...) is reported on stderr
-as "albert-run: line N: ..." and stops the run — lines before it have been printed. With --keep-going the
-line is reported, skipped (no output line) and the run goes on; the exit status is then still 1.
+Errors: a line that cannot be used (blank, not UTF-8, invalid JSON, wrong keys, empty text, no [MASK], ...) is
+reported on stderr as "albert-run: line N: ..." and stops the run — lines before it have been printed. With
+--keep-going the line also gets {"error": "...", "line": N} as its output line and the run goes on; the exit
+status is then still 1. Ctrl-C stops with exit status 130, keeping the answers printed so far.
 Truncation warnings go to stderr as "albert-run: warning: ...".
 
 Exit status: 0 every input answered; 1 an input line failed, or the bundle/backend cannot be used
@@ -27,19 +29,18 @@ the bundle's task. Messages are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from .backends import BACKENDS, DEVICES
+from .backends import BACKENDS, parse_device
 from .bundle import BundleError
-from .errors import BackendError, InputError, OptionError
+from .errors import BackendError, InputError, OptionError, is_failure, one_line
+from .lines import LineRunner, byte_reader
 from .taskspec import UnknownTaskError
 
 PROG = "albert-run"
-CHUNK = 64  # inputs sent to the pipeline together (then batched by --batch-size)
 
 
 class UsageError(Exception):
@@ -73,12 +74,19 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    try:
+        return str(parse_device(text))
+    except OptionError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.")
     p.add_argument("bundle", help="bundle directory written by albert-export")
     p.add_argument("input", nargs="?", default="-", help="input file, one input per line; '-' or absent: stdin")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", choices=DEVICES, default=None, help="cpu (default for onnxruntime) or cuda")
+    p.add_argument("--device", type=_device, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--top-k", type=_positive)
     p.add_argument("--targets", type=_comma_list, help="fill-mask/pretraining: candidate words, comma-separated")
@@ -86,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"))
     p.add_argument("--ignore-labels", type=_comma_list)
     p.add_argument("--doc-stride", type=_non_negative)
+    p.add_argument("--stride", type=_non_negative, help="token-classification: split long texts into chunks "
+                   "overlapping by N tokens (needs --aggregation-strategy other than none)")
     p.add_argument("--max-seq-len", type=_positive)
     p.add_argument("--max-question-len", type=_positive)
     p.add_argument("--max-answer-len", type=_positive)
@@ -103,6 +113,7 @@ OPTION_FLAGS = {
     "aggregation_strategy": "--aggregation-strategy",
     "ignore_labels": "--ignore-labels",
     "doc_stride": "--doc-stride",
+    "stride": "--stride",
     "max_seq_len": "--max-seq-len",
     "max_question_len": "--max-question-len",
     "max_answer_len": "--max-answer-len",
@@ -132,110 +143,6 @@ def check_options(pipe, options: dict[str, Any]) -> None:
         raise UsageError(f"{', '.join(wrong)} does not apply to a {pipe.task} bundle")
 
 
-_JSON_INPUTS = {
-    "fill-mask": ({"text"},),
-    "feature-extraction": ({"text"},),
-    "token-classification": ({"text"},),
-    "text-classification": ({"text"}, {"text", "text_pair"}),
-    "pretraining": ({"text"}, {"text", "text_pair"}),
-    "question-answering": ({"question", "context"},),
-    "multiple-choice": ({"prompt", "choices"},),
-}
-
-
-def parse_line(line: str, task: str) -> Any:
-    """A line as the pipeline's input; InputError says what is wrong with it."""
-    shapes = _JSON_INPUTS[task]
-    if not line.lstrip().startswith("{"):
-        if {"text"} not in shapes:
-            keys = " or ".join(json.dumps(sorted(s)) for s in shapes)
-            raise InputError(f"{task} takes JSON objects with keys {keys}, not plain text")
-        return line
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(item, dict) or set(item) not in [set(s) for s in shapes]:
-        keys = " or ".join(json.dumps(sorted(s)) for s in shapes)
-        got = json.dumps(sorted(item)) if isinstance(item, dict) else type(item).__name__
-        raise InputError(f"{task} takes a JSON object with keys {keys}; got {got}")
-    if set(item) == {"text"}:
-        return item["text"]
-    return item
-
-
-def numbered_lines(stream: Iterable[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, start=1):
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield number, line
-
-
-def chunks(items: Iterator, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-class Runner:
-    def __init__(self, pipe, options: dict[str, Any], keep_going: bool, out, err):
-        self.pipe, self.options, self.keep_going, self.out, self.err = pipe, options, keep_going, out, err
-        self.failed = 0
-
-    def report(self, number: int, exc: Exception) -> bool:
-        """Say what is wrong with a line; True when the run goes on."""
-        self.failed += 1
-        print(f"{PROG}: line {number}: {exc}", file=self.err)
-        return self.keep_going
-
-    def chunk(self, chunk: list[tuple[int, str]]) -> bool:
-        parsed: list[tuple[int, Any, Exception | None]] = []
-        for number, line in chunk:
-            try:
-                parsed.append((number, parse_line(line, self.pipe.task), None))
-            except InputError as exc:
-                parsed.append((number, None, exc))
-        good = [item for _, item, error in parsed if error is None]
-        results: list | None = None
-        if good:
-            try:
-                results = self.pipe.run_each(good, **self.options)
-            except OptionError:
-                raise
-            except ValueError:
-                results = None  # one of them is bad: redo them one by one to name the line
-        answers = iter(results or [])
-        for number, item, error in parsed:
-            if error is None and results is None:
-                try:
-                    result = self.pipe.run_each([item], **self.options)[0]
-                except OptionError:
-                    raise
-                except ValueError as exc:
-                    error = exc
-            elif error is None:
-                result = next(answers)
-            if error is not None:
-                if not self.report(number, error):
-                    return False
-                continue
-            self.out.write(json.dumps(result, ensure_ascii=False, default=_plain_number) + "\n")
-        self.out.flush()
-        return True
-
-
-def _plain_number(value: Any) -> Any:
-    """numpy scalars (token-classification scores are float32, as HF returns them) as JSON numbers."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return value.item()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
@@ -251,15 +158,13 @@ def run(args: argparse.Namespace) -> int:
         stream = sys.stdin
     else:
         try:
-            stream = open(args.input, encoding="utf-8")
+            stream = open(args.input, "rb")
         except OSError as exc:
             raise UsageError(f"cannot read {args.input}: {exc.strerror}") from None
-    runner = Runner(pipe, options, args.keep_going, sys.stdout, sys.stderr)
+    runner = LineRunner(pipe, options, args.keep_going, sys.stdout, sys.stderr, PROG)
     with stream:
-        for chunk in chunks(numbered_lines(stream), max(CHUNK, args.batch_size)):
-            if not runner.chunk(chunk):
-                return 1
-    return 1 if runner.failed else 0
+        finished = runner.run(byte_reader(stream))
+    return 0 if finished and not runner.failed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except (BundleError, BackendError, InputError, OSError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # answers written so far stay written
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # a library's own error types, Rust panics: still one line, never a traceback
+        if not is_failure(exc):
+            raise
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = show_warning
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 from .bundle import BundleError
 from .taskspec import UnknownTaskError
 
-__all__ = ["BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError", "TruncationWarning"]
+__all__ = [
+    "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError", "TruncationWarning",
+    "PipelineException", "NoMaskTokenError", "UnknownChoiceError", "UnknownParameterError",
+]
 
 
 class InputError(ValueError):
@@ -21,3 +24,43 @@ class BackendError(RuntimeError):
 
 class TruncationWarning(UserWarning):
     """A text was longer than the model's maximum positions and was cut."""
+
+
+class PipelineException(Exception):
+    """transformers' `PipelineException`, same bases and (task, model, reason) signature, without importing it."""
+
+    def __init__(self, task: str, model: str, reason: str):
+        super().__init__(reason)
+        self.task = task
+        self.model = model
+
+
+class NoMaskTokenError(PipelineException, InputError):
+    """fill-mask got a text without the mask token (HF raises PipelineException; an InputError for our callers)."""
+
+
+class UnknownChoiceError(KeyError, OptionError):
+    """An option value outside its choices, where HF raises a KeyError (its enums' lookup); also a ValueError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownParameterError(TypeError, OptionError):
+    """A keyword argument the task does not take (HF: a TypeError from its _sanitize_parameters)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a user: its message (a KeyError's without the quotes), never its class name,
+    a Rust panic from tokenizers is named as such."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    message = " ".join(str(message).split())
+    if type(exc).__name__ == "PanicException":
+        return f"the tokenizer failed on this input ({message})"
+    return message or "failed without saying why"
+
+
+def is_failure(exc: BaseException) -> bool:
+    """An exception that fails one input: any Exception, and the tokenizers library's Rust panics (which derive
+    from BaseException only). KeyboardInterrupt and SystemExit are not."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"

@@ -3,6 +3,7 @@
     from runtime import pipeline
     fill = pipeline("albert-fill-mask-fp32/")          # task from the manifest
     fill("Plants create [MASK] through photosynthesis.", top_k=3)
+    qa = pipeline("question-answering", model="albert-question-answering-fp32/", device="cuda:0")  # HF's form
 
 Keyword arguments given to `pipeline` that are not runtime options are defaults for every call; a call's own
 keyword arguments win. The heads' arguments and results are transformers 4.57's (see runtime/tasks/*).
@@ -11,17 +12,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
-from .errors import InputError, OptionError
-from .runner import BatchRunner, sequence_axes
-from .taskspec import TASKS, canonical_task
+from .errors import InputError, OptionError, UnknownParameterError
+from .runner import BatchRunner, batch_layout, check_model_outputs, sequence_axes
+from .taskspec import SEQUENCE, TASKS, UnknownTaskError, canonical_task
 from .tasks.base import TaskContext
-from .tokenizer import load_tokenizer
+from .tasks.common import check_option_values, is_stream, stream_items
+from .tokenizer import PipelineTokenizer, load_tokenizer
 
 HEAD_MODULES = {
     "fill-mask": "fill_mask",
@@ -33,6 +39,9 @@ HEAD_MODULES = {
     "pretraining": "pretraining",
 }
 ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
+HF_TASK_ALIASES = {"sentiment-analysis": "text-classification"}  # transformers' aliases that are not ours
+LIST_OF_ONE_GIVES_ITS_RESULT = ("fill-mask", "question-answering")  # as their HF pipelines' __call__ do
+CALL_OPTIONS = frozenset({"batch_size", "num_workers"})  # HF's Pipeline.__call__ takes them for every task
 
 
 def head_for(task: str) -> ModuleType:
@@ -66,8 +75,9 @@ class Pipeline:
         task: str | None = None,
         *,
         backend: str = "onnxruntime",
-        device: str = "cpu",
+        device: Any = "cpu",
         batch_size: int = 8,
+        num_workers: int | None = None,
         threads: int | None = None,
         providers: list | None = None,
         graph_optimization_level: str = "all",
@@ -79,7 +89,7 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         manifest = self.bundle.manifest
         bundle_task = canonical_task(manifest.task)
-        self.task = bundle_task if task is None else canonical_task(task)
+        self.task = bundle_task if task is None else canonical_task(HF_TASK_ALIASES.get(task, task))
         if self.task != bundle_task:
             raise OptionError(
                 f"the bundle at {self.bundle.root} was exported for {bundle_task}, not {self.task}; "
@@ -87,6 +97,7 @@ class Pipeline:
             )
         self.head = head_for(self.task)
         self.parameters = head_parameters(self.head)
+        self.num_workers = _num_workers(num_workers)
         self._check_parameters(defaults)
         self.defaults = defaults
         try:
@@ -111,12 +122,15 @@ class Pipeline:
                 backend_options=backend_options,
             )
         self.backend = engine
+        self.model = BundleModel(self.bundle)
         outputs = manifest.outputs or []
         axes = sequence_axes(outputs) if outputs else {
-            name: tuple(i for i, d in enumerate(dims) if d == "sequence")
+            name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
-        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
+        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id, **layout)
+        check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0:
@@ -129,13 +143,17 @@ class Pipeline:
             special_tokens=special_tokens,
             clean_up_tokenization_spaces=manifest.tokenizer.clean_up_tokenization_spaces,
         )
+        self._tokenizer = PipelineTokenizer(
+            tokenizer, special_tokens, max_length, manifest.tokenizer.clean_up_tokenization_spaces
+        )
 
     def _check_parameters(self, params: dict[str, Any]) -> None:
+        check_option_values(params)
         if self.parameters is None:
             return
-        unknown = sorted(set(params) - self.parameters - {"batch_size"})
+        unknown = sorted(set(params) - self.parameters - CALL_OPTIONS)
         if unknown:
-            raise OptionError(
+            raise UnknownParameterError(
                 f"{self.task} does not take {', '.join(unknown)}; it takes {', '.join(sorted(self.parameters)) or 'no options'}"
             )
 
@@ -143,21 +161,51 @@ class Pipeline:
         params = {**self.defaults, **params}
         self._check_parameters(params)
         batch_size = params.pop("batch_size", None)
+        _num_workers(params.pop("num_workers", None))  # accepted as HF does; tokenizing runs in this process
         context = self.context
         if batch_size is not None and batch_size != self.runner.batch_size:
-            context = TaskContext(**{**context.__dict__, "runner": self.runner.with_batch_size(batch_size)})
+            context = replace(context, runner=self.runner.with_batch_size(batch_size))
+        if self._tokenizer.model_max_length != context.max_length:
+            context = replace(context, max_length=self._tokenizer.model_max_length)
         return context, params
 
-    def __call__(self, inputs: Any = None, **params: Any) -> Any:
+    def __call__(self, *args: Any, **params: Any) -> Any:
+        """Call it as the task's HF pipeline: one input gives its result, a list a list of results, a generator
+        or a torch Dataset an iterator that computes them a batch at a time as they are read."""
         top_k_in_call = "top_k" in params
-        if inputs is None and self.task == "multiple-choice" and {"prompt", "choices"} <= set(params):
-            inputs = {"prompt": params.pop("prompt"), "choices": params.pop("choices")}
-        if inputs is None and self.task != "question-answering":
-            raise InputError(f"{self.task} needs an input: call the pipeline with a text or a list of texts")
+        if self.task == "question-answering":
+            inputs = self.head.inputs_from_call(args, params)
+        else:
+            inputs = self._one_input(args, params)
         context, params = self._context_and_params(params)
         if self.task == "text-classification":
             params["_top_k_in_call"] = top_k_in_call
+        if is_stream(inputs):
+            items, length = stream_items(inputs)
+            return ResultStream(self._streamed(context, items, params), length)
         return self.head.run(context, inputs, **params)
+
+    def _one_input(self, args: tuple, params: dict[str, Any]) -> Any:
+        """The input of a task other than question-answering: positional, or `inputs=` as HF names it."""
+        if len(args) > 1:
+            if self.task != "feature-extraction":
+                raise TypeError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")
+            logging.getLogger(__name__).warning("Ignoring args : %s", args[1:])  # as HF's feature-extraction does
+        if args and "inputs" in params:
+            raise TypeError("got multiple values for argument 'inputs'")
+        inputs = args[0] if args else params.pop("inputs", None)
+        if inputs is None and self.task == "multiple-choice" and {"prompt", "choices"} <= set(params):
+            inputs = {"prompt": params.pop("prompt"), "choices": params.pop("choices")}
+        if inputs is None:
+            raise InputError(f"{self.task} needs an input: call the pipeline with a text or a list of texts")
+        return inputs
+
+    def _streamed(self, context: TaskContext, items: Iterator, params: dict[str, Any]) -> Iterator:
+        while chunk := list(itertools.islice(items, context.runner.batch_size)):
+            results = self.head.run(context, chunk, **params)
+            if len(chunk) == 1 and self.task in LIST_OF_ONE_GIVES_ITS_RESULT:
+                results = [results]
+            yield from results
 
     def run_each(self, items: list, **params: Any) -> list:
         """One result per input, each shaped as `self(item)` would give it, computed in shared batches."""
@@ -169,9 +217,10 @@ class Pipeline:
         return list(self.head.run(context, list(items), **params))
 
     @property
-    def tokenizer(self):
-        """The bundle's `tokenizers.Tokenizer` (truncation and padding off)."""
-        return self.context.tokenizer
+    def tokenizer(self) -> PipelineTokenizer:
+        """HF-like: model_max_length (set it to cut inputs shorter), the special tokens, __call__/encode/decode;
+        `.backend_tokenizer` is the bundle's `tokenizers.Tokenizer`."""
+        return self._tokenizer
 
     @property
     def config(self) -> dict[str, Any]:
@@ -181,14 +230,99 @@ class Pipeline:
         return f"Pipeline(task={self.task!r}, bundle={str(self.bundle.root)!r}, backend={type(self.backend).__name__})"
 
 
-def pipeline(bundle: str | Path | Bundle, task: str | None = None, **defaults: Any) -> Pipeline:
+class ResultStream(Iterator):
+    """The results of a streamed input, computed a batch at a time as they are read (HF's PipelineIterator)."""
+
+    def __init__(self, results: Iterator, length: int | None = None):
+        self._results, self._length = results, length
+
+    def __next__(self) -> Any:
+        return next(self._results)
+
+    def __len__(self) -> int:
+        if self._length is None:
+            raise TypeError("the results of a generator have no length")
+        return self._length
+
+
+class BundleModel:
+    """`pipe.model`: what code written for HF pipelines reads from `pipe.model` — `config` (config.json with
+    attribute access, id2label keyed by int as in transformers), `name_or_path`, `base_model_prefix` — and the
+    bundle itself."""
+
+    base_model_prefix = "albert"
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.name_or_path = str(bundle.root)
+        config = dict(bundle.config)
+        if "id2label" in config:
+            config["id2label"] = bundle.id2label
+            config.setdefault("num_labels", len(bundle.id2label))  # a property of transformers' config
+        self.config = SimpleNamespace(**config)
+
+    def __repr__(self) -> str:
+        return f"BundleModel({self.name_or_path!r})"
+
+
+def _num_workers(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise OptionError(f"num_workers must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _names_task(value: Any) -> bool:
+    if not isinstance(value, str) or Path(value).is_dir():
+        return False
+    try:
+        canonical_task(HF_TASK_ALIASES.get(value, value))
+    except UnknownTaskError:
+        return False
+    return True
+
+
+def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | None = None, **options: Any) -> Pipeline:
     """Load a bundle and return its task's pipeline.
 
-    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda"), batch_size (8),
-    threads, providers (onnxruntime execution providers), graph_optimization_level ("disable" | "basic" | "extended" |
-    "all"), backend_options (onnxruntime: {"low_memory": bool}; openvino: {"hint": "latency" | "throughput",
-    "precision": "f32" | "bf16"}), verify
-    (check sha256 of every file, True), engine (a ready Backend to use instead of building one).
-    Other keyword arguments are the head's defaults, checked against the head's PARAMETERS.
+    The bundle and the task, either way round: ours `pipeline("bundle/")`, `pipeline("bundle/", "qa")`, and
+    transformers' `pipeline("question-answering", model="bundle/")`, `pipeline(model="bundle/")`. The task may be
+    left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own). A bundle
+    carries its tokenizer: `tokenizer=` may only name the bundle itself.
+
+    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
+    an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
+    as HF does, no effect), threads, providers (onnxruntime execution providers), graph_optimization_level
+    ("disable" | "basic" | "extended" | "all"), backend_options (onnxruntime: {"low_memory": bool};
+    openvino: {"hint": "latency" | "throughput", "precision": "f32" | "bf16"}), verify (check sha256 of every
+    file, True), engine (a ready Backend to use instead of building one). Other keyword arguments are the head's
+    defaults, checked against the head's PARAMETERS.
     """
-    return Pipeline(bundle, task, **defaults)
+    if len(args) > 2:
+        raise TypeError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")
+    if model is not None:
+        if len(args) > 1 or (args and task is not None):
+            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+        task = args[0] if args else task
+    for value in args if model is None else ():
+        if task is None and (model is not None or _names_task(value)):
+            task = value
+        elif model is None:
+            model = value
+        else:
+            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+    if model is None:
+        raise OptionError(f"pipeline({task!r}) needs the bundle: pipeline({task!r}, model='path/to/bundle')")
+    _check_tokenizer(options.pop("tokenizer", None), model)
+    return Pipeline(model, task, **options)
+
+
+def _check_tokenizer(tokenizer: Any, model: str | Path | Bundle) -> None:
+    """HF code often passes tokenizer=<the model's path>; a bundle carries its tokenizer, so only that path fits."""
+    if tokenizer is None:
+        return
+    root = model.root if isinstance(model, Bundle) else Path(model)
+    if not isinstance(tokenizer, (str, Path)) or Path(tokenizer).resolve() != root.resolve():
+        raise OptionError(
+            f"the bundle carries its own tokenizer (tokenizer.json); leave tokenizer= out or give the bundle's path, "
+            f"not {tokenizer!r}"
+        )

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# optimum's dimension names, so its validate_model_outputs and ORTModelFor* accept our graphs
+BATCH, SEQUENCE, CHOICES = "batch_size", "sequence_length", "num_choices"
+DYNAMIC_DIMS = (BATCH, CHOICES, SEQUENCE)  # symbolic in model.onnx; the others (vocab, labels, hidden) are fixed
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -16,45 +20,51 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("fill-mask", ("mlm",), ("logits",), (("batch", "sequence", "vocab"),)),
+        TaskSpec("fill-mask", ("mlm",), ("logits",), ((BATCH, SEQUENCE, "vocab"),)),
         TaskSpec(
             "text-classification",
             ("sequence-classification", "cls"),
             ("logits",),
-            (("batch", "labels"),),
+            ((BATCH, "labels"),),
         ),
         TaskSpec(
-            "token-classification", ("ner",), ("logits",), (("batch", "sequence", "labels"),)
+            "token-classification", ("ner",), ("logits",), ((BATCH, SEQUENCE, "labels"),)
         ),
         TaskSpec(
             "question-answering",
             ("qa",),
             ("start_logits", "end_logits"),
-            (("batch", "sequence"), ("batch", "sequence")),
+            ((BATCH, SEQUENCE), (BATCH, SEQUENCE)),
         ),
         TaskSpec(
-            "multiple-choice", ("mc",), ("logits",), (("batch", "choices"),), multiple_choice=True
+            "multiple-choice", ("mc",), ("logits",), ((BATCH, CHOICES),), multiple_choice=True
         ),
         TaskSpec(
             "feature-extraction",
             ("features",),
             ("last_hidden_state", "pooler_output"),
-            (("batch", "sequence", "hidden"), ("batch", "hidden")),
+            ((BATCH, SEQUENCE, "hidden"), (BATCH, "hidden")),
         ),
         TaskSpec(
             "pretraining",
             (),
             ("prediction_logits", "sop_logits"),
-            (("batch", "sequence", "vocab"), ("batch", "2")),
+            ((BATCH, SEQUENCE, "vocab"), (BATCH, "2")),
         ),
     )
 }
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# every task, on request (albert-export --output-hidden-states / --output-attentions), after the task's outputs:
+# hidden_states (L+1, batch, sequence, H) and attentions (L*inner_group_num, batch, heads, sequence, sequence)
+OPTIONAL_OUTPUTS = ("hidden_states", "attentions")
 
 
-class UnknownTaskError(ValueError):
-    pass
+class UnknownTaskError(KeyError, ValueError):
+    """A task name no bundle has (a KeyError, as transformers' pipeline() raises for one, and a ValueError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def canonical_task(name: str) -> str:
@@ -69,5 +79,10 @@ def canonical_task(name: str) -> str:
 
 def input_dims(task: str) -> tuple[str, ...]:
     if TASKS[canonical_task(task)].multiple_choice:
-        return ("batch", "choices", "sequence")
-    return ("batch", "sequence")
+        return (BATCH, CHOICES, SEQUENCE)
+    return (BATCH, SEQUENCE)
+
+
+def dynamic_axes(dims) -> dict[int, str]:
+    """{axis: name} of the dims that vary per call, as torch.onnx.export's dynamic_axes takes them."""
+    return {axis: dim for axis, dim in enumerate(dims) if dim in DYNAMIC_DIMS}

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .errors import InputError, TruncationWarning
+from .errors import InputError, OptionError, TruncationWarning
 from .tasks.base import Feature
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
@@ -61,9 +61,7 @@ def encode(
                     "shorten it or allow truncation"
                 )
         return encodings
-    strategy = "longest_first" if truncation in (None, True) else truncation
-    if strategy not in TRUNCATION_STRATEGIES:
-        raise InputError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
+    strategy = truncation_strategy(truncation)
     try:
         encodings = truncating_copy(tokenizer, max_length, stride, strategy).encode_batch(
             list(texts), add_special_tokens=add_special_tokens)
@@ -79,6 +77,14 @@ def encode(
                     stacklevel=3,
                 )
     return encodings
+
+
+def truncation_strategy(truncation: bool | str | None) -> str:
+    """The tokenizers strategy for HF's truncation argument (None and True: "longest_first")."""
+    strategy = "longest_first" if truncation in (None, True) else truncation
+    if strategy not in TRUNCATION_STRATEGIES:
+        raise InputError(f"truncation={truncation!r} is not one of True, False, {', '.join(TRUNCATION_STRATEGIES)}")
+    return strategy
 
 
 def _preview(text: str | tuple[str, str], width: int = 40) -> str:
@@ -164,3 +170,151 @@ def truncating_copy(tokenizer: Tokenizer, max_length: int | None, stride: int = 
             copy.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
         copies[key] = copy
     return copies[key]
+
+
+SPECIAL_ROLES = ("cls", "sep", "pad", "mask", "unk")
+
+
+class PipelineTokenizer:
+    """`pipe.tokenizer`: the bundle's `tokenizers.Tokenizer` (`backend_tokenizer`, as HF's fast tokenizers name it)
+    with the part of HF's tokenizer API that pipeline users reach for: `model_max_length` (settable; the pipeline
+    truncates and windows to it), the special tokens and their ids, `__call__`, `encode`, `decode`, `tokenize`,
+    `convert_ids_to_tokens`, `convert_tokens_to_ids`. Other attributes are the `tokenizers.Tokenizer`'s own."""
+
+    is_fast = True
+    padding_side = "right"
+    truncation_side = "right"
+
+    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str], model_max_length: int,
+                 clean_up_tokenization_spaces: bool = False):
+        self.backend_tokenizer = tokenizer
+        self.special_tokens = dict(special_tokens)
+        self.max_positions = model_max_length  # what the model can take; model_max_length may only be lowered
+        self.model_max_length = model_max_length
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+
+    @property
+    def model_max_length(self) -> int:
+        return self._model_max_length
+
+    @model_max_length.setter
+    def model_max_length(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self.max_positions:
+            raise OptionError(
+                f"model_max_length must be an integer from 1 to {self.max_positions} (the model's positions), "
+                f"got {value!r}"
+            )
+        self._model_max_length = int(value)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "backend_tokenizer":
+            raise AttributeError(name)
+        return getattr(self.backend_tokenizer, name)
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __call__(
+        self,
+        text: str | list[str],
+        text_pair: str | list[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        stride: int = 0,
+        return_tensors: str | None = None,
+        return_offsets_mapping: bool = False,
+    ) -> dict:
+        """HF's `tokenizer(text, text_pair, ...)` as a dict: input_ids, token_type_ids, attention_mask (and
+        offset_mapping), lists or, with return_tensors="np", int64 arrays (batch axis always)."""
+        batched = isinstance(text, (list, tuple))
+        texts = list(text) if batched else [text]
+        if text_pair is not None:
+            pairs = list(text_pair) if batched else [text_pair]
+            if len(pairs) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+            texts = list(zip(texts, pairs))
+        if truncation in (None, False) and max_length is None:
+            encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        else:
+            strategy = truncation_strategy(truncation)
+            copy = truncating_copy(self.backend_tokenizer, max_length or self.model_max_length, stride, strategy)
+            encodings = copy.encode_batch(texts, add_special_tokens=add_special_tokens)
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+        }
+        if return_offsets_mapping:
+            columns["offset_mapping"] = [e.offsets for e in encodings]
+        if padding:
+            self._pad(columns, padding, max_length)
+        if return_tensors is not None:
+            if return_tensors != "np":
+                raise ValueError(f"return_tensors={return_tensors!r}: this runtime has no torch or tf; use 'np'")
+            if len({len(row) for row in columns["input_ids"]}) > 1:
+                raise ValueError("the texts have different lengths; pass padding=True to get arrays")
+            return {name: np.asarray(rows, dtype=np.int64) for name, rows in columns.items()}
+        return columns if batched else {name: rows[0] for name, rows in columns.items()}
+
+    def _pad(self, columns: dict[str, list], padding: bool | str, max_length: int | None) -> None:
+        if padding not in (True, "longest", "max_length"):
+            raise ValueError(f"padding={padding!r} is not one of False, True, 'longest', 'max_length'")
+        longest = max(len(row) for row in columns["input_ids"])
+        length = (max_length or self.model_max_length) if padding == "max_length" else longest
+        pad_id = self.pad_token_id or 0
+        fills = {"input_ids": pad_id, "token_type_ids": 0, "attention_mask": 0, "offset_mapping": (0, 0)}
+        for name, rows in columns.items():
+            columns[name] = [list(row) + [fills[name]] * (length - len(row)) for row in rows]
+
+    def encode(self, text: str, text_pair: str | None = None, **options) -> list[int]:
+        return self(text, text_pair, **options)["input_ids"]
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None):
+        ids = [int(token_ids)] if np.ndim(token_ids) == 0 else [int(i) for i in token_ids]
+        clean = clean_up_tokenization_spaces
+        if clean is None:
+            clean = self.clean_up_tokenization_spaces
+        return decode(self.backend_tokenizer, ids, skip_special_tokens=skip_special_tokens,
+                      clean_up_tokenization_spaces=clean)
+
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
+        return self.backend_tokenizer.encode(text, pair, add_special_tokens=add_special_tokens).tokens
+
+    def convert_ids_to_tokens(self, ids):
+        if np.ndim(ids) == 0:
+            return self.backend_tokenizer.id_to_token(int(ids))
+        return [self.backend_tokenizer.id_to_token(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens):
+        def one(token: str) -> int | None:
+            found = self.backend_tokenizer.token_to_id(token)
+            return self.unk_token_id if found is None else found
+
+        return one(tokens) if isinstance(tokens, str) else [one(t) for t in tokens]
+
+    def _special(self, role: str) -> str | None:
+        return self.special_tokens.get(role)
+
+    def _special_id(self, role: str) -> int | None:
+        return token_id(self.backend_tokenizer, self.special_tokens.get(role))
+
+    cls_token = property(lambda self: self._special("cls"))
+    sep_token = property(lambda self: self._special("sep"))
+    pad_token = property(lambda self: self._special("pad"))
+    mask_token = property(lambda self: self._special("mask"))
+    unk_token = property(lambda self: self._special("unk"))
+    cls_token_id = property(lambda self: self._special_id("cls"))
+    sep_token_id = property(lambda self: self._special_id("sep"))
+    pad_token_id = property(lambda self: self._special_id("pad"))
+    mask_token_id = property(lambda self: self._special_id("mask"))
+    unk_token_id = property(lambda self: self._special_id("unk"))
+
+    def __repr__(self) -> str:
+        return f"PipelineTokenizer(model_max_length={self.model_max_length}, special_tokens={self.special_tokens})"

@@ -10,7 +10,8 @@ import torch
 
 from tests.conftest import DATA
 
-TINY = dict(vocab_size=1000, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
+# vocab_size: the test tokenizer's 1000 SentencePiece pieces + [CLS] [SEP] <pad> [MASK] (export refuses fewer)
+TINY = dict(vocab_size=1004, embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
             num_attention_heads=4, intermediate_size=37, max_position_embeddings=40, hidden_act="gelu_new")
 LABELS = {"text-classification": 3, "token-classification": 5}
 

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from runtime.bundle import CONFIG, MANIFEST, MODEL, TOKENIZER, Manifest, TensorSpec, TokenizerSettings, sha256_file
-from runtime.taskspec import INPUT_NAMES, TASKS, input_dims
+from runtime.taskspec import INPUT_NAMES, TASKS, dynamic_axes, input_dims
 from tests.conftest import DATA
 
 SPIECE = DATA / "sentencepiece_test_model.model"
@@ -116,7 +116,7 @@ def make_bundle(directory: Path, task: str, model: torch.nn.Module | None = None
     )
     dynamic = {name: dict(enumerate(dims)) for name in INPUT_NAMES}
     for name, output_dims in zip(spec.outputs, spec.output_dims):
-        dynamic[name] = {i: d for i, d in enumerate(output_dims) if d in ("batch", "choices", "sequence")}
+        dynamic[name] = dynamic_axes(output_dims)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript tracer's notes about Python booleans
         torch.onnx.export(

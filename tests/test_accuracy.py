@@ -13,7 +13,7 @@ import albert_export
 from albert_export import accuracy
 from albert_export.checkpoint import default_model_dir
 from runtime.bundle import CONFIG, MANIFEST, MODEL, TOKENIZER, Manifest, TensorSpec, TokenizerSettings, sha256_file
-from runtime.taskspec import INPUT_NAMES, TASKS, input_dims
+from runtime.taskspec import INPUT_NAMES, TASKS, dynamic_axes, input_dims
 
 DEFAULT = default_model_dir()
 
@@ -36,7 +36,7 @@ def handmade_bundle(directory, task, model=None):
     example = (torch.randint(5, 100, (2, 7)), torch.ones(2, 7, dtype=torch.int64), torch.zeros(2, 7, dtype=torch.int64))
     dynamic = {name: dict(enumerate(input_dims(task))) for name in INPUT_NAMES}
     for name, dims in zip(spec.outputs, spec.output_dims):
-        dynamic[name] = {i: d for i, d in enumerate(dims) if d in ("batch", "sequence")}
+        dynamic[name] = dynamic_axes(dims)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(_Tuple(model, spec.outputs), example, str(directory / MODEL), input_names=list(INPUT_NAMES),

@@ -97,7 +97,7 @@ def test_multiple_choice_takes_choices_from_the_input_shape():
     for layers in ("unrolled", "loop"):
         graph = assemble(pieces_from_torch(model), layers)
         dims = [[d.dim_param for d in value.type.tensor_type.shape.dim] for value in graph.graph.input]
-        assert dims == [["batch", "choices", "sequence"]] * 3
+        assert dims == [["batch_size", "num_choices", "sequence_length"]] * 3
         for shape in [(1, 4, 5), (3, 2, 9)]:
             inputs = validation_inputs(shape, 120, 2)
             (logits,) = run(graph, inputs)

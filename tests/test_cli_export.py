@@ -44,7 +44,7 @@ def test_cli_exports_a_validated_bundle(checkpoint, tmp_path):
 
 def test_cli_failure_is_one_line_without_traceback(checkpoint, tmp_path):
     result = albert_export_process("--model", str(checkpoint), "--task", "summarization", cwd=tmp_path)
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""  # an unknown task is a usage error
     assert result.stderr.strip().splitlines() == [
         "albert-export: error: unknown task 'summarization'; choose one of: fill-mask (mlm), text-classification "
         "(sequence-classification, cls), token-classification (ner), question-answering (qa), multiple-choice (mc), "
@@ -58,9 +58,9 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
-def error_of(capsys, *args: str) -> str:
-    status, out, err = run_main(capsys, *args)
-    assert status == 1 and out == ""
+def error_of(capsys, *args: str, status: int = 1) -> str:
+    exit_status, out, err = run_main(capsys, *args)
+    assert exit_status == status and out == ""
     assert "Traceback" not in err
     return err.strip().splitlines()[-1]
 
@@ -109,7 +109,7 @@ def test_existing_non_empty_output_is_refused(capsys, tmp_path, checkpoint):
 @pytest.mark.parametrize("opset", ["13", "99"])
 def test_opset_out_of_range(capsys, tmp_path, checkpoint, opset):
     message = error_of(capsys, "--model", str(checkpoint), "--task", "qa", "--opset", opset, "--output",
-                       str(tmp_path / "o"))
+                       str(tmp_path / "o"), status=2)
     assert message.startswith(f"albert-export: error: opset {opset} is not supported; choose 14..")
 
 

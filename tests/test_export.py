@@ -50,7 +50,9 @@ def test_every_task_in_both_modes_matches_the_reference_and_transformers(task, c
     shapes = [(3, 2, 9), (1, 4, 3)] if spec.multiple_choice else [(3, 9), (2, 1)]
     results = {}
     for layers in ("unrolled", "loop"):
-        bundle = export(directory, task, tmp_path / layers, layers=layers, log=quiet)
+        # every output of the task: feature-extraction's pooler_output is written when asked
+        bundle = export(directory, task, tmp_path / layers, layers=layers, pooler_output=task == "feature-extraction",
+                        log=quiet)
         onnx.checker.check_model(str(bundle / "model.onnx"), full_check=True)
         validation = load_bundle(bundle).manifest.validation
         assert set(validation.max_abs_diff) == set(spec.outputs)
@@ -74,14 +76,17 @@ def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
     bundle = albert_export.export(directory, "qa", tmp_path / "bundle", layers="loop", log=quiet)
     loaded = load_bundle(bundle)  # verifies every sha256
     manifest = loaded.manifest
-    assert sorted(manifest.files) == ["config.json", "model.onnx", "tokenizer.json"]
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    files = ["config.json", "model.onnx", "special_tokens_map.json", "spiece.model", "tokenizer.json",
+             "tokenizer_config.json"]
+    assert sorted(manifest.files) == files
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, "manifest.json"])
     assert (manifest.task, manifest.layers, manifest.precision, manifest.opset, manifest.format) == (
         "question-answering", "loop", "fp32", 17, 1)
     assert [(t.name, t.dtype, t.dims) for t in manifest.inputs] == [
-        (name, "int64", ["batch", "sequence"]) for name in ("input_ids", "attention_mask", "token_type_ids")]
+        (name, "int64", ["batch_size", "sequence_length"]) for name in ("input_ids", "attention_mask", "token_type_ids")]
     assert [(t.name, t.dtype, t.dims) for t in manifest.outputs] == [
-        ("start_logits", "float32", ["batch", "sequence"]), ("end_logits", "float32", ["batch", "sequence"])]
+        ("start_logits", "float32", ["batch_size", "sequence_length"]),
+        ("end_logits", "float32", ["batch_size", "sequence_length"])]
     assert manifest.validation.tolerance == {"start_logits": 1e-4, "end_logits": 1e-4}
     assert [1, 1] in manifest.validation.shapes and [1, 40] in manifest.validation.shapes
     assert manifest.producer["name"] == "albert-export" and manifest.producer["version"] == albert_export.__version__

@@ -19,7 +19,7 @@ from tests.export_helpers import save_checkpoint
 
 torch.set_num_threads(1)
 
-BASE_V2_SHAPE = dict(vocab_size=1000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+BASE_V2_SHAPE = dict(vocab_size=1004, embedding_size=128, hidden_size=768, num_hidden_layers=12,
                      num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
 
 
@@ -66,7 +66,8 @@ def test_external_data_past_the_threshold(tmp_path):
     bundle = export(directory, "fill-mask", tmp_path / "bundle", layers="loop", external_data_threshold=20_000,
                     log=quiet)
     manifest = load_bundle(bundle).manifest  # checksums of both files verified
-    assert sorted(manifest.files) == ["config.json", "model.onnx", EXTERNAL_DATA, "tokenizer.json"]
+    assert sorted(manifest.files) == ["config.json", "model.onnx", EXTERNAL_DATA, "special_tokens_map.json",
+                                      "spiece.model", "tokenizer.json", "tokenizer_config.json"]
     data_bytes = (bundle / EXTERNAL_DATA).stat().st_size
     assert data_bytes >= 1000 * 16 * 4 > (bundle / "model.onnx").stat().st_size  # the word embeddings moved out
     assert max(manifest.validation.max_abs_diff.values()) <= 1e-4  # validated from the two files

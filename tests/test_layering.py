@@ -9,6 +9,7 @@ FORBIDDEN = {
     "runtime": {"torch", "onnx", "onnxsim", "transformers", "albert_export", "graphs", "calibration"},
     "graphs": {"torch", "transformers", "albert_export", "calibration", "runtime"},
     "calibration": {"torch", "transformers", "albert_export"},
+    "serving": {"torch", "onnx", "onnxsim", "transformers", "albert_export", "graphs", "calibration"},
 }
 
 

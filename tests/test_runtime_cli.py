@@ -34,9 +34,9 @@ def test_seed_style_use(monkeypatch, capsys, fill_mask_bundle):
     assert set(lines[0][0]) == {"score", "token", "token_str", "sequence"} and len(lines[0]) == 5
 
 
-def test_text_lines_json_lines_blank_lines_and_a_file(monkeypatch, capsys, fill_mask_bundle, tmp_path):
+def test_text_lines_json_lines_and_a_file(monkeypatch, capsys, fill_mask_bundle, tmp_path):
     texts = [f"Line {i} has a [MASK] in it." for i in range(70)] + ["Two [MASK] and [MASK]."]
-    stdin = "\n".join(texts[:3]) + "\n\n" + json.dumps({"text": texts[3]}) + "\n" + "\n".join(texts[4:]) + "\n"
+    stdin = "\n".join(texts[:3]) + "\n" + json.dumps({"text": texts[3]}) + "\n" + "\n".join(texts[4:]) + "\n"
     code, lines, _ = albert_run(monkeypatch, capsys, [fill_mask_bundle, "-", "--top-k", "2", "--batch-size", "3"], stdin)
     fill = pipeline(fill_mask_bundle)
     assert code == 0 and len(lines) == len(texts)
@@ -63,9 +63,11 @@ def test_invalid_json_line_stops_with_its_number(monkeypatch, capsys, fill_mask_
 def test_keep_going_reports_every_bad_line_and_answers_the_rest(monkeypatch, capsys, fill_mask_bundle):
     stdin = f'{SEED}\n{{"text": oops}}\nno mask here\n{{"text": ""}}\n{{"txt": "a [MASK]"}}\n{{"text": ["a [MASK]"]}}\nLast [MASK].\n'
     code, lines, err = albert_run(monkeypatch, capsys, [fill_mask_bundle, "--keep-going"], stdin)
-    assert code == 1 and len(lines) == 2
+    assert code == 1 and len(lines) == 7
+    assert [line["line"] for line in lines[1:6]] == [2, 3, 4, 5, 6] and lines[6] == pipeline(fill_mask_bundle)("Last [MASK].")
     messages = err.splitlines()
     assert [m.split(":")[1].strip() for m in messages] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
+    assert [line["error"] for line in lines[1:6]] == [m.split(": ", 2)[2] for m in messages]
     assert "No mask_token ([MASK])" in messages[1] and "empty" in messages[2] and '["text"]' in messages[3]
     assert "takes a string; got list" in messages[4]
 
@@ -84,7 +86,7 @@ def test_pairs_and_objects_for_other_tasks(monkeypatch, capsys, handmade_bundle)
     bundle = handmade_bundle("multiple-choice")
     item = {"prompt": "She opens the door.", "choices": ["She walks in.", "The door eats."]}
     code, lines, err = albert_run(monkeypatch, capsys, [bundle, "--keep-going"], json.dumps(item) + "\nplain text\n")
-    assert code == 1 and lines == [pipeline(bundle)(item)]
+    assert code == 1 and lines[0] == pipeline(bundle)(item) and lines[1]["line"] == 2
     assert "line 2: multiple-choice takes JSON objects" in err
 
 

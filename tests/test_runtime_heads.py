@@ -18,7 +18,7 @@ from transformers import pipeline as hf_pipeline
 
 from runtime.errors import InputError, OptionError, TruncationWarning
 from runtime.runner import BatchRunner
-from runtime.taskspec import TASKS
+from runtime.taskspec import SEQUENCE, TASKS
 from runtime.tasks import feature_extraction, fill_mask, multiple_choice, pretraining, text_classification
 from runtime.tasks.base import TaskContext
 from tests.conftest import DATA
@@ -31,7 +31,7 @@ HF_TASK = {"fill-mask": "fill-mask", "text-classification": "text-classification
 
 def context(model, task: str, batch_size: int = 4) -> tuple[TaskContext, TorchBackend]:
     backend = TorchBackend(model, task)
-    axes = {name: tuple(i for i, d in enumerate(dims) if d == "sequence")
+    axes = {name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
             for name, dims in zip(TASKS[task].outputs, TASKS[task].output_dims)}
     hf = hf_tokenizer()
     ctx = TaskContext(

@@ -7,7 +7,10 @@ only when they are created.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +20,34 @@ from ..errors import BackendError, OptionError
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda")
 BACKEND_OPTIONS = {"onnxruntime": {"low_memory"}, "openvino": {"hint", "precision"}, "tensorrt": set()}
+GPU_EXTRA = "pip install 'albert-export[gpu]'"  # onnxruntime-gpu and cuda-python
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "cpu" | "cuda"
+    index: int = 0
+    cpu_fallback: bool = False  # given as an int (or None): transformers then runs on the CPU when there is no GPU
+
+    def __str__(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+def parse_device(device: Any) -> Device:
+    """transformers' device forms: "cpu", "cuda", "cuda:N", an int N (-1: the CPU), a torch.device, or None
+    (transformers' default, 0: the first GPU when there is one, else the CPU)."""
+    if isinstance(device, Device):
+        return device
+    if device is None:
+        return Device("cuda", 0, cpu_fallback=True)
+    if isinstance(device, int) and not isinstance(device, bool):
+        return Device("cpu") if device < 0 else Device("cuda", device, cpu_fallback=True)
+    if hasattr(device, "type") and hasattr(device, "index"):  # torch.device, without importing torch
+        device = device.type if device.index is None else f"{device.type}:{device.index}"
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", device.strip().lower()) if isinstance(device, str) else None
+    if match is None or (match[1] == "cpu" and match[2] is not None):
+        raise OptionError(f"device {device!r} is not one of cpu, cuda, cuda:N, or a GPU number (-1 for the CPU)")
+    return Device(match[1], int(match[2] or 0))
 
 
 class Backend(Protocol):
@@ -30,7 +61,7 @@ class Backend(Protocol):
 def backend_from_bundle(
     bundle: Bundle,
     backend: str = "onnxruntime",
-    device: str = "cpu",
+    device: Any = "cpu",
     *,
     threads: int | None = None,
     providers: list | None = None,
@@ -41,8 +72,21 @@ def backend_from_bundle(
     and `precision` ("f32" | "bf16")."""
     if backend not in BACKENDS:
         raise OptionError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise OptionError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    parsed = parse_device(device)
+    if parsed.cpu_fallback and backend == "onnxruntime" and providers is None:
+        from .ort import cuda_available
+
+        if not cuda_available():
+            warnings.warn(
+                f"device={device!r}: this onnxruntime has no CUDA, running on the CPU as transformers does "
+                f"(for the GPU: {GPU_EXTRA})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            parsed = Device("cpu")
+    if parsed.cpu_fallback and backend == "openvino":
+        parsed = Device("cpu")  # an int device or None means "the GPU when there is one"; openvino runs on the CPU
+    device = parsed.kind
     unknown = sorted(set(backend_options or {}) - BACKEND_OPTIONS[backend])
     if unknown:
         raise OptionError(f"the {backend} backend takes no option(s) {', '.join(unknown)}; it takes "
@@ -58,6 +102,10 @@ def backend_from_bundle(
     if backend == "tensorrt":
         if device != "cuda":
             raise OptionError("the tensorrt backend runs on a GPU only; use --device cuda, or --backend onnxruntime for CPU")
+        if parsed.index != 0:
+            raise OptionError(
+                "the tensorrt backend runs on the first visible GPU; choose it with CUDA_VISIBLE_DEVICES and use cuda"
+            )
         if providers is not None or threads is not None:
             raise OptionError("providers and threads are onnxruntime options; the tensorrt backend takes neither")
         if bundle.engine_path is None:
@@ -72,6 +120,7 @@ def backend_from_bundle(
     return OnnxRuntimeBackend(
         bundle.model_path,
         device=device,
+        device_id=parsed.index,
         providers=providers,
         threads=threads,
         graph_optimization_level=graph_optimization_level,
@@ -79,4 +128,4 @@ def backend_from_bundle(
     )
 
 
-__all__ = ["Backend", "BackendError", "backend_from_bundle", "BACKENDS", "DEVICES"]
+__all__ = ["Backend", "BackendError", "backend_from_bundle", "parse_device", "Device", "BACKENDS", "DEVICES"]

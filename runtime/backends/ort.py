@@ -41,16 +41,20 @@ def release_freed_heap() -> None:
             pass
 
 
-def default_providers(device: str) -> list[str]:
-    available = ort.get_available_providers()
+def cuda_available() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def default_providers(device: str, device_id: int = 0) -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
+    if not cuda_available():
         raise BackendError(
-            "--device cuda needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
-            f"{', '.join(available)}. Install onnxruntime-gpu or use --device cpu"
+            f"device cuda:{device_id} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
+            f"{', '.join(ort.get_available_providers())}. Install it with pip install 'albert-export[gpu]', "
+            "or use the cpu device"
         )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:
@@ -59,6 +63,7 @@ class OnnxRuntimeBackend:
         model_path: str | Path,
         *,
         device: str = "cpu",
+        device_id: int = 0,
         providers: list | None = None,
         threads: int | None = None,
         graph_optimization_level: str = "all",
@@ -82,8 +87,9 @@ class OnnxRuntimeBackend:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        cuda_asked = providers is None and device != "cpu"
         if providers is None:
-            providers = default_providers(device)
+            providers = default_providers(device, device_id)
         else:
             providers = [_PROVIDER_ALIASES.get(p, p) if isinstance(p, str) else p for p in providers]
             missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]
@@ -101,6 +107,13 @@ class OnnxRuntimeBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in self.session.get_inputs()}
         self.providers = self.session.get_providers()
+        if cuda_asked and self.providers[0] == "CPUExecutionProvider":
+            # onnxruntime falls back to the CPU when the CUDA libraries do not load; asked for cuda, say so instead
+            raise BackendError(
+                f"onnxruntime could not start CUDA on device {device_id} (it fell back to {', '.join(self.providers)}):"
+                " the CUDA and cuDNN libraries onnxruntime-gpu needs are missing or do not match; see onnxruntime's "
+                "CUDA requirements, or use the cpu device"
+            )
         if io_binding is None:
             io_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.io_binding = io_binding

@@ -1,6 +1,9 @@
 """Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
 from __future__ import annotations
 
+import sys
+import types
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,22 @@ def as_batch(inputs: Any) -> tuple[list, bool]:
     if isinstance(inputs, (list, tuple)):
         return list(inputs), False
     return [inputs], True
+
+
+def is_stream(inputs: Any) -> bool:
+    """Whether HF's pipelines stream these inputs (results as an iterator): a generator, or a torch Dataset
+    (recognised only when torch is already imported: whoever holds one has imported it)."""
+    torch_data = sys.modules.get("torch.utils.data")
+    dataset = getattr(torch_data, "Dataset", None)
+    return isinstance(inputs, types.GeneratorType) or (dataset is not None and isinstance(inputs, dataset))
+
+
+def stream_items(inputs: Any) -> tuple[Iterator, int | None]:
+    """(the stream's items, its length when it has one): a sized dataset is read by index, as HF's
+    PipelineDataset reads it; a generator or an iterable dataset by iterating."""
+    if isinstance(inputs, Sized) and not isinstance(inputs, types.GeneratorType):
+        return (inputs[i] for i in range(len(inputs))), len(inputs)
+    return iter(inputs), None
 
 
 def text_or_pair(item: Any, task: str, pairs: bool) -> str | tuple[str, str]:
@@ -72,3 +91,53 @@ def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise OptionError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
+
+
+def _words(name: str, value: Any, single_allowed: bool) -> None:
+    if single_allowed and isinstance(value, str):
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(word, str) for word in value):
+        raise OptionError(f"{name} must be a list of strings{' or a string' if single_allowed else ''}, got {value!r}")
+
+
+def _of_type(name: str, value: Any, types: tuple, what: str) -> None:
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        raise OptionError(f"{name} must be {what}, got {value!r}")
+
+
+# Value checks for every head option by name (None always means "the default"); the heads check what is
+# specific to them (choices, ranges that depend on the model) with HF's own messages.
+OPTION_CHECKS = {
+    **{name: positive_int for name in ("top_k", "topk", "max_answer_len", "max_seq_len", "max_question_len",
+                                       "max_length", "batch_size")},
+    **{name: non_negative_int for name in ("doc_stride", "stride")},
+    **{name: _flag for name in ("handle_impossible_answer", "align_to_words", "return_all_scores",
+                                "is_split_into_words", "grouped_entities", "ignore_subwords", "return_tensors")},
+    "targets": lambda name, value: _words(name, value, single_allowed=True),
+    "ignore_labels": lambda name, value: _words(name, value, single_allowed=False),
+    "delimiter": lambda name, value: _of_type(name, value, (str,), "a string"),
+    "truncation": lambda name, value: _of_type(name, value, (bool, str), "True, False or a strategy name"),
+    "padding": lambda name, value: _of_type(name, value, (bool, str), "True, False or a strategy name"),
+    "tokenizer_kwargs": lambda name, value: _of_type(name, value, (dict,), "a dict"),
+    "tokenize_kwargs": lambda name, value: _of_type(name, value, (dict,), "a dict"),
+    "offset_mapping": lambda name, value: _of_type(name, value, (list, tuple), "a list of (start, end) pairs"),
+}
+
+
+def check_option_values(params: dict[str, Any]) -> None:
+    """OptionError for an option value of the wrong type or range, before any head sees it."""
+    for name, value in params.items():
+        check = OPTION_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(name, value)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OptionError
+from ..errors import NoMaskTokenError, OptionError
 from ..taskspec import TASKS
 from ..tokenizer import decode
 from .base import TaskContext
@@ -26,6 +26,10 @@ def mask_token_id(ctx: TaskContext) -> int:
     if mask_id is None:
         raise OptionError("the bundle's tokenizer defines no mask token; fill-mask needs one (special_tokens.mask)")
     return mask_id
+
+
+def no_mask(ctx: TaskContext) -> str:
+    return f"No mask_token ({ctx.special_tokens['mask']}) found on the input"
 
 
 def target_ids(ctx: TaskContext, targets: str | list[str]) -> np.ndarray:
@@ -107,11 +111,14 @@ def run_each(
     truncation, max_length = tokenizer_options(ctx, tokenizer_kwargs, truncation=truncation)
     mask_id = mask_token_id(ctx)
     ids = target_ids(ctx, targets) if targets is not None else None
+    for item in items:
+        if isinstance(item, str) and not item.strip():  # HF: tokenized to [CLS] [SEP], so no mask either
+            raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: the text is empty")
     texts = [text_or_pair(item, "fill-mask", pairs=False) for item in items]
     encodings, features = encode_features(ctx, texts, truncation, max_length)
     for text, encoding in zip(texts, encodings):
         if mask_id not in encoding.ids:
-            raise InputError(f"No mask_token ({ctx.special_tokens['mask']}) found on the input: {text[:80]!r}")
+            raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: {text[:80]!r}")
     logits_name = TASKS["fill-mask"].outputs[0]
     results = []
     for feature, output in zip(features, ctx.runner.run(features)):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OptionError
+from ..errors import InputError, OptionError, UnknownChoiceError
 from ..taskspec import TASKS
 from .base import TaskContext
 from .common import as_batch, encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
@@ -67,7 +67,7 @@ def run_each(
     top_k, legacy = _settings(ctx, top_k, return_all_scores)
     truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length, padding=padding)
     if function_to_apply is not None and str(function_to_apply).lower() not in FUNCTIONS:
-        raise OptionError(f"function_to_apply {function_to_apply!r} is not one of {', '.join(FUNCTIONS)}")
+        raise UnknownChoiceError(f"function_to_apply {function_to_apply!r} is not one of {', '.join(FUNCTIONS)}")
     texts = [text_or_pair(_item(item), "text-classification", pairs=True) for item in items]
     _, features = encode_features(ctx, texts, truncation, max_length)
     name = TASKS["text-classification"].outputs[0]

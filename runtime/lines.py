@@ -1,0 +1,173 @@
+"""albert-run's input loop: bytes in, one numbered line at a time, one JSON line (an answer or an error) out.
+
+Lines are read as bytes and decoded one by one, so a line that is not UTF-8 is one bad line, not a failed run.
+Each read takes what the input has ready (a terminal: the line just typed; a pipe: what the producer has
+written; a file: a block), and only those lines are batched together, so an interactive user gets each answer as
+soon as the line is entered while a file is still answered in full batches. Output line k always answers input
+line k: a bad line (blank, not UTF-8, invalid JSON, wrong keys, what the head refuses) stops the run, or with
+keep_going gets `{"error": ..., "line": N}` on its own line.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterator
+
+from .errors import InputError, OptionError, is_failure, one_line
+
+BLOCK = 1 << 16  # bytes asked for per read; a read returns less when less is ready
+MAX_BATCH = 64  # lines sent to the pipeline together (then batched by batch_size)
+
+JSON_INPUTS = {
+    "fill-mask": ({"text"},),
+    "feature-extraction": ({"text"},),
+    "token-classification": ({"text"},),
+    "text-classification": ({"text"}, {"text", "text_pair"}),
+    "pretraining": ({"text"}, {"text", "text_pair"}),
+    "question-answering": ({"question", "context"},),
+    "multiple-choice": ({"prompt", "choices"},),
+}
+
+
+def byte_reader(stream) -> Callable[[int], bytes]:
+    """read(n): at most n bytes, what the stream has ready (one read of the file descriptor), b"" at the end."""
+    raw = getattr(stream, "buffer", stream)
+    if hasattr(raw, "read1"):
+        return raw.read1
+    return lambda size: stream.read(size).encode("utf-8", "surrogatepass")  # a text-only stream (io.StringIO)
+
+
+def ready_lines(read: Callable[[int], bytes], limit: int = MAX_BATCH) -> Iterator[list[tuple[int, bytes]]]:
+    """Groups of (line number, raw line) holding only lines that were ready together, at most `limit` each."""
+    number, partial = 0, []
+    while data := read(BLOCK):
+        *complete, rest = data.split(b"\n")
+        if not complete:
+            partial.append(rest)
+            continue
+        complete[0] = b"".join([*partial, complete[0]])
+        partial = [rest] if rest else []
+        for start in range(0, len(complete), limit):
+            group = complete[start: start + limit]
+            yield [(number + i, line) for i, line in enumerate(group, start=1)]
+            number += len(group)
+    if partial:
+        yield [(number + 1, b"".join(partial))]
+
+
+def decode_line(raw: bytes, number: int) -> str:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); save the input as UTF-8"
+        ) from None
+    if number == 1 and text.startswith("\ufeff"):  # a byte order mark, as some editors write
+        text = text[1:]
+    if not text.strip():
+        raise InputError("blank line; give one input per line (output line N answers input line N)")
+    return text
+
+
+def parse_line(line: str, task: str) -> Any:
+    """A line as the pipeline's input; InputError says what is wrong with it."""
+    shapes = JSON_INPUTS[task]
+    keys = " or ".join(json.dumps(sorted(s)) for s in shapes)
+    if not line.lstrip().startswith("{"):
+        if {"text"} not in shapes:
+            raise InputError(f"{task} takes JSON objects with keys {keys}, not plain text")
+        return line
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        message = exc.msg.removesuffix(" at")  # "Unterminated string starting at" + " at column"
+        raise InputError(f"invalid JSON ({message} at column {exc.colno})") from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply for this reader") from None
+    if not isinstance(item, dict) or set(item) not in [set(s) for s in shapes]:
+        got = json.dumps(sorted(item)) if isinstance(item, dict) else f"a JSON {_json_kind(item)}"
+        raise InputError(f"{task} takes a JSON object with keys {keys}; got {got}")
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("a string holds an unpaired surrogate escape (\\ud800-\\udfff); give valid Unicode") from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply for this reader") from None
+    if set(item) == {"text"}:
+        return item["text"]
+    return item
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+class LineRunner:
+    """Answers numbered lines through a pipeline, writing one JSON line per input line to `out`."""
+
+    def __init__(self, pipe, options: dict[str, Any], keep_going: bool, out, err, prog: str = "albert-run"):
+        self.pipe, self.options, self.keep_going = pipe, options, keep_going
+        self.out, self.err, self.prog = out, err, prog
+        self.failed = 0
+
+    def run(self, read: Callable[[int], bytes]) -> bool:
+        """Answer every line; False when a bad line stopped the run."""
+        for group in ready_lines(read, max(MAX_BATCH, self.pipe.runner.batch_size)):
+            if not self.group(group):
+                return False
+        return True
+
+    def group(self, lines: list[tuple[int, bytes]]) -> bool:
+        items: list[tuple[int, Any, BaseException | None]] = []
+        for number, raw in lines:
+            try:
+                items.append((number, parse_line(decode_line(raw, number), self.pipe.task), None))
+            except InputError as exc:
+                items.append((number, None, exc))
+        good = [item for _, item, error in items if error is None]
+        answers = iter(self.answers(good))
+        for number, item, error in items:
+            result = next(answers) if error is None else error
+            if not isinstance(result, BaseException):
+                try:
+                    self.out.write(json.dumps(result, ensure_ascii=False, default=_plain_number) + "\n")
+                    continue
+                except (TypeError, ValueError) as exc:
+                    result = exc
+            if not self.report(number, result):
+                self.out.flush()
+                return False
+        self.out.flush()
+        return True
+
+    def answers(self, items: list) -> list:
+        """One result, or the exception that input failed with, per item."""
+        if not items:
+            return []
+        try:
+            return self.pipe.run_each(items, **self.options)
+        except OptionError:
+            raise
+        except BaseException as exc:
+            if not is_failure(exc):
+                raise
+            if len(items) == 1:
+                return [exc]
+        return [answer for item in items for answer in self.answers([item])]  # redo one by one to name the line
+
+    def report(self, number: int, exc: BaseException) -> bool:
+        """Say what is wrong with a line; True when the run goes on."""
+        self.failed += 1
+        message = one_line(exc)
+        print(f"{self.prog}: line {number}: {message}", file=self.err)
+        if self.keep_going:
+            self.out.write(json.dumps({"error": message, "line": number}, ensure_ascii=False) + "\n")
+        return self.keep_going
+
+
+def _plain_number(value: Any) -> Any:
+    """numpy scalars (token-classification scores are float32, as HF returns them) as JSON numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
