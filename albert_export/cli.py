@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--ort-format", action="store_true",
                        help="also write model.ort and required_operators.config, for onnxruntime's minimal "
                             "(mobile, reduced web) builds")
+    graph.add_argument("--output-hidden-states", action="store_true",
+                       help="add output hidden_states [L+1, batch, sequence, hidden]: embeddings, then each layer")
+    graph.add_argument("--output-attentions", action="store_true",
+                       help="add output attentions [L, batch, heads, sequence, sequence]: each layer's softmax "
+                            "(L x heads x sequence^2 floats per example; keeps attention unfused)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -120,6 +125,8 @@ def export_options(args: argparse.Namespace) -> dict:
         "shapes": args.shapes,
         "pooler_output": args.pooler_output,
         "ort_format": args.ort_format,
+        "output_hidden_states": args.output_hidden_states,
+        "output_attentions": args.output_attentions,
     }
 
 

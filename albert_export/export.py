@@ -23,13 +23,15 @@ from onnx import version_converter
 from torch import nn
 
 from calibration import load_examples
-from graphs.assemble import LAYER_MODES, Pieces, assemble, name_initializers
+from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, dims_of, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
-from runtime.taskspec import BATCH, INPUT_NAMES, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims
+from runtime.taskspec import (
+    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims,
+)
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
 from .checkpoint import from_pretrained, resolve_checkpoint
@@ -103,6 +105,17 @@ class EmbeddingsPiece(nn.Module):
         return self.albert.embed(input_ids, attention_mask, token_type_ids)  # (B, S, H), (B, 1, 1, S)
 
 
+class LayerGroupPiece(nn.Module):
+    def __init__(self, group: nn.Module, output_attentions: bool):
+        super().__init__()
+        self.group, self.output_attentions = group, output_attentions
+
+    def forward(self, hidden, attention_bias):
+        if self.output_attentions:
+            return self.group.with_attentions(hidden, attention_bias)  # (B, S, H), (I, B, N, S, S)
+        return self.group(hidden, attention_bias)
+
+
 class HeadPiece(nn.Module):
     def __init__(self, model: AlbertForTask, outputs: list[str]):
         super().__init__()
@@ -133,9 +146,10 @@ def onnx_from_torch(module: nn.Module, args: tuple, input_names: list[str], outp
     return piece
 
 
-def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, left_out: tuple[str, ...] = ()) -> Pieces:
-    """Trace embeddings, each layer group and the head of the reference model (left in eval mode); the head
-    returns every output of the reference but those `left_out`."""
+def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, left_out: tuple[str, ...] = (),
+                      output_hidden_states: bool = False, output_attentions: bool = False) -> Pieces:
+    """Trace embeddings, each layer group (with its inner softmaxes when output_attentions) and the head of the
+    reference model (left in eval mode); the head returns every output of the reference but those `left_out`."""
     config = model.config
     model.eval()
     batch, sequence = TRACE_SHAPE[0], min(TRACE_SHAPE[1], config.max_position_embeddings)
@@ -149,9 +163,13 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, left_out
     with torch.no_grad():
         hidden, bias = model.albert.embed(ids, mask, types)
         head_outputs = [name for name in model.head(hidden) if name not in left_out]
+    group_outputs, group_axes = ["hidden_out"], {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}
+    if output_attentions:
+        group_outputs.append(ATTENTIONS)
+        group_axes[ATTENTIONS] = {1: BATCH, 3: SEQUENCE, 4: SEQUENCE}  # (I, B, N, S, S)
     groups = [
-        onnx_from_torch(group, (hidden, bias), ["hidden", "attention_bias"], ["hidden_out"],
-                        {"hidden": tokens, "attention_bias": bias_axes, "hidden_out": tokens}, opset)
+        onnx_from_torch(LayerGroupPiece(group, output_attentions).eval(), (hidden, bias),
+                        ["hidden", "attention_bias"], group_outputs, group_axes, opset)
         for group in model.albert.encoder.albert_layer_groups
     ]
     spec = TASKS[model.task]
@@ -163,7 +181,8 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, left_out
                            {"hidden": tokens, **output_axes}, opset)
     model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
-                  multiple_choice=spec.multiple_choice)
+                  multiple_choice=spec.multiple_choice, output_hidden_states=output_hidden_states,
+                  output_attentions=output_attentions)
 
 
 def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
@@ -179,8 +198,10 @@ def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
 
 def onnx_from_reference(model: AlbertForTask, layers: str = "unrolled", opset: int = DEFAULT_OPSET,
                         left_out: tuple[str, ...] = ()) -> onnx.ModelProto:
-    """The whole reference model as one ONNX graph, weights stored once, initializers named after parameters."""
-    graph = assemble(pieces_from_torch(model, check_opset(opset), left_out), check_layers(layers))
+    """The whole reference model as one ONNX graph, weights stored once, initializers named after parameters;
+    with hidden_states / attentions outputs where the model's output_hidden_states / output_attentions are set."""
+    pieces = pieces_from_torch(model, check_opset(opset), left_out, model.output_hidden_states, model.output_attentions)
+    graph = assemble(pieces, check_layers(layers))
     name_initializers(graph, parameter_names_by_digest(model))
     graph.producer_version = albert_version()
     return graph
@@ -219,6 +240,12 @@ def manifest_for(task: str, layers: str, opset: int, tokenizer_settings, outputs
         producer={"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
                   "onnx": onnx.__version__},
     )
+
+
+def optional_output_specs(graph: onnx.ModelProto) -> list[TensorSpec]:
+    """hidden_states / attentions as the graph declares them (layer counts fixed, the rest symbolic)."""
+    return [TensorSpec(output.name, "float32", dims_of(output)) for output in graph.graph.output
+            if output.name in OPTIONAL_OUTPUTS]
 
 
 def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
@@ -290,6 +317,8 @@ def export(
     shapes: str | None = None,
     pooler_output: bool = False,
     ort_format: bool = False,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
@@ -309,7 +338,8 @@ def export(
         load_examples(calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
     log(f"loading {checkpoint} for {task}")
-    model = from_pretrained(checkpoint, task)
+    model = from_pretrained(checkpoint, task, output_hidden_states=output_hidden_states,
+                            output_attentions=output_attentions)
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
@@ -328,6 +358,7 @@ def export(
         calibration_method=calibration_method, calibration_samples=calibration_samples, log=log,
         max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings, 384))
     manifest = manifest_for(task, layers, opset, tokenizer_settings, outputs)
+    manifest.outputs += optional_output_specs(graph)
     manifest.precision = precision
     manifest.extra.update(precision_extra)
     manifest.extra["optimize"] = {"profile": optimize, "passes": optimize_report}
@@ -352,7 +383,7 @@ def export(
         if validate:
             log("validating against the PyTorch reference with onnxruntime (CPU)")
             manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
-                                                atol=atol, outputs=outputs)
+                                                atol=atol)
             worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
             log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
         if ort_format:
