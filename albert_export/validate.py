@@ -124,14 +124,16 @@ def validate_onnx(
     atol: float | None = None,
     shapes: list[tuple[int, ...]] | None = None,
     threads: int | None = None,
+    outputs: list[str] | None = None,
 ) -> Validation:
-    """Run the graph and the reference on every shape; raise ValidationError for the worst failing output.
-    Every graph output is compared (the task's, then hidden_states / attentions when the graph has them)."""
+    """Run the graph and the reference on every shape, comparing `outputs` (default: every graph output: the
+    task's, then hidden_states / attentions when the graph has them); raise ValidationError for the worst failing
+    output."""
     config = reference.config
     spec = TASKS[task]
     shapes = shapes or validation_shapes(config.max_position_embeddings, spec.multiple_choice)
     session = onnx_session(model_path, threads)
-    names = [output.name for output in session.get_outputs()]
+    names = list(outputs or (output.name for output in session.get_outputs()))
     tolerances = {name: tolerance_for(precision, name, atol) for name in names}
     results = {name: Comparison() for name in names}
     for shape in shapes:

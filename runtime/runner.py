@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .backends import Backend
-from .errors import OptionError
+from .errors import BackendError, OptionError, is_failure, one_line
+from .taskspec import CHOICES, SEQUENCE, TASKS
 from .tasks.base import Feature
-from .taskspec import SEQUENCE
 
 LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
@@ -51,7 +51,14 @@ class BatchRunner:
             else:
                 batches.append([index])
         for batch in batches:
-            outputs = self.backend.infer(self._padded([features[i] for i in batch]))
+            inputs = self._padded([features[i] for i in batch])
+            try:
+                outputs = self.backend.infer(inputs)
+            except BaseException as exc:  # onnxruntime's, TensorRT's own error types: one line, never a traceback
+                if isinstance(exc, BackendError) or not is_failure(exc):
+                    raise
+                shape = "x".join(map(str, inputs["input_ids"].shape)) if "input_ids" in inputs else "?"
+                raise BackendError(f"the model failed on a batch of shape {shape}: {one_line(exc)}") from exc
             for row, index in enumerate(batch):
                 length = features[index]["input_ids"].shape[-1]
                 results[index] = {name: self._row(name, value, row, len(batch), length)
@@ -90,6 +97,47 @@ def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
     """{output: its sequence axes} from the manifest's output TensorSpecs."""
     return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim in (SEQUENCE, LEGACY_SEQUENCE))
             for spec in outputs}
+
+
+def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_id: int = 0) -> None:
+    """Run one tiny input and refuse, before any real input, a model that does not give the task's outputs (a
+    manifest naming another task, a model of another task re-hashed into the bundle) or whose label count is
+    not config.json's id2label's."""
+    spec = TASKS[task]
+    id2label = config.get("id2label") or {}
+    sizes = {dim: config.get(key) for dim, key in (("vocab", "vocab_size"), ("hidden", "hidden_size"))}
+    length = 4
+    shape = (2, length) if spec.multiple_choice else (length,)
+    feature = {"input_ids": np.full(shape, pad_token_id, dtype=np.int64),
+               "attention_mask": np.ones(shape, dtype=np.int64), "token_type_ids": np.zeros(shape, dtype=np.int64)}
+    try:
+        outputs = runner.run([feature])[0]
+    except BackendError as exc:
+        raise BackendError(f"a {task} input fails ({exc}); is the bundle's task its model's? re-export the bundle") from exc
+    expected = ", ".join(f"{name} {_dims(dims[1:])}" for name, dims in zip(spec.outputs, spec.output_dims))
+    found = ", ".join(f"{name} {_dims(np.shape(value))}" for name, value in outputs.items()) or "nothing"
+    mismatch = BackendError(
+        f"the model gives {found} per input, a {task} model gives {expected}: the bundle's task is not its "
+        "model's; re-export the bundle"
+    )
+    for name, dims in zip(spec.outputs, spec.output_dims):
+        if name not in outputs or np.ndim(outputs[name]) != len(dims) - 1:
+            raise mismatch
+        value = np.shape(outputs[name])
+        for axis, dim in enumerate(dims[1:]):
+            if dim in (SEQUENCE, CHOICES) and value[axis] != shape[axis if dim == CHOICES else -1]:
+                raise mismatch
+            if isinstance(sizes.get(dim), int) and value[axis] != sizes[dim]:
+                raise mismatch
+            if dim == "labels" and id2label and len(id2label) != value[axis]:
+                raise BackendError(
+                    f"config.json's id2label names {len(id2label)} labels, the model gives {value[axis]} logits; "
+                    "fix id2label (one name per logit) or re-export the bundle"
+                )
+
+
+def _dims(dims) -> str:
+    return "(" + ", ".join(map(str, dims)) + ")"
 
 
 def batch_layout(outputs: list, batch: str) -> dict:
