@@ -259,8 +259,10 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
     model.tie_weights()
 
 
-def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTask:
-    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights."""
+def from_pretrained(path_or_hub_id: str | Path | None, task: str, *, output_hidden_states: bool = False,
+                    output_attentions: bool = False) -> AlbertForTask:
+    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights. The output_* flags
+    are the defaults of its forward's arguments (as transformers' from_pretrained(..., output_attentions=True))."""
     task = canonical_task(task)
     directory = resolve_checkpoint(path_or_hub_id)
     config = load_config(directory)
@@ -269,4 +271,5 @@ def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTa
     check_finite(state, str(directory))
     model = model_for_task(config, task)
     load_into(model, state, str(directory))
+    model.output_hidden_states, model.output_attentions = bool(output_hidden_states), bool(output_attentions)
     return model.eval()

@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
                        help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
                             "(com.microsoft Attention, FastGelu) (default none)")
+    graph.add_argument("--pooler-output", action="store_true",
+                       help="feature-extraction: also output pooler_output (optimum's validate_model_outputs "
+                            "then refuses the graph: its feature-extraction config has last_hidden_state only)")
+    graph.add_argument("--ort-format", action="store_true",
+                       help="also write model.ort and required_operators.config, for onnxruntime's minimal "
+                            "(mobile, reduced web) builds")
+    graph.add_argument("--output-hidden-states", action="store_true",
+                       help="add output hidden_states [L+1, batch, sequence, hidden]: embeddings, then each layer")
+    graph.add_argument("--output-attentions", action="store_true",
+                       help="add output attentions [L, batch, heads, sequence, sequence]: each layer's softmax "
+                            "(L x heads x sequence^2 floats per example; keeps attention unfused)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -112,6 +123,10 @@ def export_options(args: argparse.Namespace) -> dict:
         "calibration_samples": args.calibration_samples,
         "engine": args.engine,
         "shapes": args.shapes,
+        "pooler_output": args.pooler_output,
+        "ort_format": args.ort_format,
+        "output_hidden_states": args.output_hidden_states,
+        "output_attentions": args.output_attentions,
     }
 
 

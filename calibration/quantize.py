@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from graphs.passes.qdq import insert_qdq, quantization_targets
+from runtime.taskspec import OPTIONAL_OUTPUTS
 
 from .ranges import DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, ranges
 from .table import CalibrationTable
@@ -61,8 +62,10 @@ def onnxruntime_only(model: onnx.ModelProto) -> bool:
 
 
 def _run_all(model: onnx.ModelProto, batches, threads: int) -> list[dict[str, np.ndarray]]:
+    """The task outputs for every batch (hidden_states / attentions are not kept: they are large and validated
+    against PyTorch anyway)."""
     session = calibration_session(model, threads)
-    names = [o.name for o in session.get_outputs()]
+    names = [o.name for o in session.get_outputs() if o.name not in OPTIONAL_OUTPUTS]
     inputs = {i.name for i in session.get_inputs()}
     return [dict(zip(names, session.run(names, {k: v for k, v in b.items() if k in inputs}))) for b in batches]
 

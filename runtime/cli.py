@@ -3,7 +3,7 @@
     albert-run BUNDLE [INPUT|-] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda|cuda:N] [--batch-size N]
                [--top-k K] [--targets W,...] [--function-to-apply softmax|sigmoid|none]
                [--aggregation-strategy none|simple|first|average|max] [--ignore-labels L,...]
-               [--doc-stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
+               [--doc-stride N] [--stride N] [--max-seq-len N] [--max-question-len N] [--max-answer-len N]
                [--handle-impossible-answer] [--no-align-to-words] [--pooling cls|mean|none] [--keep-going]
 
 Input: INPUT, or stdin when it is "-" or left out. One input per line: plain text, or (a line starting with
@@ -36,8 +36,8 @@ from typing import Any
 
 from .backends import BACKENDS, parse_device
 from .bundle import BundleError
-from .errors import BackendError, InputError, OptionError, one_line
-from .lines import LineRunner, byte_reader, is_failure
+from .errors import BackendError, InputError, OptionError, is_failure, one_line
+from .lines import LineRunner, byte_reader
 from .taskspec import UnknownTaskError
 
 PROG = "albert-run"
@@ -94,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"))
     p.add_argument("--ignore-labels", type=_comma_list)
     p.add_argument("--doc-stride", type=_non_negative)
+    p.add_argument("--stride", type=_non_negative, help="token-classification: split long texts into chunks "
+                   "overlapping by N tokens (needs --aggregation-strategy other than none)")
     p.add_argument("--max-seq-len", type=_positive)
     p.add_argument("--max-question-len", type=_positive)
     p.add_argument("--max-answer-len", type=_positive)
@@ -111,6 +113,7 @@ OPTION_FLAGS = {
     "aggregation_strategy": "--aggregation-strategy",
     "ignore_labels": "--ignore-labels",
     "doc_stride": "--doc-stride",
+    "stride": "--stride",
     "max_seq_len": "--max-seq-len",
     "max_question_len": "--max-question-len",
     "max_answer_len": "--max-answer-len",

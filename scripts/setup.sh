@@ -9,3 +9,4 @@ python3 -m venv .venv
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[export,test,tensorrt,bench,openvino]'
+bash scripts/setup-node.sh
