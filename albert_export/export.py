@@ -29,7 +29,8 @@ from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import (
-    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims,
+    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
+    input_dims,
 )
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
@@ -49,9 +50,6 @@ from .validate import validate_onnx
 PRECISION = "fp32"
 DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
-# outputs written only when asked: optimum's feature-extraction config has last_hidden_state alone, and its
-# validate_model_outputs refuses a graph with any other output
-OPTIONAL_OUTPUTS = ("pooler_output",)
 
 
 class ExportOptionError(ValueError):
@@ -356,7 +354,7 @@ def export(
         tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
         tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
         done(f"{checkpoint} for {task}")
-    left_out = () if pooler_output else OPTIONAL_OUTPUTS
+    left_out = () if pooler_output else TASK_OUTPUTS_ON_REQUEST
     outputs = [name for name in TASKS[task].outputs if name not in left_out]
     with stage("traced", log) as done:
         graph = onnx_from_reference(model, layers, opset, left_out)
