@@ -29,7 +29,10 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
     # states of the 4-layer test models (all tasks, both modes), 0.03 on albert-base-shaped QA logits, and 0.49 on
     # the trained default model's MLM logits (std 0.5) for a lone random token (1x1; 0.11 at 1x128, top-1 0.96);
     # top-1 and QA span agreement against fp32 are in the manifest (extra.accuracy_vs_fp32)
-    "int8": {ANY_OUTPUT: Tolerance(atol=1.0, rtol=5e-2), "attentions": Tolerance(atol=0.2)},
+    # hidden_states under int8: every layer's output, up to 1.4 on those 2 x 2 models (token classification, QA;
+    # both modes, with and without --optimize portable) where their task logits differ by 0.19
+    "int8": {ANY_OUTPUT: Tolerance(atol=1.0, rtol=5e-2), "attentions": Tolerance(atol=0.2),
+             "hidden_states": Tolerance(atol=2.0, rtol=5e-2)},
 }
 
 
