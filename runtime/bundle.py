@@ -6,11 +6,18 @@ bundle/
   config.json                      HF-style config, with id2label
   manifest.json                    this schema, "format": 1
   engine.plan                      optional TensorRT engine
+
+Reading is verifying: every name the manifest lists must be a plain file name inside the bundle (no path, no
+symlink out of it); a file's recorded size is checked before it is hashed; the files the runtime reads
+(model.onnx and the external data it names, tokenizer.json, config.json, engine.plan) must be listed and match
+their sha256, and nothing unlisted is read. Other listed files are verified when their size is recorded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
 CONFIG = "config.json"
 ENGINE = "engine.plan"
+READ_BY_RUNTIME = (MODEL, TOKENIZER, CONFIG, ENGINE)
 
 
 class BundleError(Exception):
@@ -76,12 +84,15 @@ class Manifest:
     engine: EngineInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # calibration report, accuracy report, ...
     format: int = FORMAT_VERSION
+    sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes (absent in older bundles)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: Any) -> "Manifest":
+        if not isinstance(data, dict):
+            raise BundleError("manifest.json is malformed: not a JSON object; re-export the bundle")
         fmt = data.get("format")
         if fmt != FORMAT_VERSION:
             raise BundleError(
@@ -97,9 +108,35 @@ class Manifest:
                 data["validation"] = Validation(**data["validation"])
             if data.get("engine") is not None:
                 data["engine"] = EngineInfo(**data["engine"])
-            return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise BundleError(f"manifest.json is malformed: {exc}") from exc
+            manifest = cls(**data)
+        except KeyError as exc:
+            raise BundleError(f"manifest.json is malformed: {exc.args[0]!r} is missing; re-export the bundle") from None
+        except TypeError as exc:
+            reason = str(exc).split(")", 1)[-1].strip() or "a field has the wrong shape"  # without "__init__()"
+            raise BundleError(f"manifest.json is malformed: {reason}; re-export the bundle") from None
+        _check_shapes(manifest)
+        return manifest
+
+
+def _check_shapes(manifest: Manifest) -> None:
+    def plain(value: Any, kind: type) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool)
+
+    checks = [
+        (plain(manifest.task, str), "task is not a string"),
+        (isinstance(manifest.files, dict) and all(plain(k, str) and plain(v, str) for k, v in manifest.files.items()),
+         "files is not a map of file names to sha256 strings"),
+        (isinstance(manifest.sizes, dict) and all(plain(k, str) and plain(v, int) for k, v in manifest.sizes.items()),
+         "sizes is not a map of file names to byte counts"),
+        (all(plain(t.name, str) and isinstance(t.dims, list) for t in [*manifest.inputs, *manifest.outputs]),
+         "inputs/outputs are not lists of {name, dtype, dims}"),
+        (plain(manifest.tokenizer.max_length, int) and manifest.tokenizer.max_length > 0,
+         "tokenizer.max_length is not a positive integer"),
+        (isinstance(manifest.tokenizer.special_tokens, dict), "tokenizer.special_tokens is not a map"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise BundleError(f"manifest.json is malformed: {problem}; re-export the bundle")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -126,8 +163,16 @@ class Bundle:
 
     @property
     def engine_path(self) -> Path | None:
+        """engine.plan when the manifest lists it (load_bundle verified it); an unlisted one is never used."""
         path = self.root / ENGINE
-        return path if path.exists() else None
+        if ENGINE in self.manifest.files:
+            return path
+        if path.exists():
+            raise BundleError(
+                f"{path} is not listed in manifest.json, so it cannot be verified and is not used; "
+                "re-export the bundle with --engine tensorrt"
+            )
+        return None
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -135,7 +180,7 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle directory; with verify, every file's sha256 must match the manifest."""
+    """Read a bundle directory; with verify, every file the runtime reads must match its sha256 (see top)."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(f"bundle {str(root)!r} is not a directory; pass the folder albert-export wrote")
@@ -143,25 +188,82 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path} is missing: {root} is not a complete albert-export bundle")
     try:
-        manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON ({exc}); re-export the bundle") from exc
+        manifest = Manifest.from_dict(json.loads(manifest_path.read_bytes()))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({_reason(exc)}); re-export the bundle") from None
     for required in (MODEL, TOKENIZER, CONFIG):
         if required not in manifest.files:
             raise BundleError(f"manifest lists no {required}; the bundle is incomplete, re-export it")
+    files = {name: bundle_file(root, name) for name in manifest.files}
     if verify:
+        external = external_data_names(files[MODEL])
+        for name in external:
+            if name not in manifest.files:
+                raise BundleError(
+                    f"{MODEL} reads {name!r}, which manifest.json does not list; the bundle was changed, re-export it"
+                )
         for name, expected in manifest.files.items():
-            file = root / name
-            if not file.is_file():
-                raise BundleError(f"{file} is missing; the bundle is incomplete, re-export it")
-            actual = sha256_file(file)
+            if name in manifest.sizes:
+                size = files[name].stat().st_size
+                if size != manifest.sizes[name]:
+                    raise BundleError(
+                        f"{name} has {size} bytes, the manifest says {manifest.sizes[name]}; the file was changed "
+                        "or corrupted, re-export the bundle"
+                    )
+            elif name not in READ_BY_RUNTIME and name not in external:
+                continue  # not read here, and no size to bound the work of hashing it
+            actual = sha256_file(files[name])
             if actual != expected:
                 raise BundleError(
                     f"checksum mismatch for {name}: manifest says {expected[:12]}…, file has {actual[:12]}…; "
                     "the file was changed or corrupted, re-export the bundle"
                 )
     try:
-        config = json.loads((root / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{root / CONFIG} cannot be read: {exc}") from exc
+        config = json.loads(files[CONFIG].read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{root / CONFIG} cannot be read ({_reason(exc)}); re-export the bundle") from None
+    id2label = config.get("id2label", {}) if isinstance(config, dict) else None
+    if not isinstance(id2label, dict) or not all(str(k).isdigit() and isinstance(v, str) for k, v in id2label.items()):
+        raise BundleError(
+            f"{root / CONFIG} is not an HF config (a JSON object, id2label a map of label ids to names); "
+            "re-export the bundle"
+        )
     return Bundle(root=root, manifest=manifest, config=config)
+
+
+def bundle_file(root: Path, name: str) -> Path:
+    """The listed file `name` inside `root`: a plain name (no directory, no "..", not absolute) of a regular file
+    that stays inside the bundle when symlinks are followed."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        raise BundleError(f"manifest.json lists {name!r}, which is not a file name inside the bundle; refusing it")
+    file = root / name
+    if not file.is_file():
+        raise BundleError(f"{file} is missing; the bundle is incomplete, re-export it")
+    if file.resolve().parent != root.resolve():
+        raise BundleError(f"{file} is a link to a file outside the bundle; refusing it")
+    return file
+
+
+_LOCATION = re.compile(rb"\n\x08location\x12([\x01-\x7f])")  # StringStringEntryProto{key: "location", value}
+
+
+def external_data_names(model: Path, chunk: int = 1 << 22) -> set[str]:
+    """The external data files an ONNX model names (TensorProto.external_data "location" entries), found in its
+    bytes without an ONNX parser: onnxruntime would read each of them."""
+    names: set[str] = set()
+    tail = b""
+    with open(model, "rb") as handle:
+        while block := handle.read(chunk):
+            data = tail + block
+            for match in _LOCATION.finditer(data):
+                value = data[match.end(): match.end() + match.group(1)[0]]
+                if len(value) == match.group(1)[0]:
+                    names.add(value.decode("utf-8", "replace"))
+            tail = data[-160:]
+    return names
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)

@@ -58,3 +58,9 @@ def one_line(exc: BaseException) -> str:
     if type(exc).__name__ == "PanicException":
         return f"the tokenizer failed on this input ({message})"
     return message or "failed without saying why"
+
+
+def is_failure(exc: BaseException) -> bool:
+    """An exception that fails one input: any Exception, and the tokenizers library's Rust panics (which derive
+    from BaseException only). KeyboardInterrupt and SystemExit are not."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"

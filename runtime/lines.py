@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
-from .errors import InputError, OptionError, one_line
+from .errors import InputError, OptionError, is_failure, one_line
 
 BLOCK = 1 << 16  # bytes asked for per read; a read returns less when less is ready
 MAX_BATCH = 64  # lines sent to the pipeline together (then batched by batch_size)
@@ -101,12 +101,6 @@ def parse_line(line: str, task: str) -> Any:
 
 def _json_kind(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
-
-
-def is_failure(exc: BaseException) -> bool:
-    """An exception that fails one input: any Exception, and the tokenizers library's Rust panics (which derive
-    from BaseException only). KeyboardInterrupt and SystemExit are not."""
-    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 class LineRunner:

@@ -3,18 +3,20 @@
 Features are grouped by (choices, length) so a batch pads little: sort by length, cut into batches of
 `batch_size`, pad each on the right to its longest feature (input_ids with the pad id, the rest with 0).
 Outputs lose the batch axis and are cut back to the feature's own length on every axis the manifest
-names the sequence axis.
+names the sequence axis. The batch axis is the first unless the manifest names another (hidden_states
+(L+1, batch, sequence, H), attentions (L, batch, heads, sequence, sequence)); where it holds batch*choices
+(multiple-choice hidden_states), each feature gets its block of C rows along it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .backends import Backend
-from .errors import OptionError
+from .errors import BackendError, OptionError, is_failure, one_line
+from .taskspec import CHOICES, SEQUENCE, TASKS
 from .tasks.base import Feature
-from .taskspec import SEQUENCE
 
 LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
@@ -25,6 +27,8 @@ class BatchRunner:
     sequence_axes: dict[str, tuple[int, ...]]  # output name -> axes (batch axis included) to cut back
     batch_size: int = 8
     pad_token_id: int = 0
+    batch_axes: dict[str, int] = field(default_factory=dict)  # output -> its batch axis, where not 0
+    folded_batch: frozenset[str] = frozenset()  # outputs whose batch axis is batch*choices
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -47,10 +51,18 @@ class BatchRunner:
             else:
                 batches.append([index])
         for batch in batches:
-            outputs = self.backend.infer(self._padded([features[i] for i in batch]))
+            inputs = self._padded([features[i] for i in batch])
+            try:
+                outputs = self.backend.infer(inputs)
+            except BaseException as exc:  # onnxruntime's, TensorRT's own error types: one line, never a traceback
+                if isinstance(exc, BackendError) or not is_failure(exc):
+                    raise
+                shape = "x".join(map(str, inputs["input_ids"].shape)) if "input_ids" in inputs else "?"
+                raise BackendError(f"the model failed on a batch of shape {shape}: {one_line(exc)}") from exc
             for row, index in enumerate(batch):
                 length = features[index]["input_ids"].shape[-1]
-                results[index] = {name: self._cut(name, value[row], length) for name, value in outputs.items()}
+                results[index] = {name: self._row(name, value, row, len(batch), length)
+                                  for name, value in outputs.items()}
         return results  # type: ignore[return-value]
 
     def _padded(self, batch: list[Feature]) -> dict[str, np.ndarray]:
@@ -67,10 +79,17 @@ class BatchRunner:
             inputs[name] = padded
         return inputs
 
-    def _cut(self, name: str, value: np.ndarray, length: int) -> np.ndarray:
-        index = [slice(None)] * value.ndim
+    def _row(self, name: str, value: np.ndarray, row: int, rows: int, length: int) -> np.ndarray:
+        """Feature `row`'s part of a batch output (a view): batch axis taken, sequence axes cut to `length`."""
+        batch = self.batch_axes.get(name, 0)
+        index: list = [slice(None)] * value.ndim
+        if name in self.folded_batch:
+            block = value.shape[batch] // rows
+            index[batch] = slice(row * block, (row + 1) * block)
+        else:
+            index[batch] = row
         for axis in self.sequence_axes.get(name, ()):
-            index[axis - 1] = slice(0, length)
+            index[axis] = slice(0, length)
         return value[tuple(index)]
 
 
@@ -78,3 +97,59 @@ def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
     """{output: its sequence axes} from the manifest's output TensorSpecs."""
     return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim in (SEQUENCE, LEGACY_SEQUENCE))
             for spec in outputs}
+
+
+def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_id: int = 0) -> None:
+    """Run one tiny input and refuse, before any real input, a model that does not give the task's outputs (a
+    manifest naming another task, a model of another task re-hashed into the bundle) or whose label count is
+    not config.json's id2label's."""
+    spec = TASKS[task]
+    id2label = config.get("id2label") or {}
+    sizes = {dim: config.get(key) for dim, key in (("vocab", "vocab_size"), ("hidden", "hidden_size"))}
+    length = 4
+    shape = (2, length) if spec.multiple_choice else (length,)
+    feature = {"input_ids": np.full(shape, pad_token_id, dtype=np.int64),
+               "attention_mask": np.ones(shape, dtype=np.int64), "token_type_ids": np.zeros(shape, dtype=np.int64)}
+    try:
+        outputs = runner.run([feature])[0]
+    except BackendError as exc:
+        raise BackendError(f"a {task} input fails ({exc}); is the bundle's task its model's? re-export the bundle") from exc
+    expected = ", ".join(f"{name} {_dims(dims[1:])}" for name, dims in zip(spec.outputs, spec.output_dims))
+    found = ", ".join(f"{name} {_dims(np.shape(value))}" for name, value in outputs.items()) or "nothing"
+    mismatch = BackendError(
+        f"the model gives {found} per input, a {task} model gives {expected}: the bundle's task is not its "
+        "model's; re-export the bundle"
+    )
+    for name, dims in zip(spec.outputs, spec.output_dims):
+        if name not in outputs or np.ndim(outputs[name]) != len(dims) - 1:
+            raise mismatch
+        value = np.shape(outputs[name])
+        for axis, dim in enumerate(dims[1:]):
+            if dim in (SEQUENCE, CHOICES) and value[axis] != shape[axis if dim == CHOICES else -1]:
+                raise mismatch
+            if isinstance(sizes.get(dim), int) and value[axis] != sizes[dim]:
+                raise mismatch
+            if dim == "labels" and id2label and len(id2label) != value[axis]:
+                raise BackendError(
+                    f"config.json's id2label names {len(id2label)} labels, the model gives {value[axis]} logits; "
+                    "fix id2label (one name per logit) or re-export the bundle"
+                )
+
+
+def _dims(dims) -> str:
+    return "(" + ", ".join(map(str, dims)) + ")"
+
+
+def batch_layout(outputs: list, batch: str) -> dict:
+    """BatchRunner's batch_axes and folded_batch from the manifest's outputs; `batch` names the inputs' batch
+    axis (the first dim of the input TensorSpecs), "batch*choices" a folded one."""
+    axes, folded = {}, set()
+    for spec in outputs:
+        for axis, dim in enumerate(spec.dims):
+            if dim == batch or (isinstance(dim, str) and dim.startswith(f"{batch}*")):
+                if axis:
+                    axes[spec.name] = axis
+                if dim != batch:
+                    folded.add(spec.name)
+                break
+    return {"batch_axes": axes, "folded_batch": frozenset(folded)}

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from runtime import Pipeline
+from runtime.lines import is_failure
 
 from .requests import Call
 
@@ -41,13 +42,14 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-model")
         self.worker: asyncio.Task | None = None
         self.busy = 0  # calls taken from the queue and not yet answered
+        self.next_call: Call | None = None  # taken from the queue, first of the next batch
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def stop(self) -> None:
         """Answer every call already queued, then stop the worker and its thread."""
-        while not self.queue.empty() or self.busy:
+        while not self.queue.empty() or self.busy or self.next_call is not None:
             await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
@@ -56,7 +58,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + (self.next_call is not None)
 
     def submit(self, call: Call) -> asyncio.Future:
         call.future = asyncio.get_running_loop().create_future()
@@ -73,7 +75,8 @@ class Batcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            batch = [self.next_call or await self.queue.get()]
+            self.next_call = None
             self.busy = 1
             deadline = loop.time() + self.max_delay
             size = batch[0].size
@@ -84,13 +87,19 @@ class Batcher:
                     )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
+                if size + call.size > self.max_batch_size:  # a list that does not fit opens the next batch
+                    self.next_call = call
+                    break
                 batch.append(call)
                 size += call.size
             self.busy = len(batch)
             batch = [call for call in batch if not call.future.done()]  # timed out while waiting
             if batch:
                 started = time.perf_counter()
-                answers = await loop.run_in_executor(self.executor, answer_calls, self.pipe, batch)
+                try:
+                    answers = await loop.run_in_executor(self.executor, answer_calls, self.pipe, batch)
+                except Exception as exc:  # the worker itself must outlive any batch
+                    answers = [(False, exc)] * len(batch)
                 self.on_batch(sum(call.size for call in batch), time.perf_counter() - started)
                 for call, (ok, value) in zip(batch, answers):
                     if call.future.done():
@@ -111,21 +120,19 @@ def answer_calls(pipe: Pipeline, calls: list[Call]) -> list[tuple[bool, Any]]:
     for group, indices in groups.items():
         if group is not None and len(indices) > 1:
             try:
-                results = pipe.run_each( [calls[i].inputs for i in indices], **calls[indices[0]].params)
-            except Exception:  # someone's input is bad: answer each call alone below, to name the one
-                pass
+                results = pipe.run_each([calls[i].inputs for i in indices], **calls[indices[0]].params)
+            except BaseException as exc:  # someone's input is bad: answer each call alone below, to name the one
+                if not is_failure(exc):
+                    raise
             else:
                 for index, result in zip(indices, results):
                     answers[index] = (True, result)
                 continue
         for index in indices:
-            call = calls[index]
             try:
-                if call.single:
-                    answers[index] = (True, pipe.run_each( [call.inputs], **call.params)[0])
-                else:
-                    answers[index] = (True, pipe(call.inputs, **call.params))
-            except Exception as exc:
+                answers[index] = (True, calls[index].answer(pipe))
+            except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
+                if not is_failure(exc):
+                    raise
                 answers[index] = (False, exc)
     return answers  # type: ignore[return-value]
-

@@ -138,3 +138,60 @@ def test_a_terminal_gets_line_1_answered_before_line_2_is_typed(fill_mask_bundle
         os.close(controller)
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def qa_bundle(handmade_bundle):
+    return handmade_bundle("question-answering")
+
+
+def test_qa_long_question_and_tiny_windows_never_panic_and_keep_every_answer(monkeypatch, capsys, qa_bundle):
+    """The issue's case: 50 good lines, then a ~62-token question over a context that needs windows (the tokenizer
+    panicked past every `except Exception`, and the 50 answers were lost); and --max-seq-len 8 / 10."""
+    good = {"question": "Who went?", "context": "Botchan went to Shikoku to teach mathematics."}
+    long = {"question": " ".join(["who threw the narrator out of the window"] * 8) + "?",
+            "context": "Botchan went to Shikoku to teach. " * 40}
+    stdin = (json.dumps(good) + "\n") * 50 + json.dumps(long) + "\n" + json.dumps(good) + "\n"
+    code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle], stdin.encode())
+    answer = pipeline(qa_bundle)(**good)
+    assert code == 0 and len(lines) == 52 and lines[:50] == [answer] * 50 and lines[51] == answer
+    assert set(lines[50]) == {"score", "start", "end", "answer"} and "PanicException" not in err
+    assert err.startswith("albert-run: warning: question of ") and "cut to" in err
+    for max_seq_len in ("8", "10"):
+        code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle, "--max-seq-len", max_seq_len], stdin.encode())
+        assert code == 0 and len(lines) == 52 and "panicked" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-seq-len", "200"], "max_seq_len=200 is more than the model's 128 positions; use at most 128"),
+    (["--max-seq-len", "100000"], "use at most 128"),
+    (["--max-seq-len", "3"], "max_seq_len=3 cannot hold the 3 special tokens"),
+    (["--max-seq-len", "10", "--doc-stride", "9"], "use a doc_stride of at most 5"),
+])
+def test_qa_windows_the_model_cannot_take_are_one_line_exit_2(monkeypatch, capsys, qa_bundle, argv, message):
+    stdin = json.dumps({"question": "Who went?", "context": "Botchan went."}) + "\n"
+    code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle, *argv], stdin.encode())
+    assert code == 2 and lines == [] and err == f"albert-run: error: {err.split('error: ', 1)[1]}" and message in err
+    assert err.count("\n") == 1
+
+
+def test_token_classification_of_a_long_line_warns_or_chunks_with_stride(monkeypatch, capsys, handmade_bundle):
+    bundle = handmade_bundle("token-classification")
+    text = " ".join(f"Botchan{i % 7} went to Shikoku" for i in range(400))
+    code, lines, err = albert_run(monkeypatch, capsys, [bundle, "--aggregation-strategy", "simple"], (text + "\n").encode())
+    kept = int(err.split("only its first ")[1].split(" characters")[0])
+    assert code == 0 and err.count("\n") == 1 and err.startswith("albert-run: warning: text is longer than the model's")
+    assert 0 < kept < len(text) // 10 and max(entity["end"] for entity in lines[0]) <= kept
+    argv = [bundle, "--aggregation-strategy", "simple", "--stride", "16"]
+    code, lines, err = albert_run(monkeypatch, capsys, argv, (text + "\n").encode())
+    assert (code, err) == (0, "")
+    ours = json.loads(json.dumps(pipeline(bundle)(text, aggregation_strategy="simple", stride=16), default=float))
+    assert lines == [ours] and max(entity["end"] for entity in lines[0]) > len(text) - 40
+
+
+@pytest.mark.parametrize("stride", [126, 127])
+def test_token_classification_stride_the_tokenizer_cannot_take_is_refused(monkeypatch, capsys, handmade_bundle, stride):
+    argv = [handmade_bundle("token-classification"), "--aggregation-strategy", "simple", "--stride", stride]
+    code, lines, err = albert_run(monkeypatch, capsys, argv, b"Botchan went to Shikoku.\n")
+    assert code == 2 and lines == [] and err.count("\n") == 1 and "panicked" not in err
+    assert "use a stride of at most 125" in err or "`stride` must be less than" in err

@@ -301,12 +301,51 @@ def test_bad_inputs_raise_what_hf_raises(ctx, hf_qa, args, kwargs, error, messag
         qa.run(ctx, *args, **kwargs)
 
 
-def test_question_too_long_for_max_seq_len_is_a_clear_error(ctx, hf_qa):
+def first_tokens(tokenizer, text: str, count: int) -> str:
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text[: offsets[count - 1][1]]
+
+
+def test_a_question_too_long_for_the_windows_is_cut_as_hf_cuts_it_to_max_question_len(ctx, hf_qa, tokenizer):
+    """HF's fast path fails there (a Rust panic or a truncation error); its slow path cuts the question to
+    max_question_len tokens. Ours cuts it to that, and further until each window keeps more than doc_stride
+    context tokens: the answer is HF's for the cut question."""
     question = " ".join(["Who threw the narrator out of the window"] * 10)
-    with pytest.raises(Exception):
+    with pytest.raises(BaseException):
         hf_qa(question=question, context=long_context(), max_seq_len=48, doc_stride=16)
-    with pytest.raises(ValueError, match="max_seq_len=48 with doc_stride=16"):
-        qa.run(ctx, question=question, context=long_context(), max_seq_len=48, doc_stride=16)
+    with pytest.warns(UserWarning, match="cut to 28"):  # 48 - 3 special tokens - 16 stride - 1
+        ours = qa.run(ctx, question=question, context=long_context(), max_seq_len=48, doc_stride=16)
+    assert_same(ours, hf_qa(question=first_tokens(tokenizer, question, 28), context=long_context(),
+                            max_seq_len=48, doc_stride=16))
+    with pytest.warns(UserWarning, match="cut to 20 .max_question_len=20"):
+        ours = qa.run(ctx, question=question, context=long_context(), max_seq_len=64, max_question_len=20)
+    cut = first_tokens(tokenizer, question, 20)  # and the default doc_stride, 32, shrinks to 64 - 3 - 20 - 1 = 40
+    assert_same(ours, hf_qa(question=cut, context=long_context(), max_seq_len=64, doc_stride=32))
+
+
+@pytest.mark.parametrize("max_seq_len", [5, 8, 10, 12])
+def test_small_max_seq_len_with_the_default_doc_stride_shrinks_the_stride_instead_of_panicking(ctx, hf_qa,
+                                                                                              max_seq_len):
+    question = "Who went?"  # 3 tokens: windows of max_seq_len - 6 context tokens, less than the default stride
+    with pytest.warns(UserWarning, match="so that the context fits"):
+        ours = qa.run(ctx, question=question, context=long_context()[:600], max_seq_len=max_seq_len)
+    stride = max(0, min(max_seq_len // 2, max_seq_len - 3 - 3 - 1))
+    if max_seq_len - 6 < 1:  # no room at all: the question is cut too
+        return
+    assert_same(ours, hf_qa(question=question, context=long_context()[:600], max_seq_len=max_seq_len,
+                            doc_stride=stride))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_seq_len": 513}, "max_seq_len=513 is more than the model's 512 positions; use at most 512"),
+    ({"max_seq_len": 100000}, "use at most 512"),
+    ({"max_seq_len": 4}, "max_seq_len=4 cannot hold the 3 special tokens, a question token and a context token"),
+    ({"max_seq_len": 20, "doc_stride": 16}, "use a doc_stride of at most 15"),
+    ({"max_seq_len": 20, "doc_stride": 20}, "use a doc_stride of at most 15"),
+])
+def test_windows_the_model_or_the_tokenizer_cannot_take_are_refused(ctx, options, message):
+    with pytest.raises(qa.OptionError, match=message):
+        qa.run(ctx, question="Who?", context="Botchan went.", **options)
 
 
 def test_shared_tokenizer_is_left_unconfigured(ctx):

@@ -91,3 +91,53 @@ def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise OptionError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
+
+
+def _words(name: str, value: Any, single_allowed: bool) -> None:
+    if single_allowed and isinstance(value, str):
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(word, str) for word in value):
+        raise OptionError(f"{name} must be a list of strings{' or a string' if single_allowed else ''}, got {value!r}")
+
+
+def _of_type(name: str, value: Any, types: tuple, what: str) -> None:
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        raise OptionError(f"{name} must be {what}, got {value!r}")
+
+
+# Value checks for every head option by name (None always means "the default"); the heads check what is
+# specific to them (choices, ranges that depend on the model) with HF's own messages.
+OPTION_CHECKS = {
+    **{name: positive_int for name in ("top_k", "topk", "max_answer_len", "max_seq_len", "max_question_len",
+                                       "max_length", "batch_size")},
+    **{name: non_negative_int for name in ("doc_stride", "stride")},
+    **{name: _flag for name in ("handle_impossible_answer", "align_to_words", "return_all_scores",
+                                "is_split_into_words", "grouped_entities", "ignore_subwords", "return_tensors")},
+    "targets": lambda name, value: _words(name, value, single_allowed=True),
+    "ignore_labels": lambda name, value: _words(name, value, single_allowed=False),
+    "delimiter": lambda name, value: _of_type(name, value, (str,), "a string"),
+    "truncation": lambda name, value: _of_type(name, value, (bool, str), "True, False or a strategy name"),
+    "padding": lambda name, value: _of_type(name, value, (bool, str), "True, False or a strategy name"),
+    "tokenizer_kwargs": lambda name, value: _of_type(name, value, (dict,), "a dict"),
+    "tokenize_kwargs": lambda name, value: _of_type(name, value, (dict,), "a dict"),
+    "offset_mapping": lambda name, value: _of_type(name, value, (list, tuple), "a list of (start, end) pairs"),
+}
+
+
+def check_option_values(params: dict[str, Any]) -> None:
+    """OptionError for an option value of the wrong type or range, before any head sees it."""
+    for name, value in params.items():
+        check = OPTION_CHECKS.get(name)
+        if check is not None and value is not None:
+            check(name, value)

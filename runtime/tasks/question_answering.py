@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError
+from runtime.errors import InputError, OptionError, TruncationWarning, is_failure, one_line
 from runtime.tasks.base import Feature, TaskContext
 from runtime.tasks.common import is_stream
 from runtime.tokenizer import truncating_copy
 
 DEFAULT_MAX_SEQ_LEN = 384
 DEFAULT_MAX_DOC_STRIDE = 128
+DEFAULT_MAX_QUESTION_LEN = 64
 UNDESIRED_LOGIT = -10000.0
 NULL_SCORE_START = 1000000  # large and positive: any window's null score replaces it
 
@@ -45,6 +46,8 @@ class QASettings:
     max_answer_len: int = 15
     handle_impossible_answer: bool = False
     align_to_words: bool = True
+    stride_given: bool = True  # False: doc_stride is the default, which may shrink where a question leaves no room
+    max_question_len: int = 64
 
 
 @dataclass
@@ -106,14 +109,14 @@ def inputs_from_call(args: tuple, params: dict[str, Any]) -> Any:
     elif "question" in given and "context" in given:
         inputs = items_from_keywords(given["question"], given["context"])
     else:
-        raise ValueError(f"Unknown arguments {params}: pass question= and context=, or {{'question', 'context'}} dicts")
+        raise InputError(f"Unknown arguments {params}: pass question= and context=, or {{'question', 'context'}} dicts")
     if is_stream(inputs):
         return inputs
     if isinstance(inputs, dict):
         return [inputs]
     if isinstance(inputs, Iterable):
         return list(inputs)
-    raise ValueError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
+    raise InputError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
 
 
 def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -123,7 +126,7 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
     elif "question" in params and "context" in params:
         items = items_from_keywords(params["question"], params["context"])
     else:
-        raise ValueError(
+        raise InputError(
             f"Unknown arguments {params}: pass question= and context=, or a {{'question', 'context'}} dict or a list of them"
         )
 
@@ -132,7 +135,7 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
     elif isinstance(items, (list, tuple)):
         items = list(items)
     else:
-        raise ValueError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
+        raise InputError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
     return [_example_from_item(item) for item in items]
 
 
@@ -141,24 +144,26 @@ def items_from_keywords(question: Any, context: Any) -> list[dict[str, Any]]:
         return [{"question": q, "context": context} for q in question]
     if isinstance(question, list) and isinstance(context, list):
         if len(question) != len(context):
-            raise ValueError("Questions and contexts don't have the same lengths")
+            raise InputError("Questions and contexts don't have the same lengths")
         return [{"question": q, "context": c} for q, c in zip(question, context)]
     if isinstance(question, str) and isinstance(context, str):
         return [{"question": question, "context": context}]
-    raise ValueError("Arguments can't be understood")
+    raise InputError("Arguments can't be understood")
 
 
 def _example_from_item(item: Any) -> tuple[str, str]:
     if hasattr(item, "question_text") and hasattr(item, "context_text"):  # HF's SquadExample, taken as it is
         return item.question_text, item.context_text
     if not isinstance(item, dict):
-        raise ValueError(f"{item} argument needs to be of type (SquadExample, dict)")
+        raise InputError(f"{item} argument needs to be of type (SquadExample, dict)")
     for key in ("question", "context"):
         if key not in item:
             raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
         if item[key] is None:
             raise InputError(f"`{key}` cannot be None")
-        if isinstance(item[key], str) and len(item[key]) == 0:
+        if not isinstance(item[key], str):
+            raise InputError(f"`{key}` must be a string, got {item[key]!r:.40}")
+        if len(item[key]) == 0:
             raise InputError(f"`{key}` cannot be empty")
     return item["question"], item["context"]
 
@@ -182,11 +187,14 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
     if max_seq_len is None:
         max_seq_len = min(ctx.max_length, DEFAULT_MAX_SEQ_LEN)
     doc_stride = params.get("doc_stride")
-    if doc_stride is None:
+    stride_given = doc_stride is not None
+    if not stride_given:
         doc_stride = min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE)
     if doc_stride > max_seq_len:
         raise OptionError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
-    # max_question_len is accepted for HF compatibility: only HF's slow-tokenizer path uses it.
+    check_window_size(ctx, max_seq_len, doc_stride, stride_given)
+    max_question_len = params.get("max_question_len")
+    max_question_len = DEFAULT_MAX_QUESTION_LEN if max_question_len is None else max_question_len
 
     given = {
         name: value
@@ -198,7 +206,34 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
         )
         if value is not None
     }
-    return QASettings(max_seq_len=max_seq_len, doc_stride=doc_stride, padding=_padding_strategy(params.get("padding")), **given)
+    return QASettings(max_seq_len=max_seq_len, doc_stride=doc_stride, padding=_padding_strategy(params.get("padding")),
+                      stride_given=stride_given, max_question_len=max_question_len, **given)
+
+
+def pair_special_tokens(tokenizer: Tokenizer) -> int:
+    processor = tokenizer.post_processor
+    return 0 if processor is None else processor.num_special_tokens_to_add(True)
+
+
+def check_window_size(ctx: TaskContext, max_seq_len: int, doc_stride: int, stride_given: bool) -> None:
+    """Refuse windows the model cannot take or that cannot hold the special tokens, one question token and more
+    context tokens than doc_stride (the tokenizer's own requirement)."""
+    if max_seq_len > ctx.max_length:
+        raise OptionError(
+            f"max_seq_len={max_seq_len} is more than the model's {ctx.max_length} positions; use at most {ctx.max_length}"
+        )
+    special = pair_special_tokens(ctx.tokenizer)
+    smallest = special + 2
+    if max_seq_len < smallest:
+        raise OptionError(
+            f"max_seq_len={max_seq_len} cannot hold the {special} special tokens, a question token and a context "
+            f"token; use at least {smallest}"
+        )
+    if stride_given and doc_stride > max_seq_len - smallest:
+        raise OptionError(
+            f"doc_stride={doc_stride} leaves no context in windows of max_seq_len={max_seq_len} (the {special} special "
+            f"tokens and at least one question token take the rest); use a doc_stride of at most {max_seq_len - smallest}"
+        )
 
 
 def _padding_strategy(padding: Any) -> str:
@@ -213,7 +248,8 @@ def _padding_strategy(padding: Any) -> str:
 
 def windows_for_example(ctx: TaskContext, question: str, context: str, settings: QASettings) -> list[Window]:
     """Tokenize like HF's fast path: question first, context truncated "only_second" into overlapping windows."""
-    encodings = encode_with_overflow(ctx.tokenizer, question, context, settings.max_seq_len, settings.doc_stride)
+    question, doc_stride = fitted_question(ctx.tokenizer, question, context, settings)
+    encodings = encode_with_overflow(ctx.tokenizer, question, context, settings.max_seq_len, doc_stride)
     pad_to = None
     if settings.padding == "max_length":
         pad_to = settings.max_seq_len
@@ -223,19 +259,55 @@ def windows_for_example(ctx: TaskContext, question: str, context: str, settings:
     return [_window(encoding, cls_id, pad_to) for encoding in encodings]
 
 
+def fitted_question(tokenizer: Tokenizer, question: str, context: str, settings: QASettings) -> tuple[str, int]:
+    """(question, doc_stride) as given where HF's fast path can window them; else what HF's other (slow tokenizer)
+    path does: the question cut to max_question_len tokens, and further, or a default doc_stride made smaller,
+    until every window holds more context tokens than doc_stride (where HF's fast path fails or panics)."""
+    max_seq_len, stride = settings.max_seq_len, settings.doc_stride
+    special = pair_special_tokens(tokenizer)
+    tokenizer = truncating_copy(tokenizer, None)
+    question_tokens = tokenizer.encode(question, add_special_tokens=False)
+    length = len(question_tokens.ids)
+    if max_seq_len - special - length > stride:
+        return question, stride  # room for a window: HF's own windows, whatever the context's length
+    if length + special + len(tokenizer.encode(context, add_special_tokens=False).ids) <= max_seq_len:
+        return question, stride  # one window, nothing to cut
+    keep = min(length, settings.max_question_len)
+    if not settings.stride_given:
+        stride = max(0, min(stride, max_seq_len - special - keep - 1))
+    keep = min(keep, max_seq_len - special - stride - 1)  # >= 1: check_window_size saw to it
+    while keep > 0:
+        cut = question[: question_tokens.offsets[keep - 1][1]]
+        if len(tokenizer.encode(cut, add_special_tokens=False).ids) <= max_seq_len - special - stride - 1:
+            break
+        keep -= 1  # the cut re-tokenized to more pieces: cut one more
+    else:
+        raise InputError(f"the question cannot be cut to fit windows of max_seq_len={max_seq_len} with "
+                         f"doc_stride={stride}; use a larger max_seq_len or a smaller doc_stride")
+    warnings.warn(
+        f"question of {length} tokens cut to {keep} (max_question_len={settings.max_question_len}, "
+        f"max_seq_len={max_seq_len}, doc_stride={stride}) so that the context fits in windows",
+        TruncationWarning,
+        stacklevel=4,
+    )
+    return cut, stride
+
+
 def encode_with_overflow(
     tokenizer: Tokenizer, question: str, context: str, max_seq_len: int, doc_stride: int
 ) -> list[Encoding]:
     """The encodings HF's fast tokenizer makes for `tokenizer(question, context, truncation="only_second",
     max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True)`: the first window, then the
-    overflowing ones. Raises ValueError when the question leaves no room for the context."""
+    overflowing ones. Raises InputError when the question leaves no room for the context."""
     windowing = truncating_copy(tokenizer, max_seq_len, doc_stride, strategy="only_second")
     try:
         encoding = windowing.encode(question, context)
-    except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
-        raise ValueError(
+    except BaseException as error:  # a bare Exception, or a Rust panic, for impossible truncations
+        if not is_failure(error):
+            raise
+        raise InputError(
             f"cannot split the context into windows of max_seq_len={max_seq_len} with doc_stride={doc_stride}: "
-            f"{error}. Use a shorter question, a larger max_seq_len or a smaller doc_stride."
+            f"{one_line(error)}. Use a shorter question, a larger max_seq_len or a smaller doc_stride."
         ) from error
     return [encoding, *encoding.overflowing]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import OptionError, UnknownChoiceError
+from runtime.errors import InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
 from runtime.tasks.base import TaskContext
 from runtime.tokenizer import truncating_copy
 
@@ -76,12 +76,12 @@ def _texts_from_inputs(inputs: Any, offset_mapping: Any) -> tuple[list, Any]:
     elif isinstance(inputs, str):
         texts = [inputs]
     else:
-        raise ValueError("At least one input is required.")
+        raise InputError("At least one input is required.")
     if offset_mapping:
         if isinstance(offset_mapping, list) and isinstance(offset_mapping[0], tuple):
             offset_mapping = [offset_mapping]
         if len(offset_mapping) != len(texts):
-            raise ValueError("offset_mapping should have the same batch size as the input")
+            raise InputError("offset_mapping should have the same batch size as the input")
     return texts, offset_mapping
 
 
@@ -116,6 +116,13 @@ def _check_stride(ctx: TaskContext, stride: int, strategy: str | None) -> None:
         raise OptionError(
             "`stride` must be less than `tokenizer.model_max_length` (or even lower if the tokenizer adds special tokens)"
         )
+    processor = ctx.tokenizer.post_processor
+    room = ctx.max_length - (processor.num_special_tokens_to_add(False) if processor is not None else 0)
+    if stride >= room:  # the tokenizer panics there
+        raise OptionError(
+            f"stride={stride} must be less than {room}, the text tokens a chunk of the model's {ctx.max_length} "
+            f"positions holds; use a stride of at most {room - 1}"
+        )
     if strategy == "none":
         raise OptionError(
             "`stride` was provided to process all the text but `aggregation_strategy="
@@ -140,14 +147,14 @@ def _chunks(ctx: TaskContext, item: Any, is_split_into_words: bool, delimiter: s
     word_to_chars = None
     if is_split_into_words:
         if not isinstance(item, list):
-            raise ValueError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
+            raise InputError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
         sentence = delimiter.join(item)
         word_to_chars, position = [], 0
         for word in item:
             word_to_chars.append((position, position + len(word)))
             position += len(word) + len(delimiter)
     elif not isinstance(item, str):
-        raise ValueError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
+        raise InputError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
     else:
         sentence = item
     encodings = encode_chunks(ctx.tokenizer, item, ctx.max_length, stride, is_split_into_words)
@@ -164,9 +171,23 @@ def encode_chunks(
                             stride or 0)
     try:
         encoding = copy.encode(text, is_pretokenized=is_split_into_words)
-    except Exception as error:  # tokenizers raises a bare Exception for impossible truncations
-        raise ValueError(f"cannot split the text into chunks of {max_length} tokens with stride={stride}: {error}") from error
-    return [encoding, *encoding.overflowing] if stride is not None else [encoding]
+    except BaseException as error:  # a bare Exception, or a Rust panic, for impossible truncations
+        if not is_failure(error):
+            raise
+        raise InputError(f"cannot split the text into chunks of {max_length} tokens with stride={stride}: "
+                         f"{one_line(error)}") from error
+    if stride is not None:
+        return [encoding, *encoding.overflowing]
+    if encoding.overflowing:  # HF truncates silently; say what was left out and how to classify all of it
+        kept = max((end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special),
+                   default=0)
+        warnings.warn(
+            f"text is longer than the model's maximum of {max_length} tokens: only its first {kept} characters were "
+            "classified; pass stride (albert-run --stride N) with an aggregation strategy to classify all of it",
+            TruncationWarning,
+            stacklevel=4,
+        )
+    return [encoding]
 
 
 def entities_from_chunks(
@@ -283,7 +304,7 @@ def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str, id2lab
         idx = average_scores.argmax()
         score = average_scores[idx]
     else:
-        raise ValueError(f"aggregation_strategy {strategy!r} does not aggregate words")
+        raise OptionError(f"aggregation_strategy {strategy!r} does not aggregate words")
     return {
         "entity": id2label[int(idx)],
         "score": score,
