@@ -314,14 +314,14 @@ class BundleWriter:
 
     def replace_previous_bundle(self) -> None:
         old = self.sibling("old")
-        with signals_deferred():  # between the two renames no bundle is at the output: no Ctrl-C there
+        with signals_deferred():  # between the renames no bundle is at the output: no Ctrl-C there, nor later
             os.replace(self.target, old)  # onto the empty directory mkdtemp made
             try:
                 os.replace(self.path, self.target)
             except BaseException:
                 os.replace(old, self.target)
                 raise
-        remove_bundle(old)
+            remove_bundle(old)  # (a signal waits for this too, so no .NAME.old-* is left behind)
 
 
 @contextlib.contextmanager

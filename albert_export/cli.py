@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def run(argv: list[str] | None) -> int:
@@ -181,7 +181,7 @@ def run(argv: list[str] | None) -> int:
     except Exception as exc:  # a value or combination of flags that cannot work: usage
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise
-        print(f"albert-export: error: {str(exc).strip() or error_line(exc)}", file=sys.stderr)
+        print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
         return 2
     try:
         with warnings.catch_warnings():

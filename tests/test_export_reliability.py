@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from albert_export import cli
+from albert_export import bundle_writer, cli
 from albert_export import validate as validate_module
 from albert_export.bundle_writer import MARKER, OutputExistsError, signals_deferred, sweep_stale_siblings
 from albert_export.export import export
@@ -130,6 +130,18 @@ def test_symlinked_output_replaces_the_folder_it_points_to_and_keeps_the_link(bu
     assert not (tmp_path / "gone").exists()
 
 
+def test_a_bundle_file_that_cannot_be_read_is_not_proof(bundle, checkpoint, monkeypatch):
+    def unreadable(path, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundle_writer, "sha256_file", unreadable)  # root reads every file, so the error is staged
+    before = snapshot(bundle)
+    with pytest.raises(OutputExistsError, match=r": config.json cannot be read \(Permission denied\); nothing was "
+                                                "deleted"):
+        export(checkpoint, "qa", bundle, overwrite=True, validate=False, log=quiet)
+    assert snapshot(bundle) == before
+
+
 def test_outputs_that_are_never_replaced(capsys, checkpoint, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("data")
     assert error_of(capsys, "--model", str(checkpoint), "--task", "qa", "--output", str(tmp_path / "file"),
@@ -162,9 +174,9 @@ import importlib, sys, time
 from albert_export import cli
 export_module = importlib.import_module("albert_export.export")
 def stall(*args, **kwargs):
-    print("stalled in validation", file=sys.stderr, flush=True)
+    print("stalled in", STAGE, file=sys.stderr, flush=True)
     time.sleep(300)
-export_module.validate_onnx = stall
+setattr(export_module, STAGE, stall)
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -175,14 +187,15 @@ def cli_env() -> dict:
     return env
 
 
-def stalled_export(checkpoint: Path, output: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", STALLED_EXPORT, "--model", str(checkpoint), "--task", "qa",
-                                "--output", str(output)], env=cli_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+def stalled_export(checkpoint: Path, output: Path, stage: str = "validate_onnx") -> subprocess.Popen:
+    """albert-export in a subprocess, stopped (asleep) where albert_export.export calls `stage`."""
+    process = subprocess.Popen([sys.executable, "-c", f"STAGE = {stage!r}" + STALLED_EXPORT, "--model",
+                                str(checkpoint), "--task", "qa", "--output", str(output)], env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
         lines.append(line)
-        if "stalled in validation" in line:
+        if f"stalled in {stage}" in line:
             return process
     raise AssertionError("".join(lines))
 
@@ -195,6 +208,15 @@ def test_a_signal_during_export_removes_the_partial_bundle(checkpoint, tmp_path,
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum and out == ""
     assert err.strip().splitlines() == [f"albert-export: interrupted ({name}); no partial bundle is left behind"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_tracing_is_one_line(checkpoint, tmp_path):
+    process = stalled_export(checkpoint, tmp_path / "out", stage="onnx_from_reference")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and out == ""
+    assert err.strip().splitlines() == ["albert-export: interrupted (SIGINT); no partial bundle is left behind"]
     assert list(tmp_path.iterdir()) == []
 
 
