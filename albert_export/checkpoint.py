@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from runtime.taskspec import canonical_task
+from runtime.extras import install_command
 
 from .config import AlbertConfig
 from .modeling import AlbertForTask, model_for_task
@@ -66,7 +67,7 @@ def download_from_hub(repo_id: str) -> Path:
     except ImportError as exc:
         raise CheckpointError(
             f"{repo_id!r} is not a local directory, and huggingface_hub is not installed to fetch it "
-            "(pip install 'albert-export[export]')"
+            f"({install_command('export')})"
         ) from exc
     patterns = ["config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json", "spiece.model",
                 "special_tokens_map.json"]
@@ -259,8 +260,10 @@ def load_into(model: AlbertForTask, state: dict[str, torch.Tensor], source: str)
     model.tie_weights()
 
 
-def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTask:
-    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights."""
+def from_pretrained(path_or_hub_id: str | Path | None, task: str, *, output_hidden_states: bool = False,
+                    output_attentions: bool = False) -> AlbertForTask:
+    """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights. The output_* flags
+    are the defaults of its forward's arguments (as transformers' from_pretrained(..., output_attentions=True))."""
     task = canonical_task(task)
     directory = resolve_checkpoint(path_or_hub_id)
     config = load_config(directory)
@@ -269,4 +272,5 @@ def from_pretrained(path_or_hub_id: str | Path | None, task: str) -> AlbertForTa
     check_finite(state, str(directory))
     model = model_for_task(config, task)
     load_into(model, state, str(directory))
+    model.output_hidden_states, model.output_attentions = bool(output_hidden_states), bool(output_attentions)
     return model.eval()

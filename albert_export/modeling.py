@@ -4,6 +4,11 @@ The model is built from three pieces that the exporter traces separately:
   embed(ids, mask, types) -> hidden (B, S, H), additive mask (B, 1, 1, S)   embeddings + E->H mapping
   encoder.albert_layer_groups[g](hidden, mask) -> hidden (B, S, H)           one shared layer group
   head(hidden) -> {output name: tensor}                                      pooler + task head
+
+With output_hidden_states / output_attentions (forward's arguments, defaulting to the model's attributes of
+those names, which from_pretrained sets) the result also holds "hidden_states" (L+1, B, S, H): the embedding
+output, then the output of each of the num_hidden_layers layer-group calls; and "attentions" (L*I, B, N, S, S):
+the softmax of every inner layer of every call (I = inner_group_num), in order, as transformers 4.57 returns them.
 """
 from __future__ import annotations
 
@@ -79,7 +84,7 @@ class AlbertAttention(nn.Module):
         batch, seq, _ = x.shape
         return x.view(batch, seq, self.num_heads, self.head_size).transpose(1, 2)  # (B, N, S, D)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         query = self.split_heads(self.query(hidden))
         key = self.split_heads(self.key(hidden))
         value = self.split_heads(self.value(hidden))
@@ -87,7 +92,7 @@ class AlbertAttention(nn.Module):
         probs = self.attention_dropout(torch.softmax(scores + mask, dim=-1))
         context = torch.matmul(probs, value).transpose(1, 2).flatten(2)  # (B, S, H)
         projected = self.output_dropout(self.dense(context))
-        return self.LayerNorm(hidden + projected)
+        return self.LayerNorm(hidden + projected), probs
 
 
 class AlbertLayer(nn.Module):
@@ -100,10 +105,10 @@ class AlbertLayer(nn.Module):
         self.full_layer_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(hidden, mask)  # (B, S, H)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, probs = self.attention(hidden, mask)  # (B, S, H), (B, N, S, S)
         feed_forward = self.dropout(self.ffn_output(self.activation(self.ffn(attended))))
-        return self.full_layer_layer_norm(feed_forward + attended)
+        return self.full_layer_layer_norm(feed_forward + attended), probs
 
 
 class AlbertLayerGroup(nn.Module):
@@ -115,8 +120,16 @@ class AlbertLayerGroup(nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for layer in self.albert_layers:
-            hidden = layer(hidden, mask)
-        return hidden
+            hidden, _ = layer(hidden, mask)
+        return hidden  # (B, S, H)
+
+    def with_attentions(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden (B, S, H), each inner layer's softmax stacked (I, B, N, S, S))."""
+        attentions = []
+        for layer in self.albert_layers:
+            hidden, probs = layer(hidden, mask)
+            attentions.append(probs)
+        return hidden, torch.stack(attentions)
 
 
 class AlbertTransformer(nn.Module):
@@ -126,9 +139,19 @@ class AlbertTransformer(nn.Module):
         self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
         self.albert_layer_groups = nn.ModuleList(AlbertLayerGroup(config) for _ in range(config.num_hidden_groups))
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, hidden_states: list | None = None,
+                attentions: list | None = None) -> torch.Tensor:
+        """(B, S, H) after every layer; given lists receive, per layer-group call, its output (B, S, H)
+        (hidden_states) and its inner layers' softmaxes (I, B, N, S, S) (attentions)."""
         for layer in range(self.config.num_hidden_layers):
-            hidden = self.albert_layer_groups[self.config.group_of_layer(layer)](hidden, mask)
+            group = self.albert_layer_groups[self.config.group_of_layer(layer)]
+            if attentions is None:
+                hidden = group(hidden, mask)
+            else:
+                hidden, probs = group.with_attentions(hidden, mask)
+                attentions.append(probs)
+            if hidden_states is not None:
+                hidden_states.append(hidden)
         return hidden
 
 
@@ -178,6 +201,8 @@ class AlbertForTask(nn.Module):
 
     task: str = ""
     pooled = True  # whether the base model has (and the head uses) the pooler
+    output_hidden_states = False  # defaults of forward's arguments of the same names
+    output_attentions = False
 
     def __init__(self, config: AlbertConfig):
         super().__init__()
@@ -187,14 +212,22 @@ class AlbertForTask(nn.Module):
     def head(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=None,
+                output_attentions=None) -> dict[str, torch.Tensor]:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         hidden, mask = self.albert.embed(input_ids, attention_mask, token_type_ids)
-        hidden = self.albert.encoder(hidden, mask)
-        return self.head(hidden)
+        want_hidden = self.output_hidden_states if output_hidden_states is None else output_hidden_states
+        want_attentions = self.output_attentions if output_attentions is None else output_attentions
+        hidden_states, attentions = ([hidden] if want_hidden else None), ([] if want_attentions else None)
+        outputs = self.head(self.albert.encoder(hidden, mask, hidden_states, attentions))
+        if want_hidden:
+            outputs["hidden_states"] = torch.stack(hidden_states)  # (L+1, B, S, H)
+        if want_attentions:
+            outputs["attentions"] = torch.cat(attentions)  # (L*I, B, N, S, S)
+        return outputs
 
     def tie_weights(self) -> None:
         """The MLM decoder shares the word embedding matrix (HF's tie_word_embeddings)."""
@@ -290,14 +323,17 @@ class AlbertForMultipleChoice(AlbertForTask):
     def head(self, hidden):
         return {"choice_scores": self.classifier(self.dropout(self.albert.pool(hidden)))}  # (B*C, 1)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=None,
+                output_attentions=None):
+        """hidden_states and attentions keep the choices folded into the batch (B*C), as transformers does."""
         if input_ids.dim() != 3:
             shape = tuple(input_ids.shape)
             raise ValueError(f"multiple-choice inputs are (batch, choices, sequence); got shape {shape}")
         choices = input_ids.shape[1]
         flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
-        scores = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids))["choice_scores"]
-        return {"logits": scores.reshape(-1, choices)}  # (B, C)
+        outputs = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids), output_hidden_states,
+                                  output_attentions)
+        return {"logits": outputs.pop("choice_scores").reshape(-1, choices), **outputs}  # (B, C)
 
 
 TASK_MODELS: dict[str, type[AlbertForTask]] = {

@@ -20,14 +20,16 @@ class Tolerance:
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
     # fp32: atol 1e-4, plus 2e-5 of the value, because rounding grows with magnitude: peaked logits near 10 differ
     # by up to 1.9e-4 between onnxruntime and torch (measured on the runtime tests' sharp random models)
-    "fp32": {ANY_OUTPUT: Tolerance(atol=1e-4, rtol=2e-5)},
+    # attentions (softmax probabilities in [0, 1]; measured 1.5e-7 fp32, 5e-4 fp16, 0.06 int8 on a 4-layer test
+    # model with 2 groups x 2 inner layers); hidden_states are the scale of last_hidden_state and take "*"
+    "fp32": {ANY_OUTPUT: Tolerance(atol=1e-4, rtol=2e-5), "attentions": Tolerance(atol=1e-5)},
     # fp16 (mixed): measured <= 1.5e-3 on the 4-layer test models, see docs/bench.md for albert-base
-    "fp16": {ANY_OUTPUT: Tolerance(atol=2e-2, rtol=1e-2)},
+    "fp16": {ANY_OUTPUT: Tolerance(atol=2e-2, rtol=1e-2), "attentions": Tolerance(atol=5e-3)},
     # int8 (QDQ calibrated on text, validated on random ids): measured up to 0.14 on logits and 0.21 on hidden
     # states of the 4-layer test models (all tasks, both modes), 0.03 on albert-base-shaped QA logits, and 0.49 on
     # the trained default model's MLM logits (std 0.5) for a lone random token (1x1; 0.11 at 1x128, top-1 0.96);
     # top-1 and QA span agreement against fp32 are in the manifest (extra.accuracy_vs_fp32)
-    "int8": {ANY_OUTPUT: Tolerance(atol=1.0, rtol=5e-2)},
+    "int8": {ANY_OUTPUT: Tolerance(atol=1.0, rtol=5e-2), "attentions": Tolerance(atol=0.2)},
 }
 
 

@@ -14,6 +14,13 @@ Multiple choice: inputs (batch, choices, sequence) are flattened to (batch*choic
 embeddings, and the head's (batch*choices, 1) scores are reshaped to logits (batch, choices), C read from the
 input shape.
 
+Optional outputs, as transformers returns them stacked (the choices stay folded into the batch):
+  hidden_states (L+1, B, S, H)  the embedding output, then the output of each of the L layers (layer-group calls)
+  attentions    (L*I, B, N, S, S)  the softmax of each of the I inner layers of each of the L calls; the group
+                pieces then return their inner softmaxes stacked (I, B, N, S, S) as a second output.
+Unrolled, they are concatenations of the layers' tensors; in a Loop, scan outputs of the body (the Loop stacks
+them over the iterations) concatenated over the Loops.
+
 Afterwards `share_initializers` merges tensors with equal content and replaces a tensor that is the transpose of
 another (the tied MLM decoder: the embedding matrix V x E and the exporter's folded E x V copy) by a Transpose
 node, so the file stores each weight once.
@@ -34,6 +41,7 @@ LAYER_MODES = ("unrolled", "loop")
 ATTENTION_BIAS = "attention_bias"
 MULTIPLE_CHOICE_OUTPUT = "logits"
 CHOICES_DIM = "num_choices"  # optimum's name; batch and sequence are named as the embeddings piece names them
+HIDDEN_STATES, ATTENTIONS = "hidden_states", "attentions"  # runtime.taskspec.OPTIONAL_OUTPUTS
 
 
 class AssemblyError(ValueError):
@@ -47,6 +55,8 @@ class Pieces:
     head: onnx.ModelProto  # hidden -> task outputs
     layer_groups: list[int]  # the group used at each layer, len == num_hidden_layers
     multiple_choice: bool = False  # inputs (B, C, S); the head returns (B*C, 1) scores
+    output_hidden_states: bool = False  # add the hidden_states output
+    output_attentions: bool = False  # the groups return (hidden, (I, B, N, S, S) softmaxes); add attentions
 
 
 def layer_runs(layer_groups: list[int]) -> list[tuple[int, int]]:
@@ -98,8 +108,7 @@ def renamer(prefix: str, fixed: dict[str, str], initializers: dict[str, str]) ->
 def value_info(name: str, like: onnx.ValueInfoProto, dims: Iterable[str | int] | None = None) -> onnx.ValueInfoProto:
     elem_type = like.type.tensor_type.elem_type
     if dims is None:
-        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in
-                like.type.tensor_type.shape.dim]
+        dims = dims_of(like)
     return helper.make_tensor_value_info(name, elem_type, list(dims))
 
 
@@ -109,9 +118,11 @@ def check_pieces(pieces: Pieces) -> None:
 
     if io(pieces.embed) != (3, 2):
         raise AssemblyError(f"the embeddings piece must map 3 inputs to (hidden, attention bias), has {io(pieces.embed)}")
+    group_io = (2, 2) if pieces.output_attentions else (2, 1)
     for index, group in enumerate(pieces.groups):
-        if io(group) != (2, 1):
-            raise AssemblyError(f"layer group {index} must map (hidden, attention bias) to hidden, has {io(group)}")
+        if io(group) != group_io:
+            returns = "(hidden, attentions)" if pieces.output_attentions else "hidden"
+            raise AssemblyError(f"layer group {index} must map (hidden, attention bias) to {returns}, has {io(group)}")
     if len(pieces.head.graph.input) != 1:
         raise AssemblyError("the head piece must take the hidden state as its only input")
     if pieces.multiple_choice and len(pieces.head.graph.output) != 1:
@@ -154,14 +165,22 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     group_names = [take_initializers(group, f"group{index}/") for index, group in enumerate(pieces.groups)]
 
     current = "hidden_0"
+    hidden_parts = [unsqueezed(current, nodes, initializers)] if pieces.output_hidden_states else []  # (k, B, S, H)
+    attention_parts = []  # (k, I, B, N, S, S) each
     if layers == "unrolled":
         for layer, group in enumerate(pieces.layer_groups):
             graph = pieces.groups[group].graph
             out = f"hidden_{layer + 1}"
             fixed = {graph.input[0].name: current, graph.input[1].name: ATTENTION_BIAS, graph.output[0].name: out}
+            if pieces.output_attentions:
+                fixed[graph.output[1].name] = f"attentions_{layer}"
             prefix = f"layer{layer}/"
             nodes += copy_nodes(graph, renamer(prefix, fixed, group_names[group]), prefix)
             current = out
+            if pieces.output_hidden_states:
+                hidden_parts.append(unsqueezed(out, nodes, initializers))
+            if pieces.output_attentions:
+                attention_parts.append(unsqueezed(f"attentions_{layer}", nodes, initializers))
     else:
         layer = 0
         for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
@@ -171,10 +190,17 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
             initializers.append(numpy_helper.from_array(np.array(count, dtype=np.int64), trip_count))
             # an explicit (always true) condition: TensorRT's parser needs one to register the body's cond input
             initializers.append(numpy_helper.from_array(np.array(True), keep_going))
-            body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}")
-            nodes.append(helper.make_node("Loop", [trip_count, keep_going, current], [out], name=f"loop{run}",
-                                          body=body))
+            body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}",
+                             pieces.output_hidden_states, pieces.output_attentions)
+            scans = [f"loop{run}/{HIDDEN_STATES}"] if pieces.output_hidden_states else []
+            scans += [f"loop{run}/{ATTENTIONS}"] if pieces.output_attentions else []
+            nodes.append(helper.make_node("Loop", [trip_count, keep_going, current], [out, *scans],
+                                          name=f"loop{run}", body=body))
             current = out
+            if pieces.output_hidden_states:
+                hidden_parts.append(scans[0])
+            if pieces.output_attentions:
+                attention_parts.append(scans[-1])
 
     head_graph = pieces.head.graph
     head_names = take_initializers(pieces.head, "head/")
@@ -191,6 +217,15 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
         graph_outputs = [value_info(MULTIPLE_CHOICE_OUTPUT, head_graph.output[0], [batch, CHOICES_DIM])]
     else:
         graph_outputs = [value_info(output.name, output) for output in head_graph.output]
+    rows = flattened_batch(graph_inputs[0]) if pieces.multiple_choice else None
+    if pieces.output_hidden_states:
+        nodes.append(helper.make_node("Concat", hidden_parts, [HIDDEN_STATES], name=HIDDEN_STATES, axis=0))
+        graph_outputs.append(stacked(HIDDEN_STATES, embed_graph.output[0], len(pieces.layer_groups) + 1, rows))
+    if pieces.output_attentions:
+        like = pieces.groups[0].graph.output[1]  # (I, B, N, S, S)
+        nodes += merged_attentions(attention_parts, initializers)
+        layer_calls = len(pieces.layer_groups) * dims_of(like)[0]
+        graph_outputs.append(stacked(ATTENTIONS, like, layer_calls, rows, drop_first=True))
 
     graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
@@ -215,6 +250,48 @@ def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: lis
     return inputs, mapping
 
 
+def dims_of(value: onnx.ValueInfoProto) -> list[str | int | None]:
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in
+            value.type.tensor_type.shape.dim]
+
+
+def flattened_batch(input_ids: onnx.ValueInfoProto) -> str:
+    """The name of the (batch*choices) axis the multiple-choice encoder runs on."""
+    batch, choices = dims_of(input_ids)[:2]
+    return f"{batch}*{choices}"
+
+
+def stacked(name: str, like: onnx.ValueInfoProto, count: int, batch: str | None,
+            drop_first: bool = False) -> onnx.ValueInfoProto:
+    """The value info of `count` tensors like `like` stacked on a new first axis (or on its first axis)."""
+    dims = dims_of(like)[1:] if drop_first else dims_of(like)
+    if batch is not None:
+        dims[0] = batch
+    return value_info(name, like, [count, *dims])
+
+
+def unsqueezed(name: str, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> str:
+    """`name` with a new leading axis of 1 (appends the node; opset >= 13, axes as an input, shared later)."""
+    axes, out = f"{name}/axes", f"{name}/unsqueezed"
+    initializers.append(numpy_helper.from_array(np.array([0], dtype=np.int64), axes))
+    nodes.append(helper.make_node("Unsqueeze", [name, axes], [out], name=out))
+    return out
+
+
+def merged_attentions(parts: list[str], initializers: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
+    """(k, I, B, N, S, S) parts -> attentions (L*I, B, N, S, S): concatenated, then the first two axes merged."""
+    stacked_name, shape, tail, target = (f"{ATTENTIONS}/{part}" for part in ("stacked", "shape", "tail", "target"))
+    for label, value in (("first", [-1]), ("from", [2]), ("to", [6])):
+        initializers.append(numpy_helper.from_array(np.array(value, dtype=np.int64), f"{ATTENTIONS}/{label}"))
+    return [
+        helper.make_node("Concat", parts, [stacked_name], name=stacked_name, axis=0),
+        helper.make_node("Shape", [stacked_name], [shape], name=shape),
+        helper.make_node("Slice", [shape, f"{ATTENTIONS}/from", f"{ATTENTIONS}/to"], [tail], name=tail),
+        helper.make_node("Concat", [f"{ATTENTIONS}/first", tail], [target], name=target, axis=0),
+        helper.make_node("Reshape", [stacked_name, target], [ATTENTIONS], name=ATTENTIONS),
+    ]
+
+
 def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
     """(B*C, 1) scores -> (B, C) logits, C taken from the input's shape."""
     return [
@@ -231,21 +308,31 @@ def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
     ]
 
 
-def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, str], name: str) -> onnx.GraphProto:
-    """The Loop body: (iteration, cond, hidden) -> (cond, hidden); bias and weights come from the outer scope."""
+def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, str], name: str,
+              scan_hidden: bool = False, scan_attentions: bool = False) -> onnx.GraphProto:
+    """The Loop body: (iteration, cond, hidden) -> (cond, hidden[, hidden][, attentions]); bias and weights come
+    from the outer scope. The optional outputs are scan outputs: the Loop stacks them over the iterations."""
     iteration, cond_in, cond_out = f"{prefix}iteration", f"{prefix}cond_in", f"{prefix}cond_out"
     hidden_in, hidden_out = f"{prefix}hidden_in", f"{prefix}hidden_out"
     fixed = {group.input[0].name: hidden_in, group.input[1].name: ATTENTION_BIAS, group.output[0].name: hidden_out}
+    outputs = [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), value_info(hidden_out, group.output[0])]
+    if scan_attentions:
+        fixed[group.output[1].name] = f"{prefix}{ATTENTIONS}_scan"
     nodes = [helper.make_node("Identity", [cond_in], [cond_out], name=f"{prefix}cond")]
     nodes += copy_nodes(group, renamer(prefix, fixed, initializer_names), prefix)
+    if scan_hidden:  # a body output is listed once, so the scanned copy of the carried hidden state is an Identity
+        scanned = f"{prefix}hidden_scan"
+        nodes.append(helper.make_node("Identity", [hidden_out], [scanned], name=scanned))
+        outputs.append(value_info(scanned, group.output[0]))
+    if scan_attentions:
+        outputs.append(value_info(f"{prefix}{ATTENTIONS}_scan", group.output[1]))
     return helper.make_graph(
         nodes,
         name,
         [helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
          value_info(hidden_in, group.input[0])],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         value_info(hidden_out, group.output[0])],
+        outputs,
     )
 
 

@@ -19,8 +19,9 @@ from .walk import all_graphs, tensor_nbytes
 
 def array_digest(array: np.ndarray) -> str:
     """sha256 over dtype, shape and C-order bytes: equal digests mean equal tensors."""
+    shape = np.shape(array)  # before ascontiguousarray, which makes a scalar a (1,) vector
     array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest = hashlib.sha256(f"{array.dtype.str}{shape}".encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
 

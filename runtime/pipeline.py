@@ -23,8 +23,8 @@ from typing import Any
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, BundleError, load_bundle
 from .errors import InputError, OptionError, UnknownParameterError
-from .runner import BatchRunner, check_model_outputs, sequence_axes
-from .taskspec import TASKS, UnknownTaskError, canonical_task
+from .runner import BatchRunner, batch_layout, check_model_outputs, sequence_axes
+from .taskspec import SEQUENCE, TASKS, UnknownTaskError, canonical_task
 from .tasks.base import TaskContext
 from .tasks.common import check_option_values, is_stream, stream_items
 from .tokenizer import PipelineTokenizer, load_tokenizer
@@ -125,10 +125,11 @@ class Pipeline:
         self.model = BundleModel(self.bundle)
         outputs = manifest.outputs or []
         axes = sequence_axes(outputs) if outputs else {
-            name: tuple(i for i, d in enumerate(dims) if d == "sequence")
+            name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
             for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
         }
-        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id)
+        layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
+        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id, **layout)
         check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
         max_length = manifest.tokenizer.max_length
         positions = self.bundle.config.get("max_position_embeddings")
@@ -285,7 +286,8 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
 
     The bundle and the task, either way round: ours `pipeline("bundle/")`, `pipeline("bundle/", "qa")`, and
     transformers' `pipeline("question-answering", model="bundle/")`, `pipeline(model="bundle/")`. The task may be
-    left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own).
+    left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own). A bundle
+    carries its tokenizer: `tokenizer=` may only name the bundle itself.
 
     Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
     an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
@@ -310,4 +312,17 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
             raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
     if model is None:
         raise OptionError(f"pipeline({task!r}) needs the bundle: pipeline({task!r}, model='path/to/bundle')")
+    _check_tokenizer(options.pop("tokenizer", None), model)
     return Pipeline(model, task, **options)
+
+
+def _check_tokenizer(tokenizer: Any, model: str | Path | Bundle) -> None:
+    """HF code often passes tokenizer=<the model's path>; a bundle carries its tokenizer, so only that path fits."""
+    if tokenizer is None:
+        return
+    root = model.root if isinstance(model, Bundle) else Path(model)
+    if not isinstance(tokenizer, (str, Path)) or Path(tokenizer).resolve() != root.resolve():
+        raise OptionError(
+            f"the bundle carries its own tokenizer (tokenizer.json); leave tokenizer= out or give the bundle's path, "
+            f"not {tokenizer!r}"
+        )

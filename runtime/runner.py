@@ -3,18 +3,20 @@
 Features are grouped by (choices, length) so a batch pads little: sort by length, cut into batches of
 `batch_size`, pad each on the right to its longest feature (input_ids with the pad id, the rest with 0).
 Outputs lose the batch axis and are cut back to the feature's own length on every axis the manifest
-names the sequence axis.
+names the sequence axis. The batch axis is the first unless the manifest names another (hidden_states
+(L+1, batch, sequence, H), attentions (L, batch, heads, sequence, sequence)); where it holds batch*choices
+(multiple-choice hidden_states), each feature gets its block of C rows along it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .backends import Backend
 from .errors import BackendError, OptionError, is_failure, one_line
-from .tasks.base import Feature
 from .taskspec import CHOICES, SEQUENCE, TASKS
+from .tasks.base import Feature
 
 LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
@@ -25,6 +27,8 @@ class BatchRunner:
     sequence_axes: dict[str, tuple[int, ...]]  # output name -> axes (batch axis included) to cut back
     batch_size: int = 8
     pad_token_id: int = 0
+    batch_axes: dict[str, int] = field(default_factory=dict)  # output -> its batch axis, where not 0
+    folded_batch: frozenset[str] = frozenset()  # outputs whose batch axis is batch*choices
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -57,7 +61,8 @@ class BatchRunner:
                 raise BackendError(f"the model failed on a batch of shape {shape}: {one_line(exc)}") from exc
             for row, index in enumerate(batch):
                 length = features[index]["input_ids"].shape[-1]
-                results[index] = {name: self._cut(name, value[row], length) for name, value in outputs.items()}
+                results[index] = {name: self._row(name, value, row, len(batch), length)
+                                  for name, value in outputs.items()}
         return results  # type: ignore[return-value]
 
     def _padded(self, batch: list[Feature]) -> dict[str, np.ndarray]:
@@ -74,10 +79,17 @@ class BatchRunner:
             inputs[name] = padded
         return inputs
 
-    def _cut(self, name: str, value: np.ndarray, length: int) -> np.ndarray:
-        index = [slice(None)] * value.ndim
+    def _row(self, name: str, value: np.ndarray, row: int, rows: int, length: int) -> np.ndarray:
+        """Feature `row`'s part of a batch output (a view): batch axis taken, sequence axes cut to `length`."""
+        batch = self.batch_axes.get(name, 0)
+        index: list = [slice(None)] * value.ndim
+        if name in self.folded_batch:
+            block = value.shape[batch] // rows
+            index[batch] = slice(row * block, (row + 1) * block)
+        else:
+            index[batch] = row
         for axis in self.sequence_axes.get(name, ()):
-            index[axis - 1] = slice(0, length)
+            index[axis] = slice(0, length)
         return value[tuple(index)]
 
 
@@ -126,3 +138,18 @@ def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_
 
 def _dims(dims) -> str:
     return "(" + ", ".join(map(str, dims)) + ")"
+
+
+def batch_layout(outputs: list, batch: str) -> dict:
+    """BatchRunner's batch_axes and folded_batch from the manifest's outputs; `batch` names the inputs' batch
+    axis (the first dim of the input TensorSpecs), "batch*choices" a folded one."""
+    axes, folded = {}, set()
+    for spec in outputs:
+        for axis, dim in enumerate(spec.dims):
+            if dim == batch or (isinstance(dim, str) and dim.startswith(f"{batch}*")):
+                if axis:
+                    axes[spec.name] = axis
+                if dim != batch:
+                    folded.add(spec.name)
+                break
+    return {"batch_axes": axes, "folded_batch": frozenset(folded)}

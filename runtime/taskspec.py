@@ -55,6 +55,9 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+# every task, on request (albert-export --output-hidden-states / --output-attentions), after the task's outputs:
+# hidden_states (L+1, batch, sequence, H) and attentions (L*inner_group_num, batch, heads, sequence, sequence)
+OPTIONAL_OUTPUTS = ("hidden_states", "attentions")
 
 
 class UnknownTaskError(KeyError, ValueError):

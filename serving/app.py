@@ -31,7 +31,8 @@ from starlette.routing import Route
 
 from runtime import Pipeline
 from runtime.bundle import BundleError
-from runtime.errors import BackendError
+from runtime.errors import BackendError, one_line
+from runtime.lines import is_failure
 
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
@@ -112,11 +113,14 @@ class Server:
         except RequestError as exc:
             response = error(exc.status, str(exc), exc.headers)
         except (BundleError, BackendError) as exc:
-            response = error(500, f"the model failed: {exc}")
+            response = error(500, f"the model failed: {one_line(exc)}")
         except (ValueError, TypeError, KeyError) as exc:  # runtime's InputError/OptionError are ValueErrors
-            response = error(400, str(exc) or type(exc).__name__)
-        except Exception as exc:  # one request's failure is that request's answer
-            response = error(500, f"internal error ({type(exc).__name__}: {exc})")
+            response = error(400, one_line(exc))
+        except BaseException as exc:  # one request's failure is that request's answer
+            if not is_failure(exc):
+                raise
+            status = 400 if type(exc).__name__ == "PanicException" else 500  # the tokenizer refused this input
+            response = error(status, one_line(exc) if status == 400 else f"internal error ({one_line(exc)})")
         status = str(response.status_code)
         self.metrics.requests.labels(label, route, status).inc()
         if response.status_code >= 400:
@@ -139,7 +143,8 @@ class Server:
         except QueueFull as exc:
             raise RequestError(503, f"model {name} is overloaded ({exc}); retry after a second",
                                {"Retry-After": "1"}) from None
-        return JSON(await self._await(future))
+        with self.metrics.in_flight.labels(name).track_inprogress():
+            return JSON(await self._await(future))
 
     async def v2_infer(self, request: Request, name: str) -> Response:
         pipe = self.model(name)

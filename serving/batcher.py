@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from runtime import Pipeline
+from runtime.lines import is_failure
 
 from .requests import Call
 
@@ -90,7 +91,10 @@ class Batcher:
             batch = [call for call in batch if not call.future.done()]  # timed out while waiting
             if batch:
                 started = time.perf_counter()
-                answers = await loop.run_in_executor(self.executor, answer_calls, self.pipe, batch)
+                try:
+                    answers = await loop.run_in_executor(self.executor, answer_calls, self.pipe, batch)
+                except Exception as exc:  # the worker itself must outlive any batch
+                    answers = [(False, exc)] * len(batch)
                 self.on_batch(sum(call.size for call in batch), time.perf_counter() - started)
                 for call, (ok, value) in zip(batch, answers):
                     if call.future.done():
@@ -111,21 +115,19 @@ def answer_calls(pipe: Pipeline, calls: list[Call]) -> list[tuple[bool, Any]]:
     for group, indices in groups.items():
         if group is not None and len(indices) > 1:
             try:
-                results = pipe.run_each( [calls[i].inputs for i in indices], **calls[indices[0]].params)
-            except Exception:  # someone's input is bad: answer each call alone below, to name the one
-                pass
+                results = pipe.run_each([calls[i].inputs for i in indices], **calls[indices[0]].params)
+            except BaseException as exc:  # someone's input is bad: answer each call alone below, to name the one
+                if not is_failure(exc):
+                    raise
             else:
                 for index, result in zip(indices, results):
                     answers[index] = (True, result)
                 continue
         for index in indices:
-            call = calls[index]
             try:
-                if call.single:
-                    answers[index] = (True, pipe.run_each( [call.inputs], **call.params)[0])
-                else:
-                    answers[index] = (True, pipe(call.inputs, **call.params))
-            except Exception as exc:
+                answers[index] = (True, calls[index].answer(pipe))
+            except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
+                if not is_failure(exc):
+                    raise
                 answers[index] = (False, exc)
     return answers  # type: ignore[return-value]
-

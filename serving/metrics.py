@@ -21,6 +21,10 @@ class Metrics:
         self.queue_depth = Gauge(
             "albert_serve_queue_depth", "Calls waiting in the model's batching queue", ["model"], registry=self.registry
         )
+        self.in_flight = Gauge(
+            "albert_serve_requests_in_flight", "Requests received and not yet answered", ["model"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "albert_serve_batch_size", "Inputs run together in one batch", ["model"], buckets=BATCH_BUCKETS,
             registry=self.registry,

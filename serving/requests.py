@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime import Pipeline
-from runtime.cli import parse_line
+from runtime.lines import parse_line
 from runtime.errors import InputError
 
 

@@ -24,6 +24,8 @@ import triton_python_backend_utils as pb_utils
 
 from runtime import Pipeline
 from runtime.bundle import load_bundle
+from runtime.errors import one_line
+from runtime.lines import is_failure
 
 from serving.requests import Limits, hf_call, response_json
 
@@ -105,8 +107,10 @@ class TritonPythonModel:
             }
             result = np.array([response_json(call.answer(self.pipe)).encode("utf-8")], dtype=np.object_)
             return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("RESPONSE", result)])
-        except Exception as exc:  # one request's bad input is that request's error
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+        except BaseException as exc:  # one request's bad input is that request's error
+            if not is_failure(exc):
+                raise
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(one_line(exc)))
 
     def finalize(self) -> None:
         self.pipe = None

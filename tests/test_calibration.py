@@ -264,7 +264,7 @@ def test_cli_precision_option_errors(qa_checkpoint, tmp_path, capsys, argv, mess
     from albert_export.cli import main
 
     status = main(["--model", str(qa_checkpoint), "--task", "qa", "--output", str(tmp_path / "b"), *argv])
-    assert status == 1
+    assert status == 2  # usage: flags that do not combine, or an option value that cannot work
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 

@@ -116,6 +116,7 @@ def test_factory_forms_task_first_model_keyword_and_aliases(qa_bundle, handmade_
         pipeline(qa_bundle, "qa"),
         pipeline(qa_bundle, task="question-answering"),
         pipeline(task="qa", model=str(qa_bundle)),
+        pipeline("question-answering", model=str(qa_bundle), tokenizer=str(qa_bundle)),  # HF code often does this
     ):
         assert ours.task == "question-answering"
         assert_same(ours(**example), theirs)
@@ -135,6 +136,9 @@ def test_factory_errors(qa_bundle):
         pipeline("question-answering")
     with pytest.raises(TypeError, match="task twice"):
         pipeline("qa", "fill-mask", model=qa_bundle)
+    for tokenizer in (qa_bundle.parent, hf_tokenizer()):
+        with pytest.raises(OptionError, match="the bundle carries its own tokenizer"):
+            pipeline("question-answering", model=qa_bundle, tokenizer=tokenizer)
 
 
 def test_qa_positional_forms_warn_as_hf_and_answer_the_same(qa_pair):
@@ -257,6 +261,8 @@ def test_lists_generators_and_datasets_for_every_task(handmade_bundle, task):
     dataset = ours(TextDataset(texts))
     assert len(dataset) == len(texts)
     assert_same(list(dataset), list(theirs(TextDataset(texts))))
+    if task == "feature-extraction":  # HF's feature-extraction alone takes *args, and ignores all but the first
+        assert_same(ours(texts[0], texts[1]), theirs(texts[0], texts[1]))
 
 
 def test_inputs_keyword_and_extra_positionals(fill_pair):
@@ -365,6 +371,27 @@ def test_devices_reach_the_onnxruntime_providers(fill_pair, handmade_bundle, mon
         assert seen.pop() == [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_an_error(handmade_bundle, monkeypatch):
+    real_session = ort.InferenceSession
+
+    def cpu_only(path, sess_options=None, providers=None):  # what onnxruntime-gpu does without its CUDA libraries
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort_backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(ort_backend.ort, "InferenceSession", cpu_only)
+    with pytest.raises(BackendError, match="could not start CUDA on device 1 .*fell back to CPUExecutionProvider"):
+        pipeline(handmade_bundle("fill-mask"), device="cuda:1")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_device_runs_on_the_gpu_with_the_same_answers(fill_pair, handmade_bundle):
+    texts = botchan_masked(4, seed=12)
+    for device in ("cuda", "cuda:0", 0):
+        pipe = pipeline(handmade_bundle("fill-mask"), device=device)
+        assert pipe.backend.providers[0] == "CUDAExecutionProvider"
+        assert_same(pipe(texts), fill_pair[1](texts))
+
+
 def test_albert_run_device_flag(handmade_bundle, capsys):
     bundle = str(handmade_bundle("fill-mask"))
     for flag, device in (("cpu", "cpu"), ("cuda", "cuda:0"), ("cuda:1", "cuda:1"), ("CUDA:2", "cuda:2")):
@@ -444,3 +471,28 @@ def test_model_task_and_backend_attributes(handmade_bundle):
     with torch.no_grad():
         expected = model(**theirs.tokenizer(mrpc_pairs()[0]["text"], return_tensors="pt")).logits.numpy()
     np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
+
+
+def test_conventions_on_a_bundle_albert_export_wrote(tmp_path):
+    from albert_export import export
+
+    checkpoint = tmp_path / "checkpoint"
+    tiny_model("question-answering").save_pretrained(checkpoint)
+    hf_tokenizer().save_pretrained(checkpoint)
+    bundle = export(checkpoint, "qa", tmp_path / "qa", layers="loop", atol=1e-3, log=lambda _: None)
+    ours = pipeline("question-answering", model=bundle, tokenizer=bundle, device=-1, batch_size=2)
+    theirs = hf_pipeline("question-answering", model=str(checkpoint), device=-1, batch_size=2)
+    windows = {"max_seq_len": 48, "doc_stride": 16}  # several windows per context
+    examples = squad(3)
+    with pytest.warns(FutureWarning):
+        expected = theirs(examples[0]["question"], examples[0]["context"], **windows)
+    with pytest.warns(FutureWarning):
+        assert_same(ours(examples[0]["question"], examples[0]["context"], **windows), expected)
+    with pytest.warns(FutureWarning):
+        expected = list(theirs((e for e in examples), **windows))
+    with pytest.warns(FutureWarning):
+        assert_same(list(ours((e for e in examples), **windows)), expected)
+    assert ours.tokenizer.model_max_length == theirs.tokenizer.model_max_length == 128
+    for role in ("mask", "cls", "sep", "pad", "unk"):
+        assert getattr(ours.tokenizer, f"{role}_token_id") == getattr(theirs.tokenizer, f"{role}_token_id")
+    assert ours.tokenizer(examples[0]["question"]) == dict(theirs.tokenizer(examples[0]["question"]))

@@ -270,17 +270,24 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_504(bundles):
 
 
 def test_sigterm_finishes_requests_in_flight(bundles, pipes):
-    """Requests wait in the batch queue (500 ms delay) when SIGTERM arrives: each is still answered, then exit 0."""
+    """Requests wait in the batch queue (2 s delay) when SIGTERM arrives: each is still answered, then exit 0."""
     import asyncio
 
     async def scenario(url, process):
         bodies = [{"inputs": f"In flight {i} [MASK]."} for i in range(8)]
         sending = asyncio.create_task(loadgen.send_all(url + "/models/fill-mask", bodies, concurrency=8, time_limit=60))
-        await asyncio.sleep(0.25)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            for _ in range(200):  # at most 10 s
+                metrics = (await http.get(url + "/metrics")).text
+                if metric(metrics, "albert_serve_requests_in_flight", model="fill-mask") == len(bodies):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the requests never reached the server")
         process.send_signal(signal.SIGTERM)
         return bodies, await sending
 
-    with albert_serve(bundles["fill-mask"], args=["--max-delay-ms", "500", "--max-batch-size", "64"]) as (url, proc):
+    with albert_serve(bundles["fill-mask"], args=["--max-delay-ms", "2000", "--max-batch-size", "64"]) as (url, proc):
         bodies, answers = asyncio.run(scenario(url, proc))
         assert proc.wait(30) == 0
         assert "Traceback" not in proc.stderr.read()

@@ -97,8 +97,9 @@ class AttentionFusion(Fusion):
         nodes += [scaler, scores]
         query = self.projection(ctx, scores.input[0], [HEADS_FIRST])
         key = self.projection(ctx, scores.input[1], [KEYS_TRANSPOSED, [0, 1, 3, 2]])
-        context = single_reader(ctx, softmax.output[0], "MatMul")
-        if query is None or key is None or context is None or context.input[0] != softmax.output[0]:
+        context = next((node for node in ctx.readers_of(softmax.output[0])
+                        if node.op_type == "MatMul" and node.input[0] == softmax.output[0]), None)
+        if query is None or key is None or context is None:
             return None
         value = self.projection(ctx, context.input[1], [HEADS_FIRST])
         merge = single_reader(ctx, context.output[0], "Transpose")
@@ -110,7 +111,7 @@ class AttentionFusion(Fusion):
         for projection in (query, key, value):
             nodes += projection["nodes"]
         return dict(query=query, key=key, value=value, scaler=scaler, scores=scores, mask=mask, nodes=nodes,
-                    last=reshape.output[0], merge=merge,
+                    last=reshape.output[0], merge=merge, context=context,
                     weights=[query["weight"], key["weight"], value["weight"]],
                     biases=[query["bias"], key["bias"], value["bias"]])
 
@@ -140,6 +141,8 @@ class AttentionFusion(Fusion):
         if not query["x"] == key["x"] == value["x"]:
             return "query, key and value are projections of different inputs (not self-attention)"
         softmax = match["nodes"][0]
+        if not ctx.only_reader(softmax.output[0], match["context"]):
+            return "the softmax is also read outside the attention (an attentions output); Attention hides it"
         axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
         if axis not in (-1, 3):
             return f"Softmax over axis {axis}, not the key axis"

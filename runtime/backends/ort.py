@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import BackendError, OptionError
+from ..extras import GPU_SWITCH
 
 _ONNX_DTYPES = {
     "tensor(int64)": np.int64,
@@ -39,8 +40,7 @@ def default_providers(device: str, device_id: int = 0) -> list:
     if not cuda_available():
         raise BackendError(
             f"device cuda:{device_id} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
-            f"{', '.join(ort.get_available_providers())}. Install it with pip install 'albert-export[gpu]', "
-            "or use the cpu device"
+            f"{', '.join(ort.get_available_providers())}. Switch to it with {GPU_SWITCH}, or use the cpu device"
         )
     return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
@@ -70,6 +70,7 @@ class OnnxRuntimeBackend:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        cuda_asked = providers is None and device != "cpu"
         if providers is None:
             providers = default_providers(device, device_id)
         else:
@@ -88,6 +89,13 @@ class OnnxRuntimeBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._input_dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in self.session.get_inputs()}
         self.providers = self.session.get_providers()
+        if cuda_asked and self.providers[0] == "CPUExecutionProvider":
+            # onnxruntime falls back to the CPU when the CUDA libraries do not load; asked for cuda, say so instead
+            raise BackendError(
+                f"onnxruntime could not start CUDA on device {device_id} (it fell back to {', '.join(self.providers)}):"
+                " the CUDA and cuDNN libraries onnxruntime-gpu needs are missing or do not match; see onnxruntime's "
+                "CUDA requirements, or use the cpu device"
+            )
         if io_binding is None:
             io_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.io_binding = io_binding
