@@ -195,3 +195,29 @@ def test_token_classification_stride_the_tokenizer_cannot_take_is_refused(monkey
     code, lines, err = albert_run(monkeypatch, capsys, argv, b"Botchan went to Shikoku.\n")
     assert code == 2 and lines == [] and err.count("\n") == 1 and "panicked" not in err
     assert "use a stride of at most 125" in err or "`stride` must be less than" in err
+
+
+@pytest.mark.parametrize("task, options, message", [
+    ("question-answering", {"doc_stride": -1}, "doc_stride must be a non-negative integer, got -1"),
+    ("question-answering", {"max_seq_len": 2.5}, "max_seq_len must be a positive integer, got 2.5"),
+    ("question-answering", {"handle_impossible_answer": "yes"}, "handle_impossible_answer must be True or False"),
+    ("question-answering", {"top_k": "3"}, "top_k must be a positive integer, got '3'"),
+    ("fill-mask", {"top_k": -1}, "top_k must be a positive integer, got -1"),
+    ("fill-mask", {"targets": [1, 2]}, "targets must be a list of strings or a string"),
+    ("token-classification", {"stride": -1, "aggregation_strategy": "simple"}, "stride must be a non-negative"),
+    ("token-classification", {"ignore_labels": "O"}, "ignore_labels must be a list of strings"),
+    ("text-classification", {"max_length": 0}, "max_length must be a positive integer, got 0"),
+    ("multiple-choice", {"top_k": True}, "top_k must be a positive integer, got True"),
+])
+def test_option_values_of_the_wrong_type_or_range_are_one_option_error(handmade_bundle, task, options, message):
+    from runtime.errors import OptionError
+
+    pipe = pipeline(handmade_bundle(task))
+    good = {"question-answering": {"question": "Who went?", "context": "Botchan went."},
+            "multiple-choice": {"prompt": "She opens the door.", "choices": ["She walks in.", "It eats."]}}
+    item = good.get(task, "Botchan went to [MASK].")
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace("*", r"\*")) as refused:
+        pipe(**item, **options) if task == "question-answering" else pipe(item, **options)
+    assert "Error" not in str(refused.value)
+    with pytest.raises(OptionError, match=message.replace("(", r"\(")):
+        pipe.run_each([item], **options)
