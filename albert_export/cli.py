@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--output-hidden-states", action="store_true",
                        help="add output hidden_states [L+1, batch, sequence, hidden]: embeddings, then each layer")
     graph.add_argument("--output-attentions", action="store_true",
-                       help="add output attentions [L, batch, heads, sequence, sequence]: each layer's softmax "
-                            "(L x heads x sequence^2 floats per example; keeps attention unfused)")
+                       help="add output attentions [L*inner_group_num, batch, heads, sequence, sequence]: every "
+                            "softmax (L x heads x sequence^2 floats per example; keeps attention unfused)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
