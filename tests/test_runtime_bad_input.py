@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -89,6 +90,15 @@ def test_ready_lines_groups_only_what_was_read_together():
     assert groups == [[(1, b"a")], [(2, b"bc")], [(3, b"d"), (4, b"e")], [(5, b"f")]]
 
 
+def answer_within(proc, seconds: float) -> bytes:
+    """The next stdout line of proc, failing (instead of hanging) when none comes in time."""
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    if not ready:
+        proc.kill()
+        pytest.fail(f"no answer within {seconds} s")
+    return proc.stdout.readline()
+
+
 def test_ctrl_c_during_the_import_phase_exits_130_without_a_traceback(fill_mask_bundle):
     hook = ("import builtins, sys; real = builtins.__import__\n"
             "def hooked(name, *a, **k):\n"
@@ -108,7 +118,7 @@ def test_ctrl_c_during_the_run_keeps_the_answers_printed_so_far(fill_mask_bundle
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdin.write(f"{SEED}\n".encode())
     proc.stdin.flush()
-    first = proc.stdout.readline()  # answered while the input is still open
+    first = answer_within(proc, 120)  # answered while the input is still open
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and b"Traceback" not in err, err.decode()
@@ -126,10 +136,10 @@ def test_a_terminal_gets_line_1_answered_before_line_2_is_typed(fill_mask_bundle
     os.close(terminal)
     try:
         os.write(controller, f"{SEED}\n".encode())
-        first = proc.stdout.readline()  # blocks until answered: line 2 has not been typed yet
+        first = answer_within(proc, 120)  # line 2 has not been typed yet
         assert json.loads(first) == pipeline(fill_mask_bundle)(SEED)
         os.write(controller, b"A [MASK] here.\n")
-        second = proc.stdout.readline()
+        second = answer_within(proc, 120)
         assert json.loads(second) == pipeline(fill_mask_bundle)("A [MASK] here.")
         os.write(controller, b"\x04")  # Ctrl-D: end of input
         out, err = proc.communicate(timeout=120)
@@ -195,3 +205,29 @@ def test_token_classification_stride_the_tokenizer_cannot_take_is_refused(monkey
     code, lines, err = albert_run(monkeypatch, capsys, argv, b"Botchan went to Shikoku.\n")
     assert code == 2 and lines == [] and err.count("\n") == 1 and "panicked" not in err
     assert "use a stride of at most 125" in err or "`stride` must be less than" in err
+
+
+@pytest.mark.parametrize("task, options, message", [
+    ("question-answering", {"doc_stride": -1}, "doc_stride must be a non-negative integer, got -1"),
+    ("question-answering", {"max_seq_len": 2.5}, "max_seq_len must be a positive integer, got 2.5"),
+    ("question-answering", {"handle_impossible_answer": "yes"}, "handle_impossible_answer must be True or False"),
+    ("question-answering", {"top_k": "3"}, "top_k must be a positive integer, got '3'"),
+    ("fill-mask", {"top_k": -1}, "top_k must be a positive integer, got -1"),
+    ("fill-mask", {"targets": [1, 2]}, "targets must be a list of strings or a string"),
+    ("token-classification", {"stride": -1, "aggregation_strategy": "simple"}, "stride must be a non-negative"),
+    ("token-classification", {"ignore_labels": "O"}, "ignore_labels must be a list of strings"),
+    ("text-classification", {"max_length": 0}, "max_length must be a positive integer, got 0"),
+    ("multiple-choice", {"top_k": True}, "top_k must be a positive integer, got True"),
+])
+def test_option_values_of_the_wrong_type_or_range_are_one_option_error(handmade_bundle, task, options, message):
+    from runtime.errors import OptionError
+
+    pipe = pipeline(handmade_bundle(task))
+    good = {"question-answering": {"question": "Who went?", "context": "Botchan went."},
+            "multiple-choice": {"prompt": "She opens the door.", "choices": ["She walks in.", "It eats."]}}
+    item = good.get(task, "Botchan went to [MASK].")
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace("*", r"\*")) as refused:
+        pipe(**item, **options) if task == "question-answering" else pipe(item, **options)
+    assert "Error" not in str(refused.value)
+    with pytest.raises(OptionError, match=message.replace("(", r"\(")):
+        pipe.run_each([item], **options)
