@@ -4,6 +4,10 @@ what transformers computes, tokenized by AutoTokenizer from the same directory (
 length)."""
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -44,7 +48,8 @@ def exported(tmp_path_factory):
         if key not in made:
             root = tmp_path_factory.mktemp(task)
             hf_model = save_checkpoint(root / "checkpoint", task)
-            made[key] = export(root / "checkpoint", task, root / "bundle", layers=layers, log=quiet, **options), hf_model
+            bundle = export(root / "checkpoint", task, root / "albert-bundle", layers=layers, log=quiet, **options)
+            made[key] = bundle, hf_model
         return made[key]
 
     return make
@@ -126,3 +131,20 @@ def test_ort_model_loads_the_bundle_and_computes_what_transformers_does(task, ex
         if name == "pooler_output":
             continue  # not in the default bundle (and ORTModelForFeatureExtraction returns last_hidden_state alone)
         np.testing.assert_allclose(getattr(outputs, name).numpy(), expected, atol=1e-4, rtol=0, err_msg=name)
+
+
+def test_readme_optimum_example_runs_as_written(exported, tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use the bundle from", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    bundle, _ = exported("question-answering")
+    (tmp_path / "albert-question-answering-fp32").symlink_to(bundle)
+    namespace: dict = {}
+    previous = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        exec(example, namespace)  # noqa: S102 - the README's own example
+    finally:
+        os.chdir(previous)
+    assert type(namespace["model"]).__name__ == "ORTModelForQuestionAnswering"
+    assert namespace["tokenizer"].model_max_length == 40

@@ -45,7 +45,8 @@ export async function loadBundle(dir, { model = 'model.onnx' } = {}) {
   const session = await ort.InferenceSession.create(path.join(dir, model));
   const maxLength = Math.min(manifest.tokenizer.max_length, tokenizerConfig.model_max_length, MAX_SEQ_LEN);
   const special = manifest.tokenizer.special_tokens;
-  return { tokenizer, session, maxLength, clsId: tokenizer.token_to_id(special.cls), sepId: tokenizer.token_to_id(special.sep) };
+  const [clsId, sepId] = [special.cls, special.sep].map((token) => tokenizer.token_to_id(token));
+  return { tokenizer, session, maxLength, clsId, sepId };
 }
 
 // The context's words as the tokenizer's Metaspace pre-tokenizer sees them: runs of characters that do not
@@ -85,10 +86,13 @@ export async function answer(bundle, question, context, { topK = 1 } = {}) {
   const contextIds = words.flatMap((word) => word.ids);
   const ids = [clsId, ...questionIds, sepId, ...contextIds, sepId];
   const pairIds = tokenizer.encode(question, { text_pair: context }).ids;
-  const untrimmed = [clsId, ...questionIds, sepId, ...words.filter((word) => !word.trailing).flatMap((word) => word.ids), sepId];
-  if (pairIds.join() !== untrimmed.join()) throw new Error('the word-by-word tokenization differs from the tokenizer\'s; this example cannot align this context');
+  const trimmed = words.filter((word) => !word.trailing).flatMap((word) => word.ids);
+  if (pairIds.join() !== [clsId, ...questionIds, sepId, ...trimmed, sepId].join()) {
+    throw new Error('the word-by-word tokenization differs from the tokenizer\'s; this example cannot align this context');
+  }
   if (ids.length > maxLength) {
-    throw new Error(`question and context take ${ids.length} tokens, more than the ${maxLength} this example answers in one window`);
+    throw new Error(`question and context take ${ids.length} tokens, more than the ${maxLength} this example `
+      + 'answers in one window');
   }
   const firstContext = questionIds.length + 2;
   const tokenWord = words.flatMap((word, index) => word.ids.map(() => index));
@@ -128,7 +132,8 @@ async function main(argv) {
   const options = {};
   if (argv[0] === '--model') [, options.model, ...argv] = argv;
   if ((argv.length !== 1 && argv.length !== 3) || options.model === undefined && 'model' in options) {
-    console.error('usage: node qa.mjs [--model FILE] BUNDLE [QUESTION CONTEXT]   (without them: JSON lines {"question", "context"} on stdin)');
+    console.error('usage: node qa.mjs [--model FILE] BUNDLE [QUESTION CONTEXT]   '
+      + '(without them: JSON lines {"question", "context"} on stdin)');
     return 2;
   }
   const bundle = await loadBundle(argv[0], options);

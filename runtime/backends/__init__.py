@@ -16,11 +16,11 @@ import numpy as np
 
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
+from ..extras import GPU_SWITCH, missing_module_line
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda")
 BACKEND_OPTIONS = {"onnxruntime": {"low_memory"}, "openvino": {"hint", "precision"}, "tensorrt": set()}
-GPU_EXTRA = "pip install 'albert-export[gpu]'"  # onnxruntime-gpu and cuda-python
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def backend_from_bundle(
         if not cuda_available():
             warnings.warn(
                 f"device={device!r}: this onnxruntime has no CUDA, running on the CPU as transformers does "
-                f"(for the GPU: {GPU_EXTRA})",
+                f"(for the GPU: {GPU_SWITCH})",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -115,7 +115,13 @@ def backend_from_bundle(
         from .trt import TensorRTBackend
 
         return TensorRTBackend(bundle.engine_path)
-    from .ort import OnnxRuntimeBackend
+    try:
+        from .ort import OnnxRuntimeBackend
+    except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
+        line = missing_module_line(exc.name or "", "the onnxruntime backend")
+        if line is None:
+            raise
+        raise BackendError(line) from None
 
     return OnnxRuntimeBackend(
         bundle.model_path,

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import BackendError, OptionError
+from ..extras import GPU_SWITCH
 
 _ONNX_DTYPES = {
     "tensor(int64)": np.int64,
@@ -51,8 +52,7 @@ def default_providers(device: str, device_id: int = 0) -> list:
     if not cuda_available():
         raise BackendError(
             f"device cuda:{device_id} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime offers "
-            f"{', '.join(ort.get_available_providers())}. Install it with pip install 'albert-export[gpu]', "
-            "or use the cpu device"
+            f"{', '.join(ort.get_available_providers())}. Switch to it with {GPU_SWITCH}, or use the cpu device"
         )
     return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
