@@ -30,7 +30,8 @@ from graphs.size import array_digest, node_count, stored_tensors
 from graphs.walk import tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import (
-    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASKS, canonical_task, dynamic_axes, input_dims,
+    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
+    input_dims,
 )
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
@@ -49,9 +50,6 @@ MIN_OPSET = 14  # the oldest the graph passes are written for
 TRACE_MAX_OPSET = 20  # the TorchScript exporter's newest; newer opsets are converted to
 PRECISION = "fp32"
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
-# outputs written only when asked: optimum's feature-extraction config has last_hidden_state alone, and its
-# validate_model_outputs refuses a graph with any other output
-OPTIONAL_OUTPUTS = ("pooler_output",)
 
 
 class ExportOptionError(ValueError):
@@ -343,7 +341,7 @@ def export(
     tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
     tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
     log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
-    left_out = () if pooler_output else OPTIONAL_OUTPUTS
+    left_out = () if pooler_output else TASK_OUTPUTS_ON_REQUEST
     outputs = [name for name in TASKS[task].outputs if name not in left_out]
     graph = onnx_from_reference(model, layers, opset, left_out)
     optimize_report = {}

@@ -58,6 +58,9 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # every task, on request (albert-export --output-hidden-states / --output-attentions), after the task's outputs:
 # hidden_states (L+1, batch, sequence, H) and attentions (L*inner_group_num, batch, heads, sequence, sequence)
 OPTIONAL_OUTPUTS = ("hidden_states", "attentions")
+# task outputs a bundle has only when asked (albert-export --pooler-output): optimum's feature-extraction config
+# has last_hidden_state alone, and its validate_model_outputs refuses a graph with any other output
+TASK_OUTPUTS_ON_REQUEST = ("pooler_output",)
 
 
 class UnknownTaskError(KeyError, ValueError):

@@ -26,7 +26,7 @@ from graphs.walk import op_counts, tensor_nbytes
 from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError
-from runtime.taskspec import TASKS
+from runtime.taskspec import TASK_OUTPUTS_ON_REQUEST, TASKS
 from tests.export_helpers import hf_class, save_checkpoint
 
 torch.set_num_threads(1)
@@ -107,7 +107,8 @@ def test_every_task_in_both_modes_matches_transformers(task, bundles, checkpoint
         batch, sequence = manifest.inputs[0].dims[0], manifest.inputs[0].dims[-1]
         rows = f"{batch}*{manifest.inputs[0].dims[1]}" if TASKS[task].multiple_choice else batch
         specs = {spec.name: spec for spec in manifest.outputs}
-        assert [spec.name for spec in manifest.outputs] == [*TASKS[task].outputs, "hidden_states", "attentions"]
+        task_outputs = [name for name in TASKS[task].outputs if name not in TASK_OUTPUTS_ON_REQUEST]
+        assert [spec.name for spec in manifest.outputs] == [*task_outputs, "hidden_states", "attentions"]
         assert specs["hidden_states"].dims == [LAYERS + 1, rows, sequence, HIDDEN]
         assert specs["attentions"].dims == [LAYERS * INNER, rows, HEADS, sequence, sequence]
         assert specs["hidden_states"].dtype == specs["attentions"].dtype == "float32"

@@ -96,6 +96,13 @@ def test_pooler_output_is_an_option_because_the_validator_refuses_extra_outputs(
         validate_model_outputs(config, hf_model, bundle / "model.onnx", list(config.outputs), use_subprocess=False)
 
 
+def test_pooler_output_and_hidden_states_are_each_listed_once(exported):
+    bundle, _ = exported("feature-extraction", pooler_output=True, output_hidden_states=True)
+    names = ["last_hidden_state", "pooler_output", "hidden_states"]
+    assert [output.name for output in onnx.load(str(bundle / "model.onnx")).graph.output] == names
+    assert [spec.name for spec in load_bundle(bundle).manifest.outputs] == names
+
+
 def test_optimum_knows_every_task_but_pretraining():
     supported = set(TasksManager.get_supported_tasks_for_model_type("albert", "onnx"))
     assert supported == set(OPTIMUM_TASKS) and set(TASKS) - supported == {"pretraining"}
