@@ -1,6 +1,7 @@
 """albert-export: ALBERT from PyTorch to ONNX / TensorRT bundles, weights stored once.
 
-The public names load on first use, so the CLI starts (and answers Ctrl-C, --help, usage errors) before torch.
+The public names load on first use, so the CLI starts (and answers Ctrl-C, --help, --version, usage errors) before
+torch, and on an install without the export extra says in one line which extra to add.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import importlib
 import sys
 import types
 
-__version__ = "0.1.0"
+from runtime import __version__
 __all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "export", "from_pretrained", "__version__"]
 _HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint",
           "from_pretrained": "checkpoint"}

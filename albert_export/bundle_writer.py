@@ -10,12 +10,15 @@ only what we installed). A symbolic link is followed: the bundle replaces the fo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -311,10 +314,31 @@ class BundleWriter:
 
     def replace_previous_bundle(self) -> None:
         old = self.sibling("old")
-        os.replace(self.target, old)  # onto the empty directory mkdtemp made
-        try:
-            os.replace(self.path, self.target)
-        except BaseException:
-            os.replace(old, self.target)
-            raise
+        with signals_deferred():  # between the two renames no bundle is at the output: no Ctrl-C there
+            os.replace(self.target, old)  # onto the empty directory mkdtemp made
+            try:
+                os.replace(self.path, self.target)
+            except BaseException:
+                os.replace(old, self.target)
+                raise
         remove_bundle(old)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT, SIGTERM and SIGHUP wait until the block is done, then reach the handlers they would have reached.
+    (Handlers, not a signal mask: a process-directed signal goes to any thread that does not block it, and
+    Python runs its handlers in the main thread whichever thread got it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    stop = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum)) for signum in stop}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            signal.raise_signal(pending[0])

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from runtime.taskspec import canonical_task
+from runtime.extras import install_command
 
 from .config import AlbertConfig
 from .modeling import AlbertForTask, model_for_task
@@ -66,7 +67,7 @@ def download_from_hub(repo_id: str) -> Path:
     except ImportError as exc:
         raise CheckpointError(
             f"{repo_id!r} is not a local directory, and huggingface_hub is not installed to fetch it "
-            "(pip install 'albert-export[export]')"
+            f"({install_command('export')})"
         ) from exc
     patterns = ["config.json", SAFETENSORS, "tokenizer.json", "tokenizer_config.json", "spiece.model",
                 "special_tokens_map.json"]

@@ -1,4 +1,5 @@
-"""albert-export: parse, one library call, print the bundle path. Progress goes to stderr; a failure is one
+"""albert-export: parse, one library call, print the bundle path (stdout carries nothing else). Progress goes to
+stderr through `logging` (--quiet: warnings and errors only; --verbose: TensorRT's messages too); a failure is one
 `albert-export: error: ...` line and exit status 1 (2 for bad usage: an unknown flag, task or option value, flags
 that do not combine); ALBERT_EXPORT_DEBUG=1 shows the traceback. Warnings (e.g. a task head that is not in the
 checkpoint) are one `albert-export: warning: ...` line each. SIGINT (Ctrl-C), SIGTERM and SIGHUP, at any point
@@ -7,13 +8,19 @@ from start-up on, remove the export's temporary files and exit 128 + the signal 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 import warnings
 
+from runtime import __version__
+from runtime.extras import missing_module_line
 from runtime.taskspec import TASKS
+
+from .config import TaskDetectionError
+from .progress import LOGGER, configure
 
 DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled or kept as a Loop, weights once)."
 
@@ -48,18 +55,27 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import DEFAULT_SHAPES
-    from .export import DEFAULT_OPSET, MIN_OPSET, max_opset
+    from .opsets import DEFAULT_OPSET, MIN_OPSET
 
     parser = Parser(prog="albert-export", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"albert-export {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                      default=logging.INFO, help="only warnings and errors on stderr")
+    talk.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                      help="also TensorRT's messages and other details")
     source = parser.add_argument_group("model")
     source.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID",
                         help="checkpoint directory or hub id (default: the embedded tiny model)")
-    source.add_argument("--task", required=True, help=f"one of: {task_help()}")
+    source.add_argument("--task", default=None,
+                        help=f"one of: {task_help()} (default: from config.json's architectures, as optimum's "
+                             "--task auto; fill-mask for the embedded model)")
     graph = parser.add_argument_group("graph")
     graph.add_argument("--layers", choices=("unrolled", "loop"), default="unrolled",
                        help="inline the shared layer group per layer, or keep it as an ONNX Loop (default unrolled)")
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                       help=f"ONNX opset, {MIN_OPSET}..{max_opset()} (default {DEFAULT_OPSET})")
+                       help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnx and onnxruntime run "
+                            f"(default {DEFAULT_OPSET})")
     graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
                        help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
                             "(com.microsoft Attention, FastGelu) (default none)")
@@ -72,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--output-hidden-states", action="store_true",
                        help="add output hidden_states [L+1, batch, sequence, hidden]: embeddings, then each layer")
     graph.add_argument("--output-attentions", action="store_true",
-                       help="add output attentions [L, batch, heads, sequence, sequence]: each layer's softmax "
-                            "(L x heads x sequence^2 floats per example; keeps attention unfused)")
+                       help="add output attentions [L*inner_group_num, batch, heads, sequence, sequence]: every "
+                            "softmax (L x heads x sequence^2 floats per example; keeps attention unfused)")
     precision = parser.add_argument_group("precision")
     precision.add_argument("--fp16", action="store_true",
                            help="mixed fp16: weights and MatMuls fp16, LayerNorm/Softmax/sums fp32, IO dtypes kept")
@@ -131,7 +147,7 @@ def export_options(args: argparse.Namespace) -> dict:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"albert-export: warning: {message}", file=sys.stderr)
+    LOGGER.warning(str(message))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"albert-export: interrupted ({signal.Signals(signum).name}); no bundle was written and its "
-              "temporary files are removed", file=sys.stderr)
+        print(f"albert-export: interrupted ({signal.Signals(signum).name}); no partial bundle is left behind",
+              file=sys.stderr)
         return 128 + signum
     finally:
         for signum, handler in previous.items():
@@ -153,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from .export import check_options, export
+    configure(args.log_level)
+    try:
+        from .export import check_options, export
+    except ModuleNotFoundError as exc:  # an install without the export extra
+        return refuse_missing(exc)
 
     options = export_options(args)
     try:
@@ -171,6 +191,11 @@ def run(argv: list[str] | None) -> int:
                 from .triton import write_repository
 
                 write_repository(path, args.triton)
+    except TaskDetectionError as exc:  # --task left out and config.json does not settle it: a usage error
+        print(f"albert-export: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # e.g. onnxruntime (the cpu or gpu extra) missing for validation
+        return refuse_missing(exc)
     except Exception as exc:  # one clear line, never a traceback (unless asked for)
         if os.environ.get("ALBERT_EXPORT_DEBUG"):
             raise
@@ -178,6 +203,15 @@ def run(argv: list[str] | None) -> int:
         return 1
     print(path)
     return 0
+
+
+def refuse_missing(exc: ModuleNotFoundError) -> int:
+    """A package an extra brings is not installed: one line naming it and the pip command, exit 1."""
+    line = missing_module_line(exc.name or "", "albert-export")
+    if line is None or os.environ.get("ALBERT_EXPORT_DEBUG"):
+        raise exc
+    print(f"albert-export: error: {line}", file=sys.stderr)
+    return 1
 
 
 OUR_PACKAGES = ("albert_export", "runtime", "graphs", "calibration")

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.taskspec import TASKS, UnknownTaskError
+
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish", "gelu_fast", "gelu_pytorch_tanh")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -234,3 +236,35 @@ def float_problems(config: AlbertConfig) -> list[str]:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# optimum's TasksManager mapping (its `--task auto`): the head class a checkpoint was saved from -> the task
+ARCHITECTURE_TASKS = {
+    "AlbertForMaskedLM": "fill-mask",
+    "AlbertForSequenceClassification": "text-classification",
+    "AlbertForTokenClassification": "token-classification",
+    "AlbertForQuestionAnswering": "question-answering",
+    "AlbertForMultipleChoice": "multiple-choice",
+    "AlbertForPreTraining": "pretraining",
+    "AlbertModel": "feature-extraction",
+}
+
+
+class TaskDetectionError(UnknownTaskError):
+    """--task was left out and config.json's `architectures` name no single task."""
+
+
+def task_from_architectures(config: AlbertConfig, source: str | Path) -> str:
+    """The task of the one Albert* head class config.json names, or TaskDetectionError naming the choices."""
+    named = config.extra.get("architectures") or []
+    named = [name for name in named if isinstance(name, str)] if isinstance(named, list) else []
+    tasks = list(dict.fromkeys(ARCHITECTURE_TASKS[name] for name in named if name in ARCHITECTURE_TASKS))
+    if len(tasks) == 1:
+        return tasks[0]
+    where = Path(source) / "config.json"
+    if tasks:
+        raise TaskDetectionError(f"{where} names architectures {', '.join(named)} for {len(tasks)} tasks; "
+                                 f"pass --task {' or --task '.join(tasks)}")
+    found = f" (it names {', '.join(named)})" if named else ""
+    raise TaskDetectionError(f"--task is needed: {where} names no Albert* architecture{found}; "
+                             f"pass --task with one of: {', '.join(TASKS)}")

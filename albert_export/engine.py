@@ -8,13 +8,16 @@ needs a GPU at build time and targets the GPU it runs on).
 from __future__ import annotations
 
 import importlib
+import logging
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.bundle import EngineInfo
+from runtime.extras import install_command
 from runtime.taskspec import INPUT_NAMES
+
+from .progress import LOGGER, bars_shown, log, stdout_to_stderr
 
 ENGINES = ("onnxruntime", "tensorrt")  # onnxruntime: the bundle's model.onnx alone; tensorrt: + engine.plan
 RTX_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9", "12.0")
@@ -74,13 +77,56 @@ def import_tensorrt(flavour: str = "auto"):
         except ImportError:
             continue
     raise EngineError(
-        "no TensorRT found: pip install 'albert-export[tensorrt]' (tensorrt-rtx, builds on CPU-only machines), "
+        f"no TensorRT found: {install_command('tensorrt')} (tensorrt-rtx, builds on CPU-only machines), "
         "or NVIDIA's datacenter `tensorrt` from NVIDIA's package index"
     )
 
 
 def flavour_of(trt) -> str:
     return "tensorrt_rtx" if trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
+
+
+def logger_for(trt):
+    """TensorRT's messages through the albert_export logger (its default Logger prints to stdout)."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG, severity.VERBOSE: logging.DEBUG}
+
+    class LoggingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, level, message):
+            for line in str(message).splitlines():  # one prefixed line each, so a log reads line by line
+                LOGGER.log(levels.get(level, logging.WARNING), f"{flavour_of(trt)}: {line}")
+
+    return LoggingLogger()
+
+
+def progress_monitor_for(trt):
+    """A tqdm bar per top-level build phase of TensorRT's builder (only when bars are shown)."""
+    from tqdm import tqdm
+
+    class BarMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.bars = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:
+                self.bars[phase_name] = tqdm(total=num_steps, desc=f"engine: {phase_name}", leave=False)
+
+        def step_complete(self, phase_name, step):
+            if phase_name in self.bars:
+                self.bars[phase_name].update(1)
+            return True
+
+        def phase_finish(self, phase_name):
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return BarMonitor()
 
 
 def parse_onnx(trt, builder, logger, onnx_path: Path):
@@ -109,19 +155,27 @@ def engine_from_onnx(
     *,
     flavour: str = "auto",
     compute_capabilities: tuple[str, ...] | None = None,
-    log=lambda message: print(message, file=sys.stderr),
+    log=log,
 ) -> tuple[bytes, EngineInfo]:
-    """Build a serialized plan with one optimization profile shared by the three inputs."""
+    """Build a serialized plan with one optimization profile shared by the three inputs. TensorRT's messages go
+    to the albert_export logger, and whatever its native code prints goes to stderr, never to stdout."""
     trt = import_tensorrt(flavour)
-    logger = trt.Logger(trt.Logger.WARNING)
+    with stdout_to_stderr():
+        return _build(trt, Path(onnx_path), profile, compute_capabilities, log)
+
+
+def _build(trt, onnx_path: Path, profile: ShapeProfile, compute_capabilities, log) -> tuple[bytes, EngineInfo]:
+    logger = logger_for(trt)
     builder = trt.Builder(logger)
-    network = parse_onnx(trt, builder, logger, Path(onnx_path))
+    network = parse_onnx(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
+    if bars_shown() and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = progress_monitor_for(trt)
     optimization_profile = builder.create_optimization_profile()
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     for name in names:
         if name not in INPUT_NAMES:
-            raise EngineError(f"{Path(onnx_path).name} has an unexpected input {name!r}")
+            raise EngineError(f"{onnx_path.name} has an unexpected input {name!r}")
         optimization_profile.set_shape(name, profile.minimum, profile.optimum, profile.maximum)
     config.add_optimization_profile(optimization_profile)
     if flavour_of(trt) == "tensorrt_rtx":

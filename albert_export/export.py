@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import tempfile
 import time
 import warnings
@@ -35,29 +34,26 @@ from runtime.taskspec import (
 )
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
-from .checkpoint import from_pretrained, resolve_checkpoint
+from .checkpoint import from_pretrained, load_config, resolve_checkpoint
+from .config import task_from_architectures
 from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
 from .modeling import AlbertForTask
+from .opsets import DEFAULT_OPSET, MIN_OPSET, TRACE_MAX_OPSET
 from .ort_format import ort_from_onnx
+from .progress import bar, log, stage
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
 from .tolerances import tolerance_for
 from .validate import validate_onnx
 
-DEFAULT_OPSET = 17
-MIN_OPSET = 14  # the oldest the graph passes are written for
-TRACE_MAX_OPSET = 20  # the TorchScript exporter's newest; newer opsets are converted to
 PRECISION = "fp32"
+DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
 
 
 class ExportOptionError(ValueError):
     """An export option with a value this exporter cannot honour."""
-
-
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @functools.lru_cache(maxsize=1)
@@ -289,13 +285,25 @@ def check_options(task: str | None, *, layers: str = "unrolled", opset: int = DE
     return task, precision
 
 
+def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -> str:
+    if path_or_hub_id is None:
+        task, reason = DEFAULT_MODEL_TASK, "the embedded default model"
+    else:
+        checkpoint = resolve_checkpoint(path_or_hub_id)
+        config = load_config(checkpoint)
+        task = task_from_architectures(config, checkpoint)
+        reason = f"{checkpoint / 'config.json'} names {', '.join(config.extra['architectures'])}"
+    log(f"task: {task} ({reason}; --task overrides)")
+    return task
+
+
 def default_output_dir(task: str, precision: str = PRECISION) -> Path:
     return Path(f"albert-{task}-{precision}")
 
 
 def export(
     path_or_hub_id: str | Path | None,
-    task: str,
+    task: str | None = None,
     output_dir: str | Path | None = None,
     *,
     layers: str = "unrolled",
@@ -304,7 +312,7 @@ def export(
     atol: float | None = None,
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-    log: Callable[[str], None] = stderr_log,
+    log: Callable[[str], None] = log,
     fp16: bool = False,
     int8: bool = False,
     calibration_data: str | Path | None = None,
@@ -320,35 +328,43 @@ def export(
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
-    path_or_hub_id None is the embedded default model; output_dir None is ./albert-<task>-<precision>. Raises
+    path_or_hub_id None is the embedded default model; task None is the task of the Albert* architecture its
+    config.json names (fill-mask for the embedded model, which names none: its MLM head answers seed-style
+    `[MASK]` lines); output_dir None is ./albert-<task>-<precision>. Raises
     (before any tracing) UnknownTaskError, ExportOptionError, OutputExistsError, CheckpointError, ConfigError,
     TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
     """
     started = time.perf_counter()
-    task, precision = check_options(task, layers=layers, opset=opset, optimize=optimize, fp16=fp16, int8=int8,
-                                    calibration_data=calibration_data, calibration_method=calibration_method,
-                                    calibration_samples=calibration_samples, engine=engine, shapes=shapes, atol=atol,
-                                    pooler_output=pooler_output)
+    checks = dict(layers=layers, opset=opset, optimize=optimize, fp16=fp16, int8=int8,
+                  calibration_data=calibration_data, calibration_method=calibration_method,
+                  calibration_samples=calibration_samples, engine=engine, shapes=shapes, atol=atol,
+                  pooler_output=pooler_output)
+    task, precision = check_options(task, **checks)
+    if task is None:
+        task, _ = check_options(detect_task(path_or_hub_id, log), **checks)  # the checks that need the task
     if engine == "tensorrt":
         import_tensorrt()
     output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
     if precision == "int8":
         load_examples(calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
-    log(f"loading {checkpoint} for {task}")
-    model = from_pretrained(checkpoint, task, output_hidden_states=output_hidden_states,
-                            output_attentions=output_attentions)
-    tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
-    tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
-    log(f"tracing embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
+    with stage("loaded", log) as done:
+        model = from_pretrained(checkpoint, task, output_hidden_states=output_hidden_states,
+                                output_attentions=output_attentions)
+        tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
+        tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
+        done(f"{checkpoint} for {task}")
     left_out = () if pooler_output else TASK_OUTPUTS_ON_REQUEST
     outputs = [name for name in TASKS[task].outputs if name not in left_out]
-    graph = onnx_from_reference(model, layers, opset, left_out)
+    with stage("traced", log) as done:
+        graph = onnx_from_reference(model, layers, opset, left_out)
+        done(f"embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
     optimize_report = {}
     if optimize != "none":
-        graph, optimize_report = optimize_graph(graph, optimize)
-        fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
-        log(f"optimized ({optimize}): " + (", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused"))
+        with stage(f"optimized ({optimize}):", log) as done:
+            graph, optimize_report = optimize_graph(graph, optimize)
+            fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
+            done(", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused")
     # precision last, after any graph optimization: fp16 (mixed) or calibrated INT8 QDQ
     graph, precision_extra, calibration_table = graph_at_precision(
         graph, precision, task=task, tokenizer=tokenizer, layers=layers, vocab_size=model.config.vocab_size,
@@ -379,21 +395,23 @@ def export(
         if calibration_table is not None:
             calibration_table.save(bundle.path)
         if validate:
-            log("validating against the PyTorch reference with onnxruntime (CPU)")
-            manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
-                                                atol=atol)
-            worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
-            log(f"validated on {len(manifest.validation.shapes)} shapes: max abs diff {worst}")
+            with stage("validated", log) as done:
+                manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
+                                                    atol=atol, progress=bar)
+                worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
+                done(f"on {len(manifest.validation.shapes)} shapes against the PyTorch reference (onnxruntime CPU): "
+                     f"max abs diff {worst}")
         if ort_format:
             ort_model, _ = ort_from_onnx(bundle.path / MODEL, bundle.path)
             stats["ort_model_bytes"] = ort_model.stat().st_size
             log(f"wrote {ort_model.name} ({stats['ort_model_bytes'] / stats['model_bytes']:.3f} x model.onnx) "
                 "and its required operators")
         if profile is not None:
-            plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
-            (bundle.path / ENGINE).write_bytes(plan)
-            log(f"built {ENGINE} ({len(plan) / 1e6:.1f} MB) for compute capabilities "
-                f"{', '.join(manifest.engine.compute_capabilities)}")
+            with stage(f"built {ENGINE}", log) as done:
+                plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
+                (bundle.path / ENGINE).write_bytes(plan)
+                done(f"({len(plan) / 1e6:.1f} MB) for compute capabilities "
+                     f"{', '.join(manifest.engine.compute_capabilities)}")
         path = bundle.commit(manifest)
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
     return path

@@ -1,18 +1,19 @@
 """The bundle's tokenizer: a `tokenizers.Tokenizer` from an HF tokenizer.json or an ALBERT `spiece.model`.
 
 From a SentencePiece model we build what transformers' `AlbertConverter` builds (the tokenizer behind
-`AlbertTokenizerFast(vocab_file=...)`), without importing transformers or sentencepiece: the .model file is a
-small protobuf, read here directly. Special tokens the SentencePiece vocabulary lacks ([CLS], [SEP], <pad>,
-[MASK]) become added tokens after it, in the order transformers adds them, so ids match.
+`AlbertTokenizerFast(vocab_file=...)`), without transformers: the .model file is read with SentencePiece's own
+protobuf schema (sentencepiece_model_pb2, as the converter reads it). Special tokens the SentencePiece vocabulary
+lacks ([CLS], [SEP], <pad>, [MASK]) become added tokens after it, in the order transformers adds them, so ids match.
 """
 from __future__ import annotations
 
 import json
-import struct
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from google.protobuf.message import DecodeError
+from sentencepiece.sentencepiece_model_pb2 import ModelProto, TrainerSpec
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
@@ -27,96 +28,34 @@ ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask":
 # transformers writes int(1e30) as model_max_length when the checkpoint sets none
 _UNSET_MAX_LENGTH = 1 << 40
 
-_PIECE_UNKNOWN, _PIECE_CONTROL, _PIECE_USER_DEFINED = 2, 3, 4
-_MODEL_TYPE_UNIGRAM = 1
+_CONTROL, _USER_DEFINED = ModelProto.SentencePiece.CONTROL, ModelProto.SentencePiece.USER_DEFINED
 
 
 class TokenizerError(ValueError):
     """A tokenizer directory or file that cannot be turned into the bundle's tokenizer."""
 
 
-# --- reading spiece.model (sentencepiece_model.proto, only the fields the converter uses) -----------------
+# --- reading spiece.model (SentencePiece's own ModelProto) ----------------------------------------------
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _proto_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
-    """(field number, value) for every field of one protobuf message; varints as int, the rest as bytes."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if pos > len(buf):
-            raise ValueError("truncated protobuf message")
-        yield number, value
-
-
-class _SentencePieceModel:
-    def __init__(self, data: bytes):
-        self.pieces: list[tuple[str, float, int]] = []  # (piece, score, type)
-        self.model_type = _MODEL_TYPE_UNIGRAM
-        self.unk_id = 0
-        self.precompiled_charsmap = b""
-        for number, value in _proto_fields(data):
-            if number == 1:
-                piece, score, kind = "", 0.0, 1
-                for field, item in _proto_fields(value):
-                    if field == 1:
-                        piece = item.decode("utf-8")
-                    elif field == 2:
-                        score = struct.unpack("<f", item)[0]
-                    elif field == 3:
-                        kind = item
-                self.pieces.append((piece, score, kind))
-            elif number == 2:  # TrainerSpec
-                for field, item in _proto_fields(value):
-                    if field == 3:
-                        self.model_type = item
-                    elif field == 40:
-                        self.unk_id = item
-            elif number == 3:  # NormalizerSpec
-                for field, item in _proto_fields(value):
-                    if field == 2:
-                        self.precompiled_charsmap = bytes(item)
-
-
-def _read_spiece(path: Path) -> _SentencePieceModel:
+def _read_spiece(path: Path) -> ModelProto:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TokenizerError(f"cannot read the SentencePiece model {path}: {exc}") from exc
+    model = ModelProto()
     try:
-        model = _SentencePieceModel(data)
-    except (IndexError, ValueError, struct.error, AttributeError, TypeError) as exc:
+        model.ParseFromString(data)
+    except DecodeError as exc:
         raise TokenizerError(
             f"{path} is not a SentencePiece model ({exc}); pass the spiece.model of an ALBERT checkpoint"
         ) from exc
-    if not model.pieces or any(not piece for piece, _, _ in model.pieces):
+    if not model.pieces or any(not piece.piece for piece in model.pieces):
         raise TokenizerError(f"{path} holds no SentencePiece vocabulary; pass the spiece.model of an ALBERT checkpoint")
-    if model.model_type != _MODEL_TYPE_UNIGRAM:
-        raise TokenizerError(
-            f"{path} is a SentencePiece model of type {model.model_type}, not Unigram (1) as ALBERT uses"
-        )
-    if not 0 <= model.unk_id < len(model.pieces):
-        raise TokenizerError(f"{path} names unk id {model.unk_id} outside its {len(model.pieces)} pieces")
+    if model.trainer_spec.model_type != TrainerSpec.UNIGRAM:
+        kind = TrainerSpec.ModelType.Name(model.trainer_spec.model_type)
+        raise TokenizerError(f"{path} is a SentencePiece model of type {kind}, not Unigram as ALBERT uses")
+    if not 0 <= model.trainer_spec.unk_id < len(model.pieces):
+        raise TokenizerError(f"{path} names unk id {model.trainer_spec.unk_id} outside its {len(model.pieces)} pieces")
     return model
 
 
@@ -142,12 +81,12 @@ def _albert_normalizer(charsmap: bytes, do_lower_case: bool, keep_accents: bool)
     return normalizers.Sequence(steps)
 
 
-def _add_albert_special_tokens(tokenizer: Tokenizer, model: _SentencePieceModel) -> None:
+def _add_albert_special_tokens(tokenizer: Tokenizer, model: ModelProto) -> None:
     # the converter makes control pieces special added tokens and user-defined pieces plain added tokens
     spm_added = [
-        AddedToken(piece, normalized=False, special=kind == _PIECE_CONTROL)
-        for piece, _, kind in model.pieces
-        if kind in (_PIECE_CONTROL, _PIECE_USER_DEFINED)
+        AddedToken(piece.piece, normalized=False, special=piece.type == _CONTROL)
+        for piece in model.pieces
+        if piece.type in (_CONTROL, _USER_DEFINED)
     ]
     tokenizer.add_tokens(spm_added)
     # then AlbertTokenizerFast adds its special tokens that are not added tokens yet, in transformers' role
@@ -169,10 +108,10 @@ def tokenizer_from_spiece(
     nothing: runs of spaces are always collapsed (the slow tokenizer's sentencepiece model collapses them too)."""
     del remove_space
     model = _read_spiece(Path(spiece_path))
-    vocab = [(piece, _number_comma_penalized(piece, score)) for piece, score, _ in model.pieces]
-    tokenizer = Tokenizer(Unigram(vocab, unk_id=model.unk_id, byte_fallback=False))
+    vocab = [(piece.piece, _number_comma_penalized(piece.piece, piece.score)) for piece in model.pieces]
+    tokenizer = Tokenizer(Unigram(vocab, unk_id=model.trainer_spec.unk_id, byte_fallback=False))
     _add_albert_special_tokens(tokenizer, model)
-    tokenizer.normalizer = _albert_normalizer(model.precompiled_charsmap, do_lower_case, keep_accents)
+    tokenizer.normalizer = _albert_normalizer(model.normalizer_spec.precompiled_charsmap, do_lower_case, keep_accents)
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.post_processor = processors.TemplateProcessing(

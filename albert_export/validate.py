@@ -125,10 +125,11 @@ def validate_onnx(
     shapes: list[tuple[int, ...]] | None = None,
     threads: int | None = None,
     outputs: list[str] | None = None,
+    progress=None,
 ) -> Validation:
     """Run the graph and the reference on every shape, comparing `outputs` (default: every graph output: the
     task's, then hidden_states / attentions when the graph has them); raise ValidationError for the worst failing
-    output."""
+    output. progress: albert_export.progress.bar (or alike) to show a bar per shape."""
     config = reference.config
     spec = TASKS[task]
     shapes = shapes or validation_shapes(config.max_position_embeddings, spec.multiple_choice)
@@ -136,7 +137,7 @@ def validate_onnx(
     names = list(outputs or (output.name for output in session.get_outputs()))
     tolerances = {name: tolerance_for(precision, name, atol) for name in names}
     results = {name: Comparison() for name in names}
-    for shape in shapes:
+    for shape in progress(shapes, desc="validating", total=len(shapes), unit="shape") if progress else shapes:
         inputs = validation_inputs(shape, config.vocab_size, config.type_vocab_size)
         expected = reference_outputs(reference, inputs)
         actual = dict(zip(names, session.run(names, inputs)))

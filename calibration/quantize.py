@@ -9,7 +9,9 @@ import onnx
 from graphs.passes.qdq import insert_qdq, quantization_targets
 from runtime.taskspec import OPTIONAL_OUTPUTS
 
-from .ranges import DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, ranges
+from .ranges import (
+    DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, examples_in, ranges,
+)
 from .table import CalibrationTable
 
 ONNXRUNTIME_DOMAIN = "com.microsoft"
@@ -18,7 +20,7 @@ QA_MAX_ANSWER_TOKENS = 15  # the QA pipeline's default max_answer_len
 
 def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, method: str = "percentile",
                    percentile: float = DEFAULT_PERCENTILE, layers: str = "", samples: int | None = None,
-                   per_channel: bool = True, progress: bool = True, threads: int = 0,
+                   per_channel: bool = True, progress=None, threads: int = 0,
                    activation_products: bool = False, unsigned_activations: bool = False,
                    gather_int8_rows: bool | None = None,
                    ) -> tuple[onnx.ModelProto, CalibrationTable, dict[str, int]]:
@@ -37,7 +39,8 @@ def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarra
     tensors = quantization_targets(quantized, activation_products=activation_products)
     if not tensors:
         raise CalibrationError("the graph has no MatMul/Gemm with activation inputs: nothing to quantize")
-    histograms = collect_histograms(quantized, tensors, batches, progress=progress, total=len(batches), threads=threads)
+    histograms = collect_histograms(quantized, tensors, batches, progress=progress,
+                                    total=sum(examples_in(b) for b in batches), threads=threads)
     amax = ranges(histograms, method, percentile)
     if gather_int8_rows is None:
         gather_int8_rows = onnxruntime_only(quantized)
@@ -45,7 +48,7 @@ def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarra
                         unsigned_activations=unsigned_activations, gather_int8_rows=gather_int8_rows)
     table = CalibrationTable(
         method=method, percentile=percentile if method == "percentile" else None,
-        samples=samples if samples is not None else sum(len(b["input_ids"]) for b in batches),
+        samples=samples if samples is not None else sum(examples_in(b) for b in batches),
         batches=len(batches), amax=amax, layers=layers,
     )
     return quantized, table, counts
@@ -61,12 +64,16 @@ def onnxruntime_only(model: onnx.ModelProto) -> bool:
     return visit(model.graph)
 
 
-def _run_all(model: onnx.ModelProto, batches, threads: int) -> list[dict[str, np.ndarray]]:
+def _run_all(model: onnx.ModelProto, batches, threads: int, progress=None,
+             desc: str = "") -> list[dict[str, np.ndarray]]:
     """The task outputs for every batch (hidden_states / attentions are not kept: they are large and validated
     against PyTorch anyway)."""
     session = calibration_session(model, threads)
     names = [o.name for o in session.get_outputs() if o.name not in OPTIONAL_OUTPUTS]
     inputs = {i.name for i in session.get_inputs()}
+    if progress:
+        batches = progress(batches, desc=desc, total=sum(examples_in(b) for b in batches), unit="example",
+                           size=examples_in)
     return [dict(zip(names, session.run(names, {k: v for k, v in b.items() if k in inputs}))) for b in batches]
 
 
@@ -83,12 +90,13 @@ def _best_spans(start: np.ndarray, end: np.ndarray, mask: np.ndarray) -> list[tu
 
 
 def accuracy_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]],
-                    task: str, threads: int = 0) -> dict:
+                    task: str, threads: int = 0, progress=None) -> dict:
     """How the candidate (INT8 or fp16) graph compares with the fp32 graph on `batches`:
     max_abs_diff per output, top1_agreement per logits output (over unpadded positions for token-level
     outputs, over the sequence for QA start/end), and qa_span_agreement (best span, as the QA head picks)."""
-    expected, actual = _run_all(reference, batches, threads), _run_all(candidate, batches, threads)
-    examples = int(sum(len(b["input_ids"]) for b in batches))
+    expected = _run_all(reference, batches, threads, progress, "accuracy: fp32")
+    actual = _run_all(candidate, batches, threads, progress, "accuracy: candidate")
+    examples = int(sum(examples_in(b) for b in batches))
     report: dict = {"max_abs_diff": {}, "top1_agreement": {}, "examples": examples}
     for name in expected[0]:
         report["max_abs_diff"][name] = float(max(np.abs(e[name] - a[name]).max() for e, a in zip(expected, actual)))

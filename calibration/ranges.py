@@ -172,15 +172,18 @@ def calibration_session(model: onnx.ModelProto, threads: int = 0) -> ort.Inferen
 
 
 def collect_histograms(model: onnx.ModelProto, tensors: Sequence[str], batches: Iterable[dict[str, np.ndarray]],
-                       progress: bool = True, total: int | None = None, threads: int = 0) -> dict[str, Histogram]:
-    """Run the fp32 `model` over `batches` and histogram |x| of every tensor in `tensors`."""
+                       progress=None, total: int | None = None, threads: int = 0) -> dict[str, Histogram]:
+    """Run the fp32 `model` over `batches` and histogram |x| of every tensor in `tensors`. progress: a bar
+    (albert_export.progress.bar's signature) advanced per example; `total` counts examples."""
     exposed, outputs = expose(model, tensors)
     session = calibration_session(exposed, threads)
     inputs = {i.name for i in session.get_inputs()}
     fetch = list(dict.fromkeys(outputs.values()))
     histograms = {tensor: Histogram() for tensor in tensors}
     seen = 0
-    for batch in _progress(batches, progress, total):
+    if progress:
+        batches = progress(batches, desc="calibrating", total=total, unit="example", size=examples_in)
+    for batch in batches:
         values = dict(zip(fetch, session.run(fetch, {k: v for k, v in batch.items() if k in inputs})))
         for tensor, output in outputs.items():
             histograms[tensor].add(values[output])
@@ -190,14 +193,9 @@ def collect_histograms(model: onnx.ModelProto, tensors: Sequence[str], batches: 
     return histograms
 
 
-def _progress(items, enabled: bool, total: int | None):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm comes with the export extra; without it, calibrate silently
-        return items
-    return tqdm(items, total=total, desc="calibrating", unit="batch", leave=False)
+def examples_in(batch: dict[str, np.ndarray]) -> int:
+    """Rows of a batch (multiple choice: (examples, choices, sequence), one example per row)."""
+    return len(batch["input_ids"])
 
 
 def ranges(histograms: dict[str, Histogram], method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:

@@ -9,6 +9,8 @@ only for the tensorrt backend.
 """
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the distribution's one version (pyproject.toml reads it)
+
 import os as _os
 import sys as _sys
 
@@ -21,4 +23,4 @@ except KeyboardInterrupt:
         raise SystemExit(130) from None
     raise
 
-__all__ = ["pipeline", "Pipeline"]
+__all__ = ["pipeline", "Pipeline", "__version__"]

@@ -34,6 +34,7 @@ import sys
 import warnings
 from typing import Any
 
+from . import __version__
 from .backends import BACKENDS, parse_device
 from .bundle import BundleError
 from .errors import BackendError, InputError, OptionError, is_failure, one_line
@@ -82,27 +83,59 @@ def _device(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.")
+    """Every option says what it does and its default; task options left out keep the HF pipeline's default."""
+    p = argparse.ArgumentParser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.",
+                                epilog="Task options that are left out keep the Hugging Face pipeline's default "
+                                       "(as shown); one that does not apply to the bundle's task is an error.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("bundle", help="bundle directory written by albert-export")
-    p.add_argument("input", nargs="?", default="-", help="input file, one input per line; '-' or absent: stdin")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", type=_device, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
-    p.add_argument("--batch-size", type=_positive, default=8)
-    p.add_argument("--top-k", type=_positive)
-    p.add_argument("--targets", type=_comma_list, help="fill-mask/pretraining: candidate words, comma-separated")
-    p.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"))
-    p.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"))
-    p.add_argument("--ignore-labels", type=_comma_list)
-    p.add_argument("--doc-stride", type=_non_negative)
-    p.add_argument("--stride", type=_non_negative, help="token-classification: split long texts into chunks "
-                   "overlapping by N tokens (needs --aggregation-strategy other than none)")
-    p.add_argument("--max-seq-len", type=_positive)
-    p.add_argument("--max-question-len", type=_positive)
-    p.add_argument("--max-answer-len", type=_positive)
-    p.add_argument("--handle-impossible-answer", action="store_true")
-    p.add_argument("--no-align-to-words", action="store_true")
-    p.add_argument("--pooling", choices=("cls", "mean", "none"))
-    p.add_argument("--keep-going", action="store_true", help="report bad input lines and go on (exit status 1)")
+    p.add_argument("input", nargs="?", default="-",
+                   help="input file, one input per line: plain text or a JSON object (default: '-', stdin)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                        help="inference engine: onnxruntime or openvino run model.onnx, tensorrt runs engine.plan "
+                             "(default: onnxruntime)")
+    engine.add_argument("--device", type=_device, default=None,
+                        help="cpu, cuda or cuda:N, the N-th GPU (default: cpu; cuda for tensorrt)")
+    engine.add_argument("--batch-size", type=_positive, default=8, metavar="N",
+                        help="inputs run through the model together (default: 8)")
+    engine.add_argument("--keep-going", action="store_true",
+                        help="report a bad input line as {\"error\", \"line\"} and go on; the exit status is still 1 "
+                             "(default: stop at the first bad line)")
+    task = p.add_argument_group("task options")
+    task.add_argument("--top-k", type=_positive, metavar="K",
+                      help="answers per input (default: fill-mask/pretraining 5, question-answering 1, "
+                           "text-classification the best label only, multiple-choice all choices)")
+    task.add_argument("--targets", type=_comma_list, metavar="W,...",
+                      help="fill-mask/pretraining: score only these candidate words, comma-separated "
+                           "(default: every token)")
+    task.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"),
+                      help="text-classification: how logits become scores (default: softmax; sigmoid for one label or "
+                           "multi-label problems; none for regression)")
+    task.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"),
+                      help="token-classification: how sub-word tokens are grouped into entities (default: none)")
+    task.add_argument("--ignore-labels", type=_comma_list, metavar="L,...",
+                      help="token-classification: labels left out of the answer, comma-separated (default: O)")
+    task.add_argument("--doc-stride", type=_non_negative, metavar="N",
+                      help="question-answering: tokens shared by consecutive windows of a long context "
+                           "(default: 128)")
+    task.add_argument("--stride", type=_non_negative, metavar="N",
+                      help="token-classification: split long texts into chunks overlapping by N tokens; needs "
+                           "--aggregation-strategy other than none (default: no chunks, long texts truncated)")
+    task.add_argument("--max-seq-len", type=_positive, metavar="N",
+                      help="question-answering: tokens per window, question included "
+                           "(default: 384, or the model's maximum if smaller)")
+    task.add_argument("--max-question-len", type=_positive, metavar="N",
+                      help="question-answering: tokens kept of the question (default: 64)")
+    task.add_argument("--max-answer-len", type=_positive, metavar="N",
+                      help="question-answering: longest answer span, in tokens (default: 15)")
+    task.add_argument("--handle-impossible-answer", action="store_true",
+                      help="question-answering: allow the empty answer (SQuAD 2.0) (default: off)")
+    task.add_argument("--no-align-to-words", action="store_true",
+                      help="question-answering: answer spans on token, not word, boundaries "
+                           "(default: aligned to words)")
+    task.add_argument("--pooling", choices=("cls", "mean", "none"),
+                      help="feature-extraction: one vector per input (cls, mean) or per token (default: none)")
     return p
 
 

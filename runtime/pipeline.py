@@ -292,10 +292,10 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
     Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
     an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
     as HF does, no effect), threads, providers (onnxruntime execution providers), graph_optimization_level
-    ("disable" | "basic" | "extended" | "all"), backend_options (openvino: {"hint": "latency" |
-    "throughput", "precision": "f32" | "bf16"}), verify (check sha256 of every file, True), engine (a ready
-    Backend to use instead of building one). Other keyword arguments are the head's defaults, checked against
-    the head's PARAMETERS.
+    ("disable" | "basic" | "extended" | "all"), backend_options (onnxruntime: {"low_memory": bool};
+    openvino: {"hint": "latency" | "throughput", "precision": "f32" | "bf16"}), verify (check sha256 of every
+    file, True), engine (a ready Backend to use instead of building one). Other keyword arguments are the head's
+    defaults, checked against the head's PARAMETERS.
     """
     if len(args) > 2:
         raise TypeError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")

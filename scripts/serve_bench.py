@@ -3,7 +3,8 @@
     python scripts/serve_bench.py [--bundle DIR] [--requests N] [--concurrency 1,8,32] [--max-batch-size B]
 
 Without --bundle, the embedded default model is exported as a fill-mask bundle first. One run measures, in this
-order: pipeline() in-process, one request at a time (the anchor); albert-serve with dynamic batching at each
+order: pipeline() in-process, one request at a time (the anchor); the same requests in-process in batches
+(what batching can gain without HTTP); albert-serve with dynamic batching at each
 concurrency; albert-serve with --max-batch-size 1 (no batching) at the highest concurrency. Each server run is a
 bounded client (serving.loadgen: N requests, 120 s at most) after a warm-up; every answer is compared with the
 in-process one. Prints a Markdown table: throughput, p50/p99 latency, errors, answers equal, mean batch size and
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         name = bundle.resolve().name
         requests = texts(args.requests)
         bodies = [{"inputs": t} for t in requests]
-        pipe = pipeline(bundle)
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        pipe = pipeline(bundle, **({"threads": args.threads} if args.threads else {}))
         for text in requests[:8]:
             pipe(text)  # warm-up
         latencies, expected = [], []
@@ -146,16 +149,26 @@ def main(argv: list[str] | None = None) -> int:
             "p99": percentile(latencies, 0.99) * 1000, "errors": 0, "equal": len(requests), "batch": 1.0,
             "rss": (float("nan"), float("nan")),
         })]
+        started = time.perf_counter()
+        batched = [r for i in range(0, len(requests), args.max_batch_size)
+                   for r in pipe.run_each(requests[i: i + args.max_batch_size])]
+        batched_seconds = time.perf_counter() - started
+        rows.append((f"pipeline().run_each in-process, batches of {args.max_batch_size}", 1, {
+            "throughput": len(requests) / batched_seconds, "p50": float("nan"), "p99": float("nan"), "errors": 0,
+            "equal": sum(a == e for a, e in zip(json.loads(json.dumps(batched, default=lambda v: v.item())), expected)),
+            "batch": float(args.max_batch_size), "rss": (float("nan"), float("nan")),
+        }))
         del pipe
 
-        server = Server(bundle, "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms))
+        server = Server(bundle, "--max-batch-size", str(args.max_batch_size), "--max-delay-ms", str(args.max_delay_ms),
+                        *threads)
         try:
             for level in levels:
                 rows.append((f"albert-serve, batching (max {args.max_batch_size})", level,
                              serve_run(server, name, bodies, expected, level)))
         finally:
             server.stop()
-        server = Server(bundle, "--max-batch-size", "1", "--max-delay-ms", "0")
+        server = Server(bundle, "--max-batch-size", "1", "--max-delay-ms", "0", *threads)
         try:
             rows.append(("albert-serve, no batching (max 1)", levels[-1],
                          serve_run(server, name, bodies, expected, levels[-1])))
@@ -171,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, level, r in rows:
         rss = "—" if r["rss"][0] != r["rss"][0] else f"{r['rss'][0]:.0f} → {r['rss'][1]:.0f}"
-        print(f"| {label} | {level} | {r['throughput']:.1f} | {r['throughput'] / anchor:.2f} | {r['p50']:.1f} "
-              f"| {r['p99']:.1f} | {r['errors']} | {r['equal']}/{len(requests)} | {r['batch']:.1f} | {rss} |")
+        p50, p99 = ("—", "—") if r["p50"] != r["p50"] else (f"{r['p50']:.1f}", f"{r['p99']:.1f}")
+        print(f"| {label} | {level} | {r['throughput']:.1f} | {r['throughput'] / anchor:.2f} | {p50} "
+              f"| {p99} | {r['errors']} | {r['equal']}/{len(requests)} | {r['batch']:.1f} | {rss} |")
     batched = next(r for label, level, r in rows if "batching (max" in label and level == levels[-1])
     unbatched = rows[-1][2]
     print(f"\nbatching gain at {levels[-1]} clients: {batched['throughput'] / unbatched['throughput']:.2f}× "

@@ -20,19 +20,29 @@ def test_bench_runs_every_candidate_and_writes_table_chart_and_json(tmp_path, ca
     table = (tmp_path / "bench.md").read_text()
     assert capsys.readouterr().out.strip() == table.strip()
     names = ["pytorch fp32", "anchor fp32", "anchor int8"] + [
-        f"ours {p} {m}" for m in ("unrolled", "loop") for p in ("fp32", "fp16", "int8")]
+        f"ours {p} {m}" for m in ("unrolled", "loop") for p in ("fp32", "fp16", "int8")] + [
+        "openvino ours int8 unrolled", "openvino ours fp32 unrolled"]
     for name in names:
         assert f"| {name} |" in table
     assert "1x8 ms | ratio | 2x16 ms | ratio" in table
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert [c["name"] for c in result["candidates"]] == names
+    assert [c["name"] for c in result["candidates"]][:len(names)] == names  # + the anchor's graphs OpenVINO loads
+    assert {c["name"] for c in result["candidates"][len(names):]} | set(result["meta"]["refused"]) == {
+        "openvino anchor int8", "openvino anchor fp32"}
     ours = {c["name"]: c for c in result["candidates"]}
     # a tiny model's file is mostly graph structure; albert-base gives 0.26 (docs/bench.md)
     assert ours["ours int8 unrolled"]["file_bytes"] < 0.6 * ours["ours fp32 unrolled"]["file_bytes"]
     assert ours["ours fp16 loop"]["max_diff"] < 2e-2 and ours["ours fp32 loop"]["max_diff"] < 1e-4
     assert all(v > 0 for c in result["candidates"] for v in c["median_ms"].values())
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
-    assert table.count("MET") + table.count("MISSED") == 7
+    assert table.count("MET") + table.count("MISSED") == 9
+    cpu = result["meta"]["cpu"]
+    assert f"CPU: {cpu['model']} ({cpu['kind']}; int8: {cpu['int8']}, bf16: {cpu['bf16']}" in table
+    assert table.count(" bundles on ") == 2  # the default backend for int8 and fp32 bundles on this CPU kind
+    rows = {c["name"]: c for c in result["candidates"]}
+    assert all(rows[n]["resident_mb"] > 0 for n in names if n != "pytorch fp32")
+    assert all(rows[n]["int8_agreement"].startswith("top-1 ") for n in rows if rows[n]["precision"] == "int8")
+    assert rows["openvino ours fp32 unrolled"]["max_diff"] < 1e-4
 
 
 def test_bad_shape_is_a_clear_error():

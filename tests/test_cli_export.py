@@ -134,9 +134,9 @@ def test_validation_failure_exits_non_zero_and_leaves_no_bundle(capsys, tmp_path
 
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exited:
-        cli.main(["--layers", "loop"])
+        cli.main(["--layers", "loop", "--fold"])
     assert exited.value.code == 2
-    assert "the following arguments are required: --task" in capsys.readouterr().err
+    assert "unrecognized arguments: --fold" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--task", "qa", "--layers", "folded"])
     assert "invalid choice: 'folded'" in capsys.readouterr().err

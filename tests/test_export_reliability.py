@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from albert_export import cli
 from albert_export import validate as validate_module
-from albert_export.bundle_writer import MARKER, OutputExistsError, sweep_stale_siblings
+from albert_export.bundle_writer import MARKER, OutputExistsError, signals_deferred, sweep_stale_siblings
 from albert_export.export import export
 from albert_export.tolerances import tolerance_for
 from runtime.bundle import load_bundle
@@ -194,21 +194,23 @@ def test_a_signal_during_export_removes_the_partial_bundle(checkpoint, tmp_path,
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum and out == ""
-    assert err.strip().splitlines() == [f"albert-export: interrupted ({name}); no bundle was written and its "
-                                        "temporary files are removed"]
+    assert err.strip().splitlines() == [f"albert-export: interrupted ({name}); no partial bundle is left behind"]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_while_importing_is_one_line(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "albert_export.cli", "--task", "mlm", "--output",
-                                str(tmp_path / "out")], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    time.sleep(1.0)  # the interpreter is up, torch (seconds) is still loading
+    # -X importtime reports each import as it completes: the first torch module means torch is loading
+    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "albert_export.cli", "--task", "mlm",
+                                "--output", str(tmp_path / "out")], env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("import time:") and "torch" in line:
+            break
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, rest = process.communicate(timeout=60)
     assert process.returncode == 130 and out == ""
-    assert err.strip().splitlines() == ["albert-export: interrupted (SIGINT); no bundle was written and its "
-                                        "temporary files are removed"]
+    assert [line for line in rest.splitlines() if not line.startswith("import time:")] == [
+        "albert-export: interrupted (SIGINT); no partial bundle is left behind"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -220,6 +222,20 @@ def test_a_killed_export_leaves_a_partial_that_the_next_export_sweeps(checkpoint
     assert partial.name.startswith(f".out.partial-{process.pid}-") and (partial / MARKER).is_file()
     assert export(checkpoint, "qa", tmp_path / "out", validate=False, log=quiet) == tmp_path / "out"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_no_signal_lands_between_the_two_renames_of_an_overwrite():
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert received == []  # held while the old bundle is moved away and the new one moved in
+        time.sleep(0.05)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def dead_pid() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError
 from runtime.taskspec import TASK_OUTPUTS_ON_REQUEST, TASKS
-from tests.export_helpers import hf_class, save_checkpoint
+from tests.export_helpers import save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -184,16 +185,25 @@ def test_a_scalar_and_a_one_element_vector_are_different_tensors():
     assert array_digest(np.array(2, np.int64)) != array_digest(np.array([2], np.int64))
 
 
-def test_cli_flags(checkpoints, tmp_path):
-    directory, _ = checkpoints("question-answering")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "albert_export.cli", "--model", str(directory), "--task", "qa",
-                             "--layers", "loop", "--output-hidden-states", "--output-attentions", "--output",
-                             str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=300)
+def test_the_readme_command_exports_them_with_the_embedded_model(tmp_path):
+    section = (REPO / "README.md").read_text().split("## Hidden states and attentions", 1)[1]
+    command = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
+    assert "--output-hidden-states --output-attentions" in command
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(tmp_path / "b")
-    outputs = [spec["name"] for spec in json.loads((tmp_path / "b" / "manifest.json").read_text())["outputs"]]
-    assert outputs == ["start_logits", "end_logits", "hidden_states", "attentions"]
+    assert result.stdout.strip() == str(tmp_path / "feats")
+    manifest = json.loads((tmp_path / "feats" / "manifest.json").read_text())
+    assert [spec["name"] for spec in manifest["outputs"]] == [
+        "last_hidden_state", "pooler_output", "hidden_states", "attentions"]
+    assert manifest["layers"] == "loop" and "attentions" in manifest["validation"]["max_abs_diff"]
+    features = pipeline(tmp_path / "feats")
+    result = features("Plants create energy.", output_hidden_states=True, output_attentions=True)
+    assert result["features"] == features("Plants create energy.", hidden_state_layer=-1)
+    assert len(result["hidden_states"]) == manifest["outputs"][2]["dims"][0]
+    assert len(result["attentions"]) == manifest["outputs"][3]["dims"][0]
 
 
 def test_feature_extraction_returns_hidden_states_and_attentions(bundles, checkpoints):
@@ -240,7 +250,8 @@ def test_other_heads_ignore_the_extra_outputs(task, bundles):
     inputs, params = CALLS[task]
     extended = pipeline(bundles(task, "loop"), batch_size=2)
     plain = pipeline(bundles(task, "loop", extras=False), batch_size=2)
-    assert json.dumps(extended(inputs, **params), default=float) == json.dumps(plain(inputs, **params), default=float)
+    args = () if inputs is None else (inputs,)
+    assert json.dumps(extended(*args, **params), default=float) == json.dumps(plain(*args, **params), default=float)
     if task == "multiple-choice":  # the runner gives each prompt its block of the (batch*choices) axis
         names = extended.backend.input_names
         alone = extended.backend.infer({name: np.ones((1, 2, 5), np.int64) for name in names})["hidden_states"]

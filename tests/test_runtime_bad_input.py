@@ -153,7 +153,7 @@ def test_qa_long_question_and_tiny_windows_never_panic_and_keep_every_answer(mon
             "context": "Botchan went to Shikoku to teach. " * 40}
     stdin = (json.dumps(good) + "\n") * 50 + json.dumps(long) + "\n" + json.dumps(good) + "\n"
     code, lines, err = albert_run(monkeypatch, capsys, [qa_bundle], stdin.encode())
-    answer = pipeline(qa_bundle)(good)
+    answer = pipeline(qa_bundle)(**good)
     assert code == 0 and len(lines) == 52 and lines[:50] == [answer] * 50 and lines[51] == answer
     assert set(lines[50]) == {"score", "start", "end", "answer"} and "PanicException" not in err
     assert err.startswith("albert-run: warning: question of ") and "cut to" in err

@@ -168,7 +168,7 @@ def test_a_model_of_another_task_rehashed_into_the_bundle_names_expected_and_fou
     shutil.copy(handmade_bundle("text-classification") / MODEL, target / MODEL)
     rehash(target, MODEL)
     with pytest.raises(Exception, match=r"the model gives logits \(2\) per input, a question-answering model gives "
-                                        r"start_logits \(sequence\), end_logits \(sequence\)"):
+                                        r"start_logits \(sequence_length\), end_logits \(sequence_length\)"):
         pipeline(target)
 
 

@@ -213,17 +213,17 @@ def test_number_comma_pieces(tmp_path):
     assert "▁12," not in [ours.id_to_token(i) for i in ours.encode(texts[0]).ids]
 
 
-def test_protobuf_reader_matches_sentencepiece():
+def test_spiece_reader_matches_sentencepiece():
     from albert_export.tokenizer import _read_spiece
 
     model = _read_spiece(SPIECE)
     processor = spm.SentencePieceProcessor(model_file=str(SPIECE))
     assert len(model.pieces) == processor.get_piece_size() == 1000
-    for i, (piece, score, kind) in enumerate(model.pieces):
-        assert piece == processor.id_to_piece(i)
-        assert score == processor.get_score(i)
-        assert (kind == 2) == processor.is_unknown(i) and (kind == 3) == processor.is_control(i)
-    assert model.unk_id == processor.unk_id() and len(model.precompiled_charsmap) > 0
+    for i, piece in enumerate(model.pieces):
+        assert piece.piece == processor.id_to_piece(i)
+        assert piece.score == processor.get_score(i)
+        assert (piece.type == 2) == processor.is_unknown(i) and (piece.type == 3) == processor.is_control(i)
+    assert model.trainer_spec.unk_id == processor.unk_id() and len(model.normalizer_spec.precompiled_charsmap) > 0
 
 
 def test_no_truncation_no_padding():

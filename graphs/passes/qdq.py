@@ -131,6 +131,9 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "tables": 0, "weight_bytes_saved": 0}
     inserts: dict[int, list[onnx.NodeProto]] = {}  # id(scope) -> nodes to put at the top of that graph
     weight_dq: dict[str, str] = {}
+    # weights quantized per row (Gemm transB=1: the tied MLM decoder) whose other readers are Gathers of the same
+    # table: those read the one dequantized copy too, instead of a second int8 table from quantize_tables
+    per_row: dict[str, tuple[str, onnx.GraphProto]] = {}
     for weight_name, readers in weight_readers.items():
         owner = readers[0][0].owner_of(weight_name)
         axes = {_channel_axis(node) for _, node in readers}
@@ -160,11 +163,18 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
             name=names.fresh(f"DequantizeLinear_{weight_name}"), **attributes))
         weight_dq[weight_name] = dequantized
         counts["weight_dq"] += 1
+        if tables and axis == 0:
+            per_row[weight_name] = (dequantized, home.graph)
 
     for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
         _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude, activation_products,
                        activation_qdq_per_reader, unsigned_activations)
 
+    for scope in build_scopes(model, {}):  # anew: rewriting copied the Loop bodies
+        for node in scope.graph.node:
+            for position, name in enumerate(node.input):
+                if name in per_row and per_row[name][1] is scope.graph:
+                    node.input[position] = per_row[name][0]
     still_read = reads(model.graph)
     for scope in build_scopes(model, {}):
         unused = [t for t in scope.graph.initializer if t.name in weight_dq and t.name not in still_read]

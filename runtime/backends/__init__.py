@@ -16,10 +16,11 @@ import numpy as np
 
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
+from ..extras import GPU_SWITCH, missing_module_line
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda")
-GPU_EXTRA = "pip install 'albert-export[gpu]'"  # onnxruntime-gpu and cuda-python
+BACKEND_OPTIONS = {"onnxruntime": {"low_memory"}, "openvino": {"hint", "precision"}, "tensorrt": set()}
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def backend_from_bundle(
     graph_optimization_level: str = "all",
     backend_options: dict | None = None,
 ) -> Backend:
-    """backend_options: the openvino backend's `hint` ("latency" | "throughput") and `precision` ("f32" | "bf16")."""
+    """backend_options: onnxruntime's `low_memory` (bool); the openvino backend's `hint` ("latency" | "throughput")
+    and `precision` ("f32" | "bf16")."""
     if backend not in BACKENDS:
         raise OptionError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     parsed = parse_device(device)
@@ -77,7 +79,7 @@ def backend_from_bundle(
         if not cuda_available():
             warnings.warn(
                 f"device={device!r}: this onnxruntime has no CUDA, running on the CPU as transformers does "
-                f"(for the GPU: {GPU_EXTRA})",
+                f"(for the GPU: {GPU_SWITCH})",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -85,8 +87,10 @@ def backend_from_bundle(
     if parsed.cpu_fallback and backend == "openvino":
         parsed = Device("cpu")  # an int device or None means "the GPU when there is one"; openvino runs on the CPU
     device = parsed.kind
-    if backend_options and backend != "openvino":
-        raise OptionError(f"backend_options {sorted(backend_options)} are openvino options; the {backend} backend takes none")
+    unknown = sorted(set(backend_options or {}) - BACKEND_OPTIONS[backend])
+    if unknown:
+        raise OptionError(f"the {backend} backend takes no option(s) {', '.join(unknown)}; it takes "
+                          f"{', '.join(sorted(BACKEND_OPTIONS[backend])) or 'none'}")
     if backend == "openvino":
         if device != "cpu":
             raise OptionError("the openvino backend runs on the CPU only; use --device cpu")
@@ -111,7 +115,13 @@ def backend_from_bundle(
         from .trt import TensorRTBackend
 
         return TensorRTBackend(bundle.engine_path)
-    from .ort import OnnxRuntimeBackend
+    try:
+        from .ort import OnnxRuntimeBackend
+    except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
+        line = missing_module_line(exc.name or "", "the onnxruntime backend")
+        if line is None:
+            raise
+        raise BackendError(line) from None
 
     return OnnxRuntimeBackend(
         bundle.model_path,
@@ -120,6 +130,7 @@ def backend_from_bundle(
         providers=providers,
         threads=threads,
         graph_optimization_level=graph_optimization_level,
+        **(backend_options or {}),
     )
 
 

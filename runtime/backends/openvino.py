@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, OptionError
+from ..extras import install_command
 
 PRECISIONS = ("f32", "bf16")
 HINTS = ("latency", "throughput")
@@ -26,7 +27,7 @@ def _import_openvino():
         return openvino
     except ImportError as exc:
         raise BackendError(
-            "the openvino backend needs the `openvino` package (pip install 'albert-export[openvino]'); "
+            f"the openvino backend needs the `openvino` package ({install_command('openvino')}); "
             "or use --backend onnxruntime"
         ) from exc
 

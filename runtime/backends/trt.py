@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
+from ..extras import install_command
 
 
 def _import_tensorrt():
@@ -26,8 +27,8 @@ def _import_tensorrt():
         return trt
     except ImportError as exc:
         raise BackendError(
-            "the tensorrt backend needs the `tensorrt` package (NVIDIA's index) or `tensorrt-rtx` (pip install "
-            "'albert-export[tensorrt]'); or use --backend onnxruntime"
+            "the tensorrt backend needs the `tensorrt` package (NVIDIA's index) or `tensorrt-rtx` "
+            f"({install_command('tensorrt')}); or use --backend onnxruntime"
         ) from exc
 
 
@@ -43,7 +44,7 @@ def _import_cudart():
 
         return cudart
     except ImportError as exc:
-        raise BackendError("the tensorrt backend needs cuda-python (pip install cuda-python)") from exc
+        raise BackendError(f"the tensorrt backend needs cuda-python: {install_command('tensorrt')}") from exc
 
 
 def _check(result):

@@ -109,14 +109,14 @@ def inputs_from_call(args: tuple, params: dict[str, Any]) -> Any:
     elif "question" in given and "context" in given:
         inputs = items_from_keywords(given["question"], given["context"])
     else:
-        raise ValueError(f"Unknown arguments {params}: pass question= and context=, or {{'question', 'context'}} dicts")
+        raise InputError(f"Unknown arguments {params}: pass question= and context=, or {{'question', 'context'}} dicts")
     if is_stream(inputs):
         return inputs
     if isinstance(inputs, dict):
         return [inputs]
     if isinstance(inputs, Iterable):
         return list(inputs)
-    raise ValueError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
+    raise InputError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
 
 
 def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -126,7 +126,7 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
     elif "question" in params and "context" in params:
         items = items_from_keywords(params["question"], params["context"])
     else:
-        raise ValueError(
+        raise InputError(
             f"Unknown arguments {params}: pass question= and context=, or a {{'question', 'context'}} dict or a list of them"
         )
 
@@ -135,7 +135,7 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
     elif isinstance(items, (list, tuple)):
         items = list(items)
     else:
-        raise ValueError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
+        raise InputError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
     return [_example_from_item(item) for item in items]
 
 
@@ -144,18 +144,18 @@ def items_from_keywords(question: Any, context: Any) -> list[dict[str, Any]]:
         return [{"question": q, "context": context} for q in question]
     if isinstance(question, list) and isinstance(context, list):
         if len(question) != len(context):
-            raise ValueError("Questions and contexts don't have the same lengths")
+            raise InputError("Questions and contexts don't have the same lengths")
         return [{"question": q, "context": c} for q, c in zip(question, context)]
     if isinstance(question, str) and isinstance(context, str):
         return [{"question": question, "context": context}]
-    raise ValueError("Arguments can't be understood")
+    raise InputError("Arguments can't be understood")
 
 
 def _example_from_item(item: Any) -> tuple[str, str]:
     if hasattr(item, "question_text") and hasattr(item, "context_text"):  # HF's SquadExample, taken as it is
         return item.question_text, item.context_text
     if not isinstance(item, dict):
-        raise ValueError(f"{item} argument needs to be of type (SquadExample, dict)")
+        raise InputError(f"{item} argument needs to be of type (SquadExample, dict)")
     for key in ("question", "context"):
         if key not in item:
             raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")

@@ -76,12 +76,12 @@ def _texts_from_inputs(inputs: Any, offset_mapping: Any) -> tuple[list, Any]:
     elif isinstance(inputs, str):
         texts = [inputs]
     else:
-        raise ValueError("At least one input is required.")
+        raise InputError("At least one input is required.")
     if offset_mapping:
         if isinstance(offset_mapping, list) and isinstance(offset_mapping[0], tuple):
             offset_mapping = [offset_mapping]
         if len(offset_mapping) != len(texts):
-            raise ValueError("offset_mapping should have the same batch size as the input")
+            raise InputError("offset_mapping should have the same batch size as the input")
     return texts, offset_mapping
 
 
@@ -147,14 +147,14 @@ def _chunks(ctx: TaskContext, item: Any, is_split_into_words: bool, delimiter: s
     word_to_chars = None
     if is_split_into_words:
         if not isinstance(item, list):
-            raise ValueError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
+            raise InputError("When `is_split_into_words=True`, `sentence` must be a list of tokens.")
         sentence = delimiter.join(item)
         word_to_chars, position = [], 0
         for word in item:
             word_to_chars.append((position, position + len(word)))
             position += len(word) + len(delimiter)
     elif not isinstance(item, str):
-        raise ValueError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
+        raise InputError("When `is_split_into_words=False`, `sentence` must be an untokenized string.")
     else:
         sentence = item
     encodings = encode_chunks(ctx.tokenizer, item, ctx.max_length, stride, is_split_into_words)
@@ -304,7 +304,7 @@ def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str, id2lab
         idx = average_scores.argmax()
         score = average_scores[idx]
     else:
-        raise ValueError(f"aggregation_strategy {strategy!r} does not aggregate words")
+        raise OptionError(f"aggregation_strategy {strategy!r} does not aggregate words")
     return {
         "entity": id2label[int(idx)],
         "score": score,

@@ -1,0 +1,90 @@
+"""Each weight once in memory: the tied MLM decoder stays one table through onnxruntime's optimizations (also in
+.ort files), and a loaded bundle's resident memory stays near its parameter bytes, in both layer modes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from albert_export import export
+from runtime.bundle import load_bundle
+from tests.export_helpers import save_checkpoint
+
+# the word embeddings dominate the parameters, so a second copy of them cannot hide in the slack
+TABLE_HEAVY = dict(vocab_size=30000, embedding_size=128, hidden_size=64, num_hidden_layers=2, num_hidden_groups=1,
+                   num_attention_heads=4, intermediate_size=128)
+RESIDENT_BOUND = 1.3  # x parameter bytes (DESIGN.md: weights once, in memory too)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory")
+    made = {}
+    for task in ("fill-mask", "question-answering"):
+        save_checkpoint(root / task, task, **TABLE_HEAVY)
+        for layers in ("unrolled", "loop"):
+            made[task, layers] = export(root / task, task, root / f"{task}-{layers}", layers=layers, validate=False,
+                                        log=lambda _: None)
+    return made
+
+
+def parameter_bytes(bundle) -> int:
+    return json.loads((bundle / "manifest.json").read_text())["extra"]["graph"]["parameter_bytes"]
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_tied_decoder_is_one_table_after_onnxruntime_optimizations(bundles, tmp_path, layers):
+    bundle = bundles["fill-mask", layers]
+    table = TABLE_HEAVY["vocab_size"] * TABLE_HEAVY["embedding_size"] * 4
+    for fmt, name in (("ONNX", "optimized.onnx"), ("ORT", "optimized.ort")):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / name)
+        options.add_session_config_entry("session.save_model_format", fmt)
+        ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    shapes = [tuple(t.dims) for t in optimized.graph.initializer]
+    assert shapes.count((30000, 128)) == 1 and (128, 30000) not in shapes  # no folded transpose of the table
+    stored = sum(numpy_helper.to_array(t).nbytes for t in optimized.graph.initializer)
+    assert stored <= 1.02 * parameter_bytes(bundle)
+    # the .ort file helper tools and mobile builds load: one table as well (a second one would add 15.4 MB)
+    assert (tmp_path / "optimized.ort").stat().st_size < parameter_bytes(bundle) + table / 4
+
+
+RESIDENT_PROBE = """
+import json, sys
+import numpy as np
+from runtime.backends.ort import OnnxRuntimeBackend
+from runtime.bundle import load_bundle
+
+def resident_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+feed = {"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4)), "token_type_ids": np.zeros((1, 4))}
+OnnxRuntimeBackend(sys.argv[2], threads=1).infer(feed)  # onnxruntime's one-time costs (thread pool, kernels)
+before = resident_mb()
+backend = OnnxRuntimeBackend(sys.argv[1], threads=1, low_memory=sys.argv[3] == "1")
+backend.infer(feed)
+print(json.dumps(resident_mb() - before))
+"""
+
+
+@pytest.mark.parametrize("task,low_memory", [("question-answering", False), ("fill-mask", True)])
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_a_loaded_bundle_holds_each_weight_once(bundles, handmade_bundle, task, low_memory, layers):
+    # question answering on the default path; fill-mask's decoder shares the word embeddings with the embedding
+    # Gather, and onnxruntime's prepacked GEMM copy of them goes only with low_memory (docs/precision.md)
+    bundle = bundles[task, layers]
+    warm_up = load_bundle(handmade_bundle("question-answering")).model_path
+    done = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, str(bundle / "model.onnx"), str(warm_up),
+                           "1" if low_memory else "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    grown_mb = json.loads(done.stdout)
+    assert grown_mb * 2**20 <= RESIDENT_BOUND * parameter_bytes(bundle), (grown_mb, parameter_bytes(bundle) / 2**20)
