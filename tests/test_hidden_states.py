@@ -197,13 +197,13 @@ def test_the_readme_command_exports_them_with_the_embedded_model(tmp_path):
     assert result.stdout.strip() == str(tmp_path / "feats")
     manifest = json.loads((tmp_path / "feats" / "manifest.json").read_text())
     assert [spec["name"] for spec in manifest["outputs"]] == [
-        "last_hidden_state", "pooler_output", "hidden_states", "attentions"]
+        "last_hidden_state", "hidden_states", "attentions"]  # pooler_output only with --pooler-output
     assert manifest["layers"] == "loop" and "attentions" in manifest["validation"]["max_abs_diff"]
     features = pipeline(tmp_path / "feats")
     result = features("Plants create energy.", output_hidden_states=True, output_attentions=True)
     assert result["features"] == features("Plants create energy.", hidden_state_layer=-1)
-    assert len(result["hidden_states"]) == manifest["outputs"][2]["dims"][0]
-    assert len(result["attentions"]) == manifest["outputs"][3]["dims"][0]
+    assert len(result["hidden_states"]) == manifest["outputs"][1]["dims"][0]
+    assert len(result["attentions"]) == manifest["outputs"][2]["dims"][0]
 
 
 def test_feature_extraction_returns_hidden_states_and_attentions(bundles, checkpoints):
