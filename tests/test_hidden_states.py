@@ -205,7 +205,8 @@ def test_the_readme_command_exports_them_with_the_embedded_model(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "feats")
     manifest = json.loads((tmp_path / "feats" / "manifest.json").read_text())
-    assert [spec["name"] for spec in manifest["outputs"]] == ["last_hidden_state", "hidden_states", "attentions"]
+    assert [spec["name"] for spec in manifest["outputs"]] == [
+        "last_hidden_state", "hidden_states", "attentions"]  # pooler_output only with --pooler-output
     assert manifest["layers"] == "loop" and "attentions" in manifest["validation"]["max_abs_diff"]
     features = pipeline(tmp_path / "feats")
     result = features("Plants create energy.", output_hidden_states=True, output_attentions=True)
