@@ -42,13 +42,14 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-model")
         self.worker: asyncio.Task | None = None
         self.busy = 0  # calls taken from the queue and not yet answered
+        self.next_call: Call | None = None  # taken from the queue, first of the next batch
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def stop(self) -> None:
         """Answer every call already queued, then stop the worker and its thread."""
-        while not self.queue.empty() or self.busy:
+        while not self.queue.empty() or self.busy or self.next_call is not None:
             await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
@@ -57,7 +58,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + (self.next_call is not None)
 
     def submit(self, call: Call) -> asyncio.Future:
         call.future = asyncio.get_running_loop().create_future()
@@ -74,7 +75,8 @@ class Batcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            batch = [self.next_call or await self.queue.get()]
+            self.next_call = None
             self.busy = 1
             deadline = loop.time() + self.max_delay
             size = batch[0].size
@@ -84,6 +86,9 @@ class Batcher:
                         self.queue.get(), deadline - loop.time()
                     )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if size + call.size > self.max_batch_size:  # a list that does not fit opens the next batch
+                    self.next_call = call
                     break
                 batch.append(call)
                 size += call.size

@@ -11,7 +11,7 @@ model and sends the padded batch on; postprocess runs the same head again on the
 features, in the same order) and gives it the model's outputs instead of calling a model. The config parameter
 "bundle" is the bundle directory, relative to this model's directory (the model's own version folder holds the
 whole bundle, so it is verified as albert-run verifies it). The Triton server's Python needs the runtime
-installed (`pip install albert-export`).
+installed (`pip install albert-export`); onnxruntime runs only the pipeline's one-input model check at start.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from runtime import Pipeline
+from runtime.backends import backend_from_bundle
 from runtime.bundle import load_bundle
 from runtime.errors import one_line
 from runtime.lines import is_failure
@@ -41,22 +42,31 @@ class Captured(BaseException):
         self.inputs = inputs
 
 
-class CapturingEngine:
-    def __init__(self, input_names: list[str], output_names: list[str]):
-        self.input_names, self.output_names = input_names, output_names
+class StageEngine:
+    """The engine a stage's pipeline runs on. While the pipeline is built, a real onnxruntime session answers
+    (runtime.Pipeline checks the model's outputs with one tiny input); it is dropped once the pipeline exists."""
+
+    def __init__(self, probe):
+        self.probe = probe
+        self.input_names, self.output_names = list(probe.input_names), list(probe.output_names)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.probe is not None:
+            return self.probe.infer(inputs)
+        return self.stage_infer(inputs)
+
+
+class CapturingEngine(StageEngine):
+    def stage_infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise Captured(inputs)
 
 
-class ReplayEngine:
+class ReplayEngine(StageEngine):
     """Answers the head's one run with outputs the model already computed for that batch."""
 
-    def __init__(self, input_names: list[str], output_names: list[str]):
-        self.input_names, self.output_names = input_names, output_names
-        self.outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray] = {}
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def stage_infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = inputs["input_ids"].shape[0]
         for name, value in self.outputs.items():
             if value.shape[0] != rows:
@@ -82,11 +92,11 @@ class TritonPythonModel:
         if self.stage not in ("preprocess", "postprocess"):
             raise ValueError(f"stage {self.stage!r} is neither preprocess nor postprocess")
         bundle = load_bundle(Path(args["model_repository"]) / parameters["bundle"])
-        inputs = [spec.name for spec in bundle.manifest.inputs]
         self.output_names = [o["name"] for o in config["input"] if o["name"] != "REQUEST"]
         engine_type = CapturingEngine if self.stage == "preprocess" else ReplayEngine
-        self.engine = engine_type(inputs, self.output_names or [spec.name for spec in bundle.manifest.outputs])
+        self.engine = engine_type(backend_from_bundle(bundle, "onnxruntime", "cpu"))
         self.pipe = Pipeline(bundle, engine=self.engine, batch_size=ONE_BATCH)
+        self.engine.probe = None
         self.limits = Limits(max_inputs=int(parameters.get("max_inputs", Limits.max_inputs)),
                              max_input_chars=int(parameters.get("max_input_chars", Limits.max_input_chars)))
 

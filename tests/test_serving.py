@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def albert_serve(*bundles, args=(), startup=60.0):
-    """Run `python -m serving.cli` on 127.0.0.1 and a free port; yields (base url, process)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def albert_serve(*bundles, args=(), startup=60.0, site=None):
+    """Run `python -m serving.cli` on 127.0.0.1 and a free port; yields (base url, process). site: a folder put
+    first on PYTHONPATH (a sitecustomize.py)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in (site, ROOT) if p])}
     command = [sys.executable, "-m", "serving.cli", *map(str, bundles), "--port", "0", *map(str, args)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
@@ -319,3 +320,39 @@ def test_cli_errors_are_one_line_with_exit_codes(bundles, tmp_path):
         busy = run_cli(bundles["fill-mask"], "--port", port)
     assert busy.returncode == 1 and busy.stderr.count("\n") == 1
     assert busy.stderr.startswith(f"albert-serve: error: cannot listen on 127.0.0.1:{port} (")
+
+
+def test_albert_serve_runs_where_torch_and_onnx_cannot_be_imported(bundles, pipes, tmp_path):
+    from tests.test_runtime_torch_free import HOOK
+
+    (tmp_path / "sitecustomize.py").write_text(HOOK)
+    with albert_serve(bundles["fill-mask"], site=tmp_path) as (url, _):
+        response = post(url, "/models/fill-mask", {"inputs": SEED, "parameters": {"top_k": 3}})
+        assert response.status_code == 200 and response.json() == same(pipes["fill-mask"](SEED, top_k=3))
+
+
+def test_batcher_caps_batches_at_max_batch_size_and_groups_by_parameters(pipes):
+    """In-process: 10 single texts and a list of 3 queued at once, max 4 inputs per batch, two parameter sets."""
+    import asyncio
+
+    from serving.batcher import Batcher
+    from serving.requests import Call
+
+    fill = pipes["fill-mask"]
+    texts = [f"Queued {i} [MASK]." for i in range(10)]
+    calls = [Call(t, {"top_k": 2} if i % 2 else {}, single=True) for i, t in enumerate(texts)]
+    calls.append(Call(texts[:3], {}, single=False))
+
+    async def scenario():
+        sizes = []
+        batcher = Batcher(fill, max_batch_size=4, max_delay=0.05, on_batch=lambda size, seconds: sizes.append(size))
+        futures = [batcher.submit(call) for call in calls]
+        batcher.start()
+        answers = await asyncio.gather(*futures)
+        await batcher.stop()
+        return sizes, answers
+
+    sizes, answers = asyncio.run(scenario())
+    assert sizes == [4, 4, 2, 3]  # the list of 3 does not fit beside the last 2 singles: it opens a batch
+    assert answers[:10] == [fill(t, **c.params) for t, c in zip(texts, calls)]
+    assert answers[10] == fill(texts[:3])
