@@ -10,14 +10,26 @@ import sys
 import types
 
 from runtime import __version__
+from runtime.extras import missing_module_line
+
 __all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "export", "from_pretrained", "__version__"]
 _HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint",
           "from_pretrained": "checkpoint"}
 
 
+def _module(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:  # torch or onnx absent: the same one line the CLI prints
+        line = missing_module_line(exc.name or "", "the export")
+        if line is None:
+            raise
+        raise ModuleNotFoundError(line, name=exc.name) from exc
+
+
 def __getattr__(name: str):
     if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        return getattr(_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -25,7 +37,7 @@ class _Package(types.ModuleType):
     @property
     def export(self):
         """albert_export.export is the function (its module is albert_export.export in sys.modules)."""
-        return importlib.import_module(".export", __name__).export
+        return _module("export").export
 
     @export.setter
     def export(self, module) -> None:
