@@ -294,11 +294,10 @@ class BundleWriter:
             shutil.rmtree(self.path, ignore_errors=True)  # made by mkdtemp for this export: all ours
 
     def commit(self, manifest: Manifest) -> Path:
-        """Checksum every file, write manifest.json, rename the directory into place."""
-        manifest.files = {
-            file.name: sha256_file(file) for file in sorted(self.path.iterdir())
-            if file.name not in (MANIFEST, MARKER)
-        }
+        """Checksum and size every file, write manifest.json, rename the directory into place."""
+        files = [file for file in sorted(self.path.iterdir()) if file.name not in (MANIFEST, MARKER)]
+        manifest.files = {file.name: sha256_file(file) for file in files}
+        manifest.sizes = {file.name: file.stat().st_size for file in files}  # the reader checks them before hashing
         (self.path / MANIFEST).write_text(manifest.to_json())
         (self.path / MARKER).unlink()  # from here the manifest proves the directory is ours
         os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp creates 0700; a bundle gets mkdir's mode

@@ -79,6 +79,7 @@ def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
     files = ["config.json", "model.onnx", "special_tokens_map.json", "spiece.model", "tokenizer.json",
              "tokenizer_config.json"]
     assert sorted(manifest.files) == files
+    assert manifest.sizes == {name: (bundle / name).stat().st_size for name in files}
     assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, "manifest.json"])
     assert (manifest.task, manifest.layers, manifest.precision, manifest.opset, manifest.format) == (
         "question-answering", "loop", "fp32", 17, 1)
