@@ -186,7 +186,7 @@ class AlbertMLMHead(nn.Module):
         hidden = self.LayerNorm(self.activation(self.dense(hidden)))  # (B, S, E)
         # on 2-D input the tied decoder traces as Gemm(transB=1) reading the word embeddings as they are; the 3-D
         # form is MatMul(x, Transpose(W)), which onnxruntime folds into a second, transposed copy of the table
-        return self.decoder(hidden.flatten(0, 1)).unflatten(0, hidden.shape[:2])  # (B, S, V)
+        return self.decoder(hidden.flatten(0, -2)).unflatten(0, hidden.shape[:-1])  # (B, S, V); (N, V) from (N, E)
 
 
 class AlbertSOPHead(nn.Module):
