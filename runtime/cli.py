@@ -75,7 +75,8 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _device(text: str) -> str:
+def device_argument(text: str) -> str:
+    """argparse type for --device (albert-run and albert-serve): cpu, cuda or cuda:N."""
     try:
         return str(parse_device(text))
     except OptionError:
@@ -95,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     engine.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                         help="inference engine: onnxruntime or openvino run model.onnx, tensorrt runs engine.plan "
                              "(default: onnxruntime)")
-    engine.add_argument("--device", type=_device, default=None,
+    engine.add_argument("--device", type=device_argument, default=None,
                         help="cpu, cuda or cuda:N, the N-th GPU (default: cpu; cuda for tensorrt)")
     engine.add_argument("--batch-size", type=_positive, default=8, metavar="N",
                         help="inputs run through the model together (default: 8)")

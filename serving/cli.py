@@ -18,8 +18,9 @@ import socket
 import sys
 from pathlib import Path
 
-from runtime.backends import BACKENDS, parse_device
+from runtime.backends import BACKENDS
 from runtime.bundle import BundleError
+from runtime.cli import device_argument
 from runtime.errors import BackendError, OptionError
 
 PROG = "albert-serve"
@@ -42,13 +43,6 @@ def _at_least(minimum: float, kind=int):
     return parse
 
 
-def _device(text: str) -> str:
-    try:
-        return str(parse_device(text))
-    except OptionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; each is served under its name")
@@ -64,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=_at_least(1), default=256, help="inputs in one request's list")
     p.add_argument("--max-header-bytes", type=_at_least(1024), default=16384, help="request line and headers")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", type=_device, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
+    p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--threads", type=_at_least(1), default=None, help="onnxruntime intra-op threads per model")
     p.add_argument("--shutdown-timeout-s", type=_at_least(0, float), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
