@@ -295,7 +295,9 @@ def test_validation_at_512_tokens_holds_a_few_copies_of_the_attentions(layers, t
                     max_position_embeddings=512)
     bundle = export(directory, "feature-extraction", tmp_path / "bundle", layers=layers, validate=False, log=quiet,
                     **BOTH)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # a clean environment: inheriting the suite's (after ~900 tests) took the growth to 13.4x, alone 5.4x
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(directory), str(bundle / "model.onnx")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
