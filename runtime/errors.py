@@ -5,9 +5,13 @@ from .bundle import BundleError
 from .taskspec import UnknownTaskError
 
 __all__ = [
-    "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError", "TruncationWarning",
-    "PipelineException", "NoMaskTokenError", "UnknownChoiceError", "UnknownParameterError",
+    "AlbertRuntimeError", "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError",
+    "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError", "UnknownParameterError",
 ]
+
+
+class AlbertRuntimeError(Exception):
+    """The base of every error the runtime raises on purpose: the message names the problem and what to do."""
 
 
 class InputError(ValueError):
