@@ -125,12 +125,16 @@ def test_options_are_honoured_and_checked(handmade_bundle):
         pipeline(model.parent, backend_options={"hint": "latency"})
 
 
-def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_not(handmade_bundle):
-    model = load_bundle(handmade_bundle("question-answering")).model_path
+@pytest.mark.parametrize("task", ["question-answering", "fill-mask", "feature-extraction"])
+def test_bf16_runs_where_the_cpu_has_it_and_is_refused_where_not(task, handmade_bundle):
+    # ALBERT's own initializer range: the test models' 0.5 (peaked scores) turns bf16's 8-bit mantissa into logit
+    # differences up to 1.3 (measured on an AVX512-BF16 EPYC), which says nothing about real models
+    model = load_bundle(handmade_bundle(task, initializer_range=0.02)).model_path
     if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         backend = OpenVINOBackend(model, precision="bf16")
-        feed = random_inputs((2, 9), vocab=100)
-        assert_close(backend.infer(feed), OnnxRuntimeBackend(model).infer(feed), "fp16")
+        for shape in (2, 9), (1, 32):
+            feed = random_inputs(shape, vocab=100)
+            assert_close(backend.infer(feed), OnnxRuntimeBackend(model).infer(feed), "bf16")
     else:
         with pytest.raises(OptionError, match="has no bf16 support in OpenVINO .*; use precision f32"):
             OpenVINOBackend(model, precision="bf16")
