@@ -1,6 +1,6 @@
 """Train the embedded default model: a Unigram tokenizer and a tiny ALBERT (masked LM + sentence order).
 
-    python -m albert_export.train [--corpus ../shared/data/botchan.txt] [--output albert_export/default_model]
+    python -m devtools.train [--corpus devtools/corpus/botchan.txt] [--output albert_export/default_model]
 
 Seeded and reproducible on one machine: the same seed and thread count give the same weights. The book's
 last 10% of lines are held out; the report gives held-out MLM top-1/top-5 and SOP accuracy, next to the
@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, trainers
 from tqdm import tqdm
 
-from . import pretraining_data as data
-from .config import AlbertConfig
-from .modeling import AlbertForPreTraining
+from albert_export.config import AlbertConfig
+from albert_export.modeling import AlbertForPreTraining
+from albert_export.tokenizer import albert_special_token, apply_albert_layout, apply_albert_templates
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "botchan.txt"
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "default_model"
+from . import pretraining_data as data
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "botchan.txt"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "albert_export" / "default_model"
 TIED_ALIASES = ("predictions.decoder.weight", "predictions.decoder.bias")
 
 
@@ -58,17 +60,7 @@ def tiny_config(vocab_size: int, max_length: int, **overrides) -> AlbertConfig:
 
 def train_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
     """A Unigram tokenizer laid out as Hugging Face's ALBERT tokenizer.json (AlbertConverter)."""
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.Replace("``", '"'),
-        normalizers.Replace("''", '"'),
-        normalizers.NFKD(),
-        normalizers.StripAccents(),
-        normalizers.Lowercase(),
-        normalizers.Replace(Regex(" {2,}"), " "),
-    ])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer = apply_albert_layout(Tokenizer(models.Unigram()))
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=data.SPECIAL_TOKENS, unk_token="<unk>", show_progress=False,
     )
@@ -77,13 +69,8 @@ def train_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
     for token, expected in zip(data.SPECIAL_TOKENS, range(len(data.SPECIAL_TOKENS))):
         if tokenizer.token_to_id(token) != expected:
             raise RuntimeError(f"the trainer put {token} at id {tokenizer.token_to_id(token)}, not {expected}")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0",
-        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", data.CLS), ("[SEP]", data.SEP)],
-    )
-    # As in HF's ALBERT: specials are matched before normalization; [MASK] also takes the space before it.
-    tokenizer.add_special_tokens([AddedToken(token) for token in data.SPECIAL_TOKENS])
+    apply_albert_templates(tokenizer)
+    tokenizer.add_special_tokens([albert_special_token(token) for token in data.SPECIAL_TOKENS])
     return tokenizer
 
 
@@ -104,12 +91,6 @@ def canonical_vocabulary(tokenizer: Tokenizer, decimals: int = 8, tail_window: f
         item[0], item[1] = piece, score
     state["model"]["vocab"] = special + sorted(pieces, key=lambda item: (-item[1], item[0]))
     return Tokenizer.from_str(json.dumps(state))
-
-
-def AddedToken(content: str):  # noqa: N802 - reads like the tokenizers class it builds
-    from tokenizers import AddedToken as Token
-
-    return Token(content, lstrip=content == "[MASK]", rstrip=False, normalized=False, special=True)
 
 
 def tokenizer_config(max_length: int) -> dict:
@@ -292,7 +273,7 @@ def evaluate(model: AlbertForPreTraining, tokenizer: Tokenizer, encoded_train: l
 
 def reevaluate(corpus: Path, output: Path) -> dict:
     """Recompute the held-out section of output/training_report.json from the saved model (no training)."""
-    from .checkpoint import from_pretrained
+    from albert_export.checkpoint import from_pretrained
 
     report = json.loads((output / "training_report.json").read_text())
     settings = TrainingSettings(**report["settings"])
