@@ -474,6 +474,52 @@ def chart(candidates: list[Candidate], shapes, path: Path) -> None:
     plt.close(figure)
 
 
+def score(candidates: list[Candidate], reference, check: dict[str, np.ndarray], threads: int, squad) -> None:
+    """Each ONNX / OpenVINO candidate's file size, max |diff| against the PyTorch reference on `check`, resident
+    memory, and for INT8 rows the QA agreement with their fp32 peer on the SQuAD batches."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = reference(**{name: torch.from_numpy(array) for name, array in check.items()})
+        expected = {name: tensor.numpy() for name, tensor in outputs.items()}
+    by_name = {c.name: c for c in candidates}
+    for candidate in candidates:
+        if candidate.kind == "torch":
+            continue
+        candidate.file_bytes = candidate.path.stat().st_size
+        got = candidate.outputs(check)
+        candidate.max_diff = max(float(np.abs(got[name] - expected[name]).max()) for name in OUTPUTS)
+        candidate.resident_mb = resident_mb(candidate, threads)
+        if candidate.precision == "int8" and candidate.peer in by_name:
+            candidate.agreement = top1_agreement(candidate, by_name[candidate.peer], squad)
+
+
+def openvino_description() -> tuple[str, str]:
+    """(OpenVINO's version, the CPU capabilities it sees), or "not installed" twice."""
+    try:
+        import openvino
+    except ImportError:
+        return "not installed", "not installed"
+    return openvino.__version__.split("-")[0], ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict, reports: dict) -> None:
+    """bench.md (also printed), bench.json and bench.png in `output`."""
+    table = markdown(candidates, shapes, {c.name: c for c in candidates}, meta)
+    print(table)
+    (output / "bench.md").write_text(table)
+    (output / "bench.json").write_text(json.dumps({
+        "meta": meta, "shapes": [list(s) for s in shapes],
+        "candidates": [{"name": c.name, "engine": engine_of(c), "precision": c.precision, "file_bytes": c.file_bytes,
+                        "resident_mb": c.resident_mb, "max_diff": c.max_diff, "int8_agreement": c.agreement,
+                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
+                       for c in candidates],
+        "ours": reports,
+    }, indent=1, default=str) + "\n")
+    chart(candidates, shapes, output / "bench.png")
+    log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calibration samples (~2 minutes)")
@@ -527,56 +573,24 @@ def main(argv: list[str] | None = None) -> int:
         ours, reports = build_ours(reference, calibration_tokenizer(), work, args.layers.split(","),
                                    args.precisions.split(","), samples)
         candidates += ours
-        check = inputs_for(shapes[0], seed=2)
-        with torch.inference_mode():
-            outputs = reference(**{name: torch.from_numpy(array) for name, array in check.items()})
-            expected = {name: tensor.numpy() for name, tensor in outputs.items()}
         for candidate in candidates:
             if candidate.kind == "onnx":
                 candidate.session = ort_session(candidate.path, args.threads)
         refused: dict[str, str] = {}
         candidates += openvino_candidates(candidates, args.threads, refused)
-        by_name = {c.name: c for c in candidates}
         squad = squad_batches(calibration_tokenizer(), min(128, shape["max_position_embeddings"]),
                               examples=8 if args.quick else SQUAD_EXAMPLES)
-        for candidate in candidates:
-            if candidate.kind == "torch":
-                continue
-            candidate.file_bytes = candidate.path.stat().st_size
-            got = candidate.outputs(check)
-            candidate.max_diff = max(float(np.abs(got[name] - expected[name]).max()) for name in OUTPUTS)
-            candidate.resident_mb = resident_mb(candidate, args.threads)
-            if candidate.precision == "int8" and candidate.peer in by_name:
-                candidate.agreement = top1_agreement(candidate, by_name[candidate.peer], squad)
+        score(candidates, reference, inputs_for(shapes[0], seed=2), args.threads, squad)
         log(f"timing {len(candidates)} candidates at {', '.join(f'{b}x{s}' for b, s in shapes)}, {rounds} rounds")
         measure(candidates, shapes, rounds, warmup)
-    by_name = {c.name: c for c in candidates}
-    try:
-        import openvino
-
-        openvino_version = openvino.__version__.split("-")[0]
-        openvino_caps = ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except ImportError:
-        openvino_version = openvino_caps = "not installed"
+    openvino_version, openvino_caps = openvino_description()
     meta = {"threads": args.threads, "rounds": rounds, "warmup": warmup, "ort": onnxruntime.__version__,
             "openvino": openvino_version, "openvino_caps": openvino_caps, "cpu": cpu_description(),
             "parameter_bytes": parameter_bytes, "refused": refused, "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(), "load": load,
             "model": "albert-base-v2-shaped" if shape == ALBERT_BASE_V2 else f"custom-shaped ({args.config})"}
-    table = markdown(candidates, shapes, by_name, meta)
-    print(table)
-    (output / "bench.md").write_text(table)
-    (output / "bench.json").write_text(json.dumps({
-        "meta": meta, "shapes": [list(s) for s in shapes],
-        "candidates": [{"name": c.name, "engine": engine_of(c), "precision": c.precision, "file_bytes": c.file_bytes,
-                        "resident_mb": c.resident_mb, "max_diff": c.max_diff, "int8_agreement": c.agreement,
-                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
-                       for c in candidates],
-        "ours": reports,
-    }, indent=1, default=str) + "\n")
-    chart(candidates, shapes, output / "bench.png")
-    log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
+    write_results(output, candidates, shapes, meta, reports)
     return 0
 
 

@@ -162,39 +162,26 @@ def torch_logits(model: AlbertForPreTraining):
     return predict
 
 
-def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_steps: int | None = None,
-          progress: bool = True, **shape) -> dict:
-    """Train tokenizer and model; write them (and the report) to `output` unless it is None. Returns the report.
-
-    `shape` overrides fields of the model config (e.g. hidden_size=32 for a quick test)."""
-    started, started_cpu = time.perf_counter(), time.process_time()
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-
-    train_lines, heldout_lines = data.split_corpus(corpus)
-    tokenizer = train_tokenizer(train_lines, settings.vocab_size)
-    vocab_size = tokenizer.get_vocab_size()
-    train_sentences = data.sentences_of(train_lines)
-    heldout_sentences = data.sentences_of(heldout_lines)
-    encoded = data.encode_sentences(tokenizer, train_sentences)
-
-    config = tiny_config(vocab_size, settings.max_length, **shape)
-    model = AlbertForPreTraining(config)
-    initialize(model)
-
-    total = min(max_steps or settings.steps, settings.steps)
-    long_from = int(total * (1.0 - settings.long_fraction))
+def adamw(model: AlbertForPreTraining, settings: TrainingSettings) -> torch.optim.AdamW:
+    """AdamW with no weight decay on the 1-d parameters (biases, LayerNorm weights)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         (no_decay if parameter.ndim == 1 else decay).append(parameter)
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-6,
     )
-    scheduler = linear_schedule(optimizer, max(1, int(total * settings.warmup_fraction)), total)
 
-    curve = []  # (step, mlm loss, sop loss)
+
+def pretrain(model: AlbertForPreTraining, encoded: list[list[int]], settings: TrainingSettings,
+             rng: np.random.Generator, total: int, progress: bool) -> tuple[list[tuple], int, int]:
+    """`total` steps of masked LM + sentence order over fresh epochs of the training sentences: short sequences,
+    then max_length for the last long_fraction. Returns (loss curve [(step, mlm, sop)], epochs begun, tokens seen)."""
+    vocab_size = model.config.vocab_size
+    long_from = int(total * (1.0 - settings.long_fraction))
+    optimizer = adamw(model, settings)
+    scheduler = linear_schedule(optimizer, max(1, int(total * settings.warmup_fraction)), total)
+    curve = []
     model.train()
     bar = tqdm(total=total, desc="pretraining", unit="step", disable=not progress, dynamic_ncols=True)
     step = epochs = tokens_seen = 0
@@ -217,8 +204,34 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
                 break
         epochs += 1
     bar.close()
-    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     model.eval()
+    return curve, epochs, tokens_seen
+
+
+def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_steps: int | None = None,
+          progress: bool = True, **shape) -> dict:
+    """Train tokenizer and model; write them (and the report) to `output` unless it is None. Returns the report.
+
+    `shape` overrides fields of the model config (e.g. hidden_size=32 for a quick test)."""
+    started, started_cpu = time.perf_counter(), time.process_time()
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+
+    train_lines, heldout_lines = data.split_corpus(corpus)
+    tokenizer = train_tokenizer(train_lines, settings.vocab_size)
+    vocab_size = tokenizer.get_vocab_size()
+    train_sentences = data.sentences_of(train_lines)
+    heldout_sentences = data.sentences_of(heldout_lines)
+    encoded = data.encode_sentences(tokenizer, train_sentences)
+
+    config = tiny_config(vocab_size, settings.max_length, **shape)
+    model = AlbertForPreTraining(config)
+    initialize(model)
+
+    total = min(max_steps or settings.steps, settings.steps)
+    curve, epochs, tokens_seen = pretrain(model, encoded, settings, rng, total, progress)
+    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     report = {
         "corpus": corpus.name,
         "split": "Project Gutenberg header and licence removed; first 90% of the remaining non-empty lines "
@@ -229,7 +242,7 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
         "vocab_size": vocab_size,
         "model": {name: getattr(config, name) for name in MODEL_SHAPE},
         "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": step,
+        "steps": len(curve),
         "epochs": epochs,  # passes over the training sentences begun
         "tokens_seen": tokens_seen,
         "train_seconds": round(train_seconds, 1),  # wall clock, on a machine other work shares
