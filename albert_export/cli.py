@@ -15,6 +15,7 @@ import sys
 import threading
 import warnings
 
+from graphs.profiles import PROFILE_NAMES
 from runtime import __version__
 from runtime.extras import missing_module_line
 from runtime.taskspec import TASKS
@@ -76,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                        help=f"ONNX opset, {MIN_OPSET} up to the newest the installed onnx and onnxruntime run "
                             f"(default {DEFAULT_OPSET})")
-    graph.add_argument("--optimize", choices=("none", "portable", "onnxruntime"), default="none",
-                       help="graph fusions, weights kept shared: portable (standard ops) or onnxruntime "
-                            "(com.microsoft Attention, FastGelu) (default none)")
+    graph.add_argument("--optimize", choices=PROFILE_NAMES, default="none",
+                       help="graph fusions, weights kept shared: portable (standard ops), onnxruntime "
+                            "(com.microsoft Attention, FastGelu), or onnxruntime-without-attention (the same without "
+                            "Attention, so that --int8 quantizes every MatMul) (default none)")
     graph.add_argument("--pooler-output", action="store_true",
                        help="feature-extraction: also output pooler_output (optimum's validate_model_outputs "
                             "then refuses the graph: its feature-extraction config has last_hidden_state only)")

@@ -86,7 +86,8 @@ def graph_at_precision(
     fused = sum(counts[op] for op in ("Attention", "MultiHeadAttention", "QAttention"))
     if fused:
         log(f"int8: warning: {fused} fused Attention node(s) keep their QKV weights in float (the QDQ pass quantizes "
-            "MatMul/Gemm); for a smaller, faster INT8 graph use --optimize portable")
+            "MatMul/Gemm); for a smaller, faster INT8 graph use --optimize portable, or "
+            "onnxruntime-without-attention to keep the other onnxruntime fusions")
     everything = load_examples(calibration_data)
     examples = select(everything, calibration_samples)
     chosen = {id(example) for example in examples}

@@ -81,6 +81,32 @@ def _albert_normalizer(charsmap: bytes, do_lower_case: bool, keep_accents: bool)
     return normalizers.Sequence(steps)
 
 
+def apply_albert_layout(tokenizer: Tokenizer, charsmap: bytes = b"", *, do_lower_case: bool = True,
+                        keep_accents: bool = False) -> Tokenizer:
+    """Give `tokenizer` the normalizer, Metaspace pre-tokenizer and decoder of HF's ALBERT tokenizer.json; set
+    before training a vocabulary, as they decide the pieces it learns."""
+    tokenizer.normalizer = _albert_normalizer(charsmap, do_lower_case, keep_accents)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return tokenizer
+
+
+def apply_albert_templates(tokenizer: Tokenizer) -> Tokenizer:
+    """[CLS] A [SEP] and [CLS] A [SEP] B [SEP] (B's type id 1), with the ids the vocabulary gives them."""
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
+    )
+    return tokenizer
+
+
+def albert_special_token(content: str) -> AddedToken:
+    """A special token as transformers adds it to an ALBERT tokenizer: matched before normalization, and
+    [MASK] lstrip=True so "a [MASK]" keeps the space out of the following text."""
+    return AddedToken(content, lstrip=content == "[MASK]", rstrip=False, normalized=False, special=True)
+
+
 def _add_albert_special_tokens(tokenizer: Tokenizer, model: ModelProto) -> None:
     # the converter makes control pieces special added tokens and user-defined pieces plain added tokens
     spm_added = [
@@ -90,13 +116,12 @@ def _add_albert_special_tokens(tokenizer: Tokenizer, model: ModelProto) -> None:
     ]
     tokenizer.add_tokens(spm_added)
     # then AlbertTokenizerFast adds its special tokens that are not added tokens yet, in transformers' role
-    # order (bos=[CLS], eos=[SEP], unk, sep, pad, cls, mask); [MASK] is always (re)added, lstrip=True so
-    # "a [MASK]" keeps the space out of the following text
+    # order (bos=[CLS], eos=[SEP], unk, sep, pad, cls, mask); [MASK] is always (re)added
     already = {token.content for token in spm_added}
     for content in ("[CLS]", "[SEP]", "<unk>", "<pad>"):
         if content not in already:
-            tokenizer.add_tokens([AddedToken(content, normalized=False, special=True)])
-    tokenizer.add_tokens([AddedToken("[MASK]", lstrip=True, rstrip=False, normalized=False, special=True)])
+            tokenizer.add_tokens([albert_special_token(content)])
+    tokenizer.add_tokens([albert_special_token("[MASK]")])
 
 
 def tokenizer_from_spiece(
@@ -111,15 +136,9 @@ def tokenizer_from_spiece(
     vocab = [(piece.piece, _number_comma_penalized(piece.piece, piece.score)) for piece in model.pieces]
     tokenizer = Tokenizer(Unigram(vocab, unk_id=model.trainer_spec.unk_id, byte_fallback=False))
     _add_albert_special_tokens(tokenizer, model)
-    tokenizer.normalizer = _albert_normalizer(model.normalizer_spec.precompiled_charsmap, do_lower_case, keep_accents)
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0",
-        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tokenizer.token_to_id("[CLS]")), ("[SEP]", tokenizer.token_to_id("[SEP]"))],
-    )
-    return tokenizer
+    apply_albert_layout(tokenizer, model.normalizer_spec.precompiled_charsmap, do_lower_case=do_lower_case,
+                        keep_accents=keep_accents)
+    return apply_albert_templates(tokenizer)
 
 
 # --- a checkpoint's tokenizer directory -------------------------------------------------------------------

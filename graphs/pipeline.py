@@ -4,6 +4,8 @@
     portable     + standard-op fusions (LayerNormalization at opset >= 17, Gelu at opset >= 20); runs anywhere
     onnxruntime  + com.microsoft fusions that only onnxruntime runs (Attention with one shared QKV weight,
                    FastGelu/BiasGelu); "onnxruntime-all" adds Skip- and EmbedLayerNormalization (see below)
+    onnxruntime-without-attention
+                 onnxruntime without the Attention fusion: for --int8 (see below)
 """
 from __future__ import annotations
 
@@ -49,7 +51,12 @@ ONNXRUNTIME_ALL: list[Pass] = ONNXRUNTIME[:3] + [
     # shape inference, which cannot see through com.microsoft ops
 ] + ONNXRUNTIME[3:]
 
-PROFILES: dict[str, list[Pass]] = {"none": [], "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}
+# For INT8: the QDQ pass quantizes MatMul/Gemm, and a fused com.microsoft Attention hides its QKV MatMuls, which
+# then stay fp32; without that fusion every MatMul is quantized (the benchmark's INT8 rows, docs/bench.md).
+ONNXRUNTIME_WITHOUT_ATTENTION: list[Pass] = [step for step in ONNXRUNTIME if step[0] != "attention"]
+
+PROFILES: dict[str, list[Pass]] = {"none": [], "portable": PORTABLE, "onnxruntime": ONNXRUNTIME,
+                                   "onnxruntime-without-attention": ONNXRUNTIME_WITHOUT_ATTENTION}
 
 
 class OptimizeError(ValueError):

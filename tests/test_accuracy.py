@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import albert_export
-from albert_export import accuracy
 from albert_export.checkpoint import default_model_dir
+from devtools import accuracy
 from runtime.bundle import CONFIG, MANIFEST, MODEL, TOKENIZER, Manifest, TensorSpec, TokenizerSettings, sha256_file
 from runtime.taskspec import INPUT_NAMES, TASKS, dynamic_axes, input_dims
 

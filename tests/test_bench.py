@@ -7,7 +7,7 @@ import openvino
 import pytest
 import torch
 
-from albert_export import bench
+from devtools import bench
 
 torch.set_num_threads(1)
 TINY = {"vocab_size": 30000, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,

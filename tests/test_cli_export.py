@@ -161,3 +161,32 @@ def test_default_model_exports_without_model_flag(capsys, tmp_path, monkeypatch)
     manifest = load_bundle(bundle).manifest
     assert manifest.task == "fill-mask" and max(manifest.validation.max_abs_diff.values()) <= 1e-4
     assert "default_model" in err  # progress names the checkpoint it loaded
+
+
+def test_every_optimization_profile_is_an_optimize_choice():
+    from graphs.pipeline import PROFILES
+    from graphs.profiles import PROFILE_NAMES
+
+    optimize = next(action for action in cli.build_parser()._actions if action.dest == "optimize")
+    assert tuple(PROFILES) == PROFILE_NAMES == tuple(optimize.choices)
+
+
+def test_int8_without_the_attention_fusion_quantizes_every_matmul(capsys, tmp_path, checkpoint):
+    import onnx
+
+    bundle = tmp_path / "bundle"
+    status, out, err = run_main(capsys, "--model", str(checkpoint), "--task", "qa", "--int8", "--calibration-samples",
+                                "8", "--optimize", "onnxruntime-without-attention", "--output", str(bundle))
+    assert status == 0, err
+    manifest = load_bundle(bundle).manifest
+    assert manifest.extra["optimize"]["profile"] == "onnxruntime-without-attention"
+    assert "attention" not in manifest.extra["optimize"]["passes"]
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    inputs = [{producers.get(name) for name in node.input} for node in graph.node if node.op_type == "MatMul"]
+    # per layer Q, K, V, attention output, FFN in and out, plus the embedding projection and the QA head (4 layers);
+    # with --optimize onnxruntime the fused Attention keeps Q, K and V float: 3 x 4 + 2
+    assert inputs.count({"DequantizeLinear"}) == 6 * 4 + 2
+    assert len(inputs) - inputs.count({"DequantizeLinear"}) == 2 * 4  # attention's activation products stay float
+    assert not [node for node in graph.node if node.op_type == "Attention"]
+    assert [node for node in graph.node if node.op_type == "FastGelu"]  # the other onnxruntime fusions ran

@@ -9,12 +9,11 @@ import torch
 from tokenizers import Tokenizer
 
 import albert_export
-from albert_export import accuracy
-from albert_export import pretraining_data as data
 from albert_export.checkpoint import HeadInitializedWarning, default_model_dir
-from albert_export.train import torch_logits
+from devtools import accuracy
+from devtools import pretraining_data as data
+from devtools.train import DEFAULT_CORPUS, torch_logits, train_tokenizer
 from runtime.taskspec import TASKS
-from tests.conftest import DATA
 from tests.export_helpers import assert_transformers_loads_pretraining
 
 DEFAULT = default_model_dir()
@@ -91,8 +90,15 @@ def test_hf_tokenizer_and_shipped_tokenizer_give_the_same_ids(tokenizer):
             from_dir.mask_token_id] == [0, 1, 2, 3, 4]
 
 
+def test_training_on_the_repository_corpus_gives_the_shipped_tokenizer(report):
+    assert report["corpus"] == DEFAULT_CORPUS.name
+    train_lines, _ = data.split_corpus(DEFAULT_CORPUS)
+    trained = train_tokenizer(train_lines, report["settings"]["vocab_size"])
+    assert json.loads(trained.to_str()) == json.loads((DEFAULT / "tokenizer.json").read_text())
+
+
 def test_heldout_mlm_top1_is_well_above_the_unigram_baseline(tokenizer, pretraining_model):
-    train_lines, heldout_lines = data.split_corpus(DATA / "botchan.txt")
+    train_lines, heldout_lines = data.split_corpus(DEFAULT_CORPUS)
     heldout = data.sentences_of(heldout_lines)
     assert heldout == accuracy.heldout_texts()  # the shipped held-out text is the book's last tenth
     plain, masked = data.evaluation_examples(tokenizer, heldout[:120], 128)

@@ -6,10 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
-from albert_export import pretraining_data as data
 from albert_export.checkpoint import HeadInitializedWarning, from_pretrained
-from albert_export.train import TrainingSettings, checkpoint_state, train, train_tokenizer
-from tests.conftest import DATA
+from devtools import pretraining_data as data
+from devtools.train import DEFAULT_CORPUS, TrainingSettings, checkpoint_state, train, train_tokenizer
 from tests.export_helpers import assert_transformers_loads_pretraining
 
 TINY = dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -18,7 +17,7 @@ TINY = dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attentio
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The first 400 lines of the book (after the Gutenberg header), header included so it gets removed."""
-    lines = (DATA / "botchan.txt").read_text(encoding="utf-8-sig").splitlines()
+    lines = DEFAULT_CORPUS.read_text(encoding="utf-8-sig").splitlines()
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text("\n".join(lines[:420]) + "\n")
     return path
@@ -54,7 +53,7 @@ def test_written_checkpoint_loads_here_and_in_transformers(corpus, tmp_path):
 
 def test_checkpoint_state_leaves_out_only_the_tied_decoder(corpus):
     from albert_export.modeling import AlbertForPreTraining
-    from albert_export.train import tiny_config
+    from devtools.train import tiny_config
 
     model = AlbertForPreTraining(tiny_config(50, 16, **TINY))
     state = checkpoint_state(model)

@@ -1,6 +1,6 @@
 """Benchmark: albert-base-v2-shaped question answering (random weights) on this machine's CPU, in one run.
 
-    python -m albert_export.bench [--quick] [--shapes 1x128,1x384,8x128] [--rounds N] [--threads T]
+    python -m devtools.bench [--quick] [--shapes 1x128,1x384,8x128] [--rounds N] [--threads T]
 
 Candidates (same weights everywhere):
   pytorch fp32            our reference model, eager
@@ -42,9 +42,7 @@ ALBERT_BASE_V2 = dict(
 TASK = "question-answering"
 OUTPUTS = ("start_logits", "end_logits")
 FULL_SHAPES = ((1, 128), (1, 384), (8, 128))
-# which optimization feeds each precision: the onnxruntime profile for float; for INT8 the same without the
-# Attention fusion, because the QDQ pass quantizes MatMul/Gemm and a fused com.microsoft Attention would hide
-# its QKV MatMuls (they would stay fp32)
+# the `albert-export --optimize` profile each precision is measured with (graphs.pipeline says why INT8's differs)
 PROFILE = {"fp32": "onnxruntime", "fp16": "onnxruntime", "int8": "onnxruntime-without-attention"}
 TARGETS = ("best int8 <= 0.6 x anchor int8; best fp32-accuracy path <= 0.5 x anchor fp32; our fp32 in onnxruntime <= "
            "anchor fp32; loop <= 1.05 x unrolled; files <= 1.02 x parameter bytes")
@@ -117,8 +115,8 @@ def inputs_for(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
 
 def calibration_tokenizer():
     """The embedded default model's tokenizer, else one built from the shared test SentencePiece model."""
-    from .checkpoint import default_model_dir
-    from .tokenizer import tokenizer_from_pretrained, tokenizer_from_spiece
+    from albert_export.checkpoint import default_model_dir
+    from albert_export.tokenizer import tokenizer_from_pretrained, tokenizer_from_spiece
 
     default = default_model_dir()
     if (default / "tokenizer.json").is_file() or (default / "spiece.model").is_file():
@@ -294,14 +292,16 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
                calibration_samples: int) -> tuple[list[Candidate], dict]:
     import onnx
 
-    from .export import onnx_from_reference
-    from .precision import graph_at_precision
+    from albert_export.export import onnx_from_reference
+    from albert_export.precision import graph_at_precision
+    from graphs.pipeline import optimize
 
     candidates, reports = [], {}
     for layers in layer_modes:
         traced = onnx_from_reference(reference, layers)
         for precision in precisions:
-            graph, profile = optimized(traced, PROFILE[precision])
+            profile = PROFILE[precision]
+            graph, _ = optimize(traced, profile)
             graph, extra, _ = graph_at_precision(
                 graph, precision, task=TASK, tokenizer=tokenizer, layers=layers, vocab_size=reference.config.vocab_size,
                 calibration_samples=calibration_samples, max_length=min(128, reference.config.max_position_embeddings),
@@ -320,28 +320,6 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
             candidates.append(Candidate(name, "onnx", precision, path, note=note,
                                         peer=f"ours fp32 {layers}" if precision == "int8" else ""))
     return candidates, reports
-
-
-def optimized(graph, profile: str):
-    """(graph through graphs.pipeline's profile, the profile used); 'onnxruntime-without-attention' runs the
-    onnxruntime profile's passes except the Attention fusion. Without the pipeline the graph is returned as is."""
-    import onnx
-
-    try:
-        from graphs import pipeline
-    except ImportError:
-        return graph, "none"
-    if profile != "onnxruntime-without-attention":
-        return pipeline.optimize(graph, profile)[0], profile
-    passes = [(name, run) for name, run in pipeline.PROFILES.get("onnxruntime", []) if name != "attention"]
-    if not passes:
-        return pipeline.optimize(graph, "portable")[0], "portable"
-    copy = onnx.ModelProto()
-    copy.CopyFrom(graph)
-    for _, run in passes:
-        run(copy)
-    onnx.checker.check_model(copy)
-    return copy, profile
 
 
 def measure(candidates: list[Candidate], shapes: list[tuple[int, int]], rounds: int, warmup: int) -> None:
@@ -496,8 +474,54 @@ def chart(candidates: list[Candidate], shapes, path: Path) -> None:
     plt.close(figure)
 
 
+def score(candidates: list[Candidate], reference, check: dict[str, np.ndarray], threads: int, squad) -> None:
+    """Each ONNX / OpenVINO candidate's file size, max |diff| against the PyTorch reference on `check`, resident
+    memory, and for INT8 rows the QA agreement with their fp32 peer on the SQuAD batches."""
+    import torch
+
+    with torch.inference_mode():
+        outputs = reference(**{name: torch.from_numpy(array) for name, array in check.items()})
+        expected = {name: tensor.numpy() for name, tensor in outputs.items()}
+    by_name = {c.name: c for c in candidates}
+    for candidate in candidates:
+        if candidate.kind == "torch":
+            continue
+        candidate.file_bytes = candidate.path.stat().st_size
+        got = candidate.outputs(check)
+        candidate.max_diff = max(float(np.abs(got[name] - expected[name]).max()) for name in OUTPUTS)
+        candidate.resident_mb = resident_mb(candidate, threads)
+        if candidate.precision == "int8" and candidate.peer in by_name:
+            candidate.agreement = top1_agreement(candidate, by_name[candidate.peer], squad)
+
+
+def openvino_description() -> tuple[str, str]:
+    """(OpenVINO's version, the CPU capabilities it sees), or "not installed" twice."""
+    try:
+        import openvino
+    except ImportError:
+        return "not installed", "not installed"
+    return openvino.__version__.split("-")[0], ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict, reports: dict) -> None:
+    """bench.md (also printed), bench.json and bench.png in `output`."""
+    table = markdown(candidates, shapes, {c.name: c for c in candidates}, meta)
+    print(table)
+    (output / "bench.md").write_text(table)
+    (output / "bench.json").write_text(json.dumps({
+        "meta": meta, "shapes": [list(s) for s in shapes],
+        "candidates": [{"name": c.name, "engine": engine_of(c), "precision": c.precision, "file_bytes": c.file_bytes,
+                        "resident_mb": c.resident_mb, "max_diff": c.max_diff, "int8_agreement": c.agreement,
+                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
+                       for c in candidates],
+        "ours": reports,
+    }, indent=1, default=str) + "\n")
+    chart(candidates, shapes, output / "bench.png")
+    log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m albert_export.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calibration samples (~2 minutes)")
     parser.add_argument("--shapes", default=None, help="comma-separated BxS (default 1x128,1x384,8x128)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -527,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from .checkpoint import from_pretrained
+    from albert_export.checkpoint import from_pretrained
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -549,61 +573,29 @@ def main(argv: list[str] | None = None) -> int:
         ours, reports = build_ours(reference, calibration_tokenizer(), work, args.layers.split(","),
                                    args.precisions.split(","), samples)
         candidates += ours
-        check = inputs_for(shapes[0], seed=2)
-        with torch.inference_mode():
-            outputs = reference(**{name: torch.from_numpy(array) for name, array in check.items()})
-            expected = {name: tensor.numpy() for name, tensor in outputs.items()}
         for candidate in candidates:
             if candidate.kind == "onnx":
                 candidate.session = ort_session(candidate.path, args.threads)
         refused: dict[str, str] = {}
         candidates += openvino_candidates(candidates, args.threads, refused)
-        by_name = {c.name: c for c in candidates}
         squad = squad_batches(calibration_tokenizer(), min(128, shape["max_position_embeddings"]),
                               examples=8 if args.quick else SQUAD_EXAMPLES)
-        for candidate in candidates:
-            if candidate.kind == "torch":
-                continue
-            candidate.file_bytes = candidate.path.stat().st_size
-            got = candidate.outputs(check)
-            candidate.max_diff = max(float(np.abs(got[name] - expected[name]).max()) for name in OUTPUTS)
-            candidate.resident_mb = resident_mb(candidate, args.threads)
-            if candidate.precision == "int8" and candidate.peer in by_name:
-                candidate.agreement = top1_agreement(candidate, by_name[candidate.peer], squad)
+        score(candidates, reference, inputs_for(shapes[0], seed=2), args.threads, squad)
         log(f"timing {len(candidates)} candidates at {', '.join(f'{b}x{s}' for b, s in shapes)}, {rounds} rounds")
         measure(candidates, shapes, rounds, warmup)
-    by_name = {c.name: c for c in candidates}
-    try:
-        import openvino
-
-        openvino_version = openvino.__version__.split("-")[0]
-        openvino_caps = ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except ImportError:
-        openvino_version = openvino_caps = "not installed"
+    openvino_version, openvino_caps = openvino_description()
     meta = {"threads": args.threads, "rounds": rounds, "warmup": warmup, "ort": onnxruntime.__version__,
             "openvino": openvino_version, "openvino_caps": openvino_caps, "cpu": cpu_description(),
             "parameter_bytes": parameter_bytes, "refused": refused, "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(), "load": load,
             "model": "albert-base-v2-shaped" if shape == ALBERT_BASE_V2 else f"custom-shaped ({args.config})"}
-    table = markdown(candidates, shapes, by_name, meta)
-    print(table)
-    (output / "bench.md").write_text(table)
-    (output / "bench.json").write_text(json.dumps({
-        "meta": meta, "shapes": [list(s) for s in shapes],
-        "candidates": [{"name": c.name, "engine": engine_of(c), "precision": c.precision, "file_bytes": c.file_bytes,
-                        "resident_mb": c.resident_mb, "max_diff": c.max_diff, "int8_agreement": c.agreement,
-                        "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
-                       for c in candidates],
-        "ours": reports,
-    }, indent=1, default=str) + "\n")
-    chart(candidates, shapes, output / "bench.png")
-    log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
+    write_results(output, candidates, shapes, meta, reports)
     return 0
 
 
 if __name__ == "__main__":
     if os.environ.get("OMP_WAIT_POLICY") is None:  # torch's OpenMP threads must sleep, not spin, between runs
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch loads, which importing this package did
-        os.execv(sys.executable, [sys.executable, "-m", "albert_export.bench", *sys.argv[1:]])
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch loads, so set before a fresh start
+        os.execv(sys.executable, [sys.executable, "-m", "devtools.bench", *sys.argv[1:]])
     sys.exit(main())

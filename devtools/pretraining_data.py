@@ -1,6 +1,6 @@
 """Text -> ALBERT pretraining examples (masked LM + sentence order), with numpy and tokenizers only.
 
-Shared by the training script (albert_export.train) and the accuracy oracle (albert_export.accuracy), so the
+Shared by the training script (devtools.train) and the accuracy oracle (devtools.accuracy), so the
 held-out numbers in the training report and those measured on an exported bundle come from the same examples.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 from . import pretraining_data as data
 
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
-HELDOUT_TEXT = Path(__file__).resolve().parent / "default_model" / "heldout.txt"
+HELDOUT_TEXT = Path(__file__).resolve().parents[1] / "albert_export" / "default_model" / "heldout.txt"
 BATCH_SIZE = 16
 
 
@@ -89,7 +89,7 @@ def heldout_texts(texts: list[str] | None = None) -> list[str]:
             raise AccuracyError("no non-empty text to evaluate on")
         return texts
     if not HELDOUT_TEXT.is_file():
-        raise AccuracyError(f"{HELDOUT_TEXT} is missing; pass texts=[...] or re-run python -m albert_export.train")
+        raise AccuracyError(f"{HELDOUT_TEXT} is missing; pass texts=[...] or re-run python -m devtools.train")
     return [line for line in HELDOUT_TEXT.read_text().splitlines() if line.strip()]
 
 

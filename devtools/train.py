@@ -1,6 +1,6 @@
 """Train the embedded default model: a Unigram tokenizer and a tiny ALBERT (masked LM + sentence order).
 
-    python -m albert_export.train [--corpus ../shared/data/botchan.txt] [--output albert_export/default_model]
+    python -m devtools.train [--corpus devtools/corpus/botchan.txt] [--output albert_export/default_model]
 
 Seeded and reproducible on one machine: the same seed and thread count give the same weights. The book's
 last 10% of lines are held out; the report gives held-out MLM top-1/top-5 and SOP accuracy, next to the
@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, trainers
 from tqdm import tqdm
 
-from . import pretraining_data as data
-from .config import AlbertConfig
-from .modeling import AlbertForPreTraining
+from albert_export.config import AlbertConfig
+from albert_export.modeling import AlbertForPreTraining
+from albert_export.tokenizer import albert_special_token, apply_albert_layout, apply_albert_templates
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "botchan.txt"
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "default_model"
+from . import pretraining_data as data
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "botchan.txt"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "albert_export" / "default_model"
 TIED_ALIASES = ("predictions.decoder.weight", "predictions.decoder.bias")
 
 
@@ -58,17 +60,7 @@ def tiny_config(vocab_size: int, max_length: int, **overrides) -> AlbertConfig:
 
 def train_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
     """A Unigram tokenizer laid out as Hugging Face's ALBERT tokenizer.json (AlbertConverter)."""
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.Replace("``", '"'),
-        normalizers.Replace("''", '"'),
-        normalizers.NFKD(),
-        normalizers.StripAccents(),
-        normalizers.Lowercase(),
-        normalizers.Replace(Regex(" {2,}"), " "),
-    ])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer = apply_albert_layout(Tokenizer(models.Unigram()))
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=data.SPECIAL_TOKENS, unk_token="<unk>", show_progress=False,
     )
@@ -77,13 +69,8 @@ def train_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
     for token, expected in zip(data.SPECIAL_TOKENS, range(len(data.SPECIAL_TOKENS))):
         if tokenizer.token_to_id(token) != expected:
             raise RuntimeError(f"the trainer put {token} at id {tokenizer.token_to_id(token)}, not {expected}")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0",
-        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", data.CLS), ("[SEP]", data.SEP)],
-    )
-    # As in HF's ALBERT: specials are matched before normalization; [MASK] also takes the space before it.
-    tokenizer.add_special_tokens([AddedToken(token) for token in data.SPECIAL_TOKENS])
+    apply_albert_templates(tokenizer)
+    tokenizer.add_special_tokens([albert_special_token(token) for token in data.SPECIAL_TOKENS])
     return tokenizer
 
 
@@ -104,12 +91,6 @@ def canonical_vocabulary(tokenizer: Tokenizer, decimals: int = 8, tail_window: f
         item[0], item[1] = piece, score
     state["model"]["vocab"] = special + sorted(pieces, key=lambda item: (-item[1], item[0]))
     return Tokenizer.from_str(json.dumps(state))
-
-
-def AddedToken(content: str):  # noqa: N802 - reads like the tokenizers class it builds
-    from tokenizers import AddedToken as Token
-
-    return Token(content, lstrip=content == "[MASK]", rstrip=False, normalized=False, special=True)
 
 
 def tokenizer_config(max_length: int) -> dict:
@@ -181,39 +162,26 @@ def torch_logits(model: AlbertForPreTraining):
     return predict
 
 
-def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_steps: int | None = None,
-          progress: bool = True, **shape) -> dict:
-    """Train tokenizer and model; write them (and the report) to `output` unless it is None. Returns the report.
-
-    `shape` overrides fields of the model config (e.g. hidden_size=32 for a quick test)."""
-    started, started_cpu = time.perf_counter(), time.process_time()
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-
-    train_lines, heldout_lines = data.split_corpus(corpus)
-    tokenizer = train_tokenizer(train_lines, settings.vocab_size)
-    vocab_size = tokenizer.get_vocab_size()
-    train_sentences = data.sentences_of(train_lines)
-    heldout_sentences = data.sentences_of(heldout_lines)
-    encoded = data.encode_sentences(tokenizer, train_sentences)
-
-    config = tiny_config(vocab_size, settings.max_length, **shape)
-    model = AlbertForPreTraining(config)
-    initialize(model)
-
-    total = min(max_steps or settings.steps, settings.steps)
-    long_from = int(total * (1.0 - settings.long_fraction))
+def adamw(model: AlbertForPreTraining, settings: TrainingSettings) -> torch.optim.AdamW:
+    """AdamW with no weight decay on the 1-d parameters (biases, LayerNorm weights)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         (no_decay if parameter.ndim == 1 else decay).append(parameter)
-    optimizer = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-6,
     )
-    scheduler = linear_schedule(optimizer, max(1, int(total * settings.warmup_fraction)), total)
 
-    curve = []  # (step, mlm loss, sop loss)
+
+def pretrain(model: AlbertForPreTraining, encoded: list[list[int]], settings: TrainingSettings,
+             rng: np.random.Generator, total: int, progress: bool) -> tuple[list[tuple], int, int]:
+    """`total` steps of masked LM + sentence order over fresh epochs of the training sentences: short sequences,
+    then max_length for the last long_fraction. Returns (loss curve [(step, mlm, sop)], epochs begun, tokens seen)."""
+    vocab_size = model.config.vocab_size
+    long_from = int(total * (1.0 - settings.long_fraction))
+    optimizer = adamw(model, settings)
+    scheduler = linear_schedule(optimizer, max(1, int(total * settings.warmup_fraction)), total)
+    curve = []
     model.train()
     bar = tqdm(total=total, desc="pretraining", unit="step", disable=not progress, dynamic_ncols=True)
     step = epochs = tokens_seen = 0
@@ -236,8 +204,34 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
                 break
         epochs += 1
     bar.close()
-    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     model.eval()
+    return curve, epochs, tokens_seen
+
+
+def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_steps: int | None = None,
+          progress: bool = True, **shape) -> dict:
+    """Train tokenizer and model; write them (and the report) to `output` unless it is None. Returns the report.
+
+    `shape` overrides fields of the model config (e.g. hidden_size=32 for a quick test)."""
+    started, started_cpu = time.perf_counter(), time.process_time()
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+
+    train_lines, heldout_lines = data.split_corpus(corpus)
+    tokenizer = train_tokenizer(train_lines, settings.vocab_size)
+    vocab_size = tokenizer.get_vocab_size()
+    train_sentences = data.sentences_of(train_lines)
+    heldout_sentences = data.sentences_of(heldout_lines)
+    encoded = data.encode_sentences(tokenizer, train_sentences)
+
+    config = tiny_config(vocab_size, settings.max_length, **shape)
+    model = AlbertForPreTraining(config)
+    initialize(model)
+
+    total = min(max_steps or settings.steps, settings.steps)
+    curve, epochs, tokens_seen = pretrain(model, encoded, settings, rng, total, progress)
+    train_seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     report = {
         "corpus": corpus.name,
         "split": "Project Gutenberg header and licence removed; first 90% of the remaining non-empty lines "
@@ -248,7 +242,7 @@ def train(corpus: Path, output: Path | None, settings: TrainingSettings, max_ste
         "vocab_size": vocab_size,
         "model": {name: getattr(config, name) for name in MODEL_SHAPE},
         "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": step,
+        "steps": len(curve),
         "epochs": epochs,  # passes over the training sentences begun
         "tokens_seen": tokens_seen,
         "train_seconds": round(train_seconds, 1),  # wall clock, on a machine other work shares
@@ -292,7 +286,7 @@ def evaluate(model: AlbertForPreTraining, tokenizer: Tokenizer, encoded_train: l
 
 def reevaluate(corpus: Path, output: Path) -> dict:
     """Recompute the held-out section of output/training_report.json from the saved model (no training)."""
-    from .checkpoint import from_pretrained
+    from albert_export.checkpoint import from_pretrained
 
     report = json.loads((output / "training_report.json").read_text())
     settings = TrainingSettings(**report["settings"])
