@@ -23,13 +23,6 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def as_batch(inputs: Any) -> tuple[list, bool]:
-    """(items, was_single): a list or tuple of inputs is a batch, anything else one input."""
-    if isinstance(inputs, (list, tuple)):
-        return list(inputs), False
-    return [inputs], True
-
-
 def is_stream(inputs: Any) -> bool:
     """Whether HF's pipelines stream these inputs (results as an iterator): a generator, or a torch Dataset
     (recognised only when torch is already imported: whoever holds one has imported it)."""
