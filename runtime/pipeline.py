@@ -51,14 +51,14 @@ def head_for(task: str) -> Head:
         raise OptionError(f"this runtime has no {task} head yet (runtime/tasks/{name}.py is missing)") from exc
 
 
-def call_head(head: Head, context: TaskContext, inputs: Any = None, *, called_with: Collection[str] | None = None,
+def call_head(head: Head, ctx: TaskContext, inputs: Any = None, /, *, called_with: Collection[str] | None = None,
               **params: Any) -> Any:
     """One call's answer, as the task's HF pipeline gives it: one input its result, a list a list of results
     (head.CALL says where a list of one gives its result). `called_with`: the keyword arguments the call itself
     passed, the pipeline's defaults apart (None: all of params)."""
     params = dict(params)
     items, single = head.CALL.items(inputs, params)
-    results = head.run_each(context, items, **params)
+    results = head.run_each(ctx, items, **params)
     if single or (head.CALL.list_of_one_gives_its_result and len(results) == 1):
         return one_result(head, items[0], results[0], params if called_with is None else called_with)
     return results

@@ -54,6 +54,9 @@ class CallForm:
     list_of_one_gives_its_result: bool = False  # fill-mask and question-answering: [x] answers as x does
     # text-classification's legacy: one string answers [result] unless the call itself passes this parameter
     single_text_listed_unless_given: str | None = None
+    # the keys of the JSON objects one input may be (an albert-run line, an albert-serve input); with {"text"}
+    # among them, a plain text is one too
+    json_objects: tuple[frozenset[str], ...] = (frozenset({"text"}),)
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from .base import CallForm, TaskContext
 from .common import positive_int, softmax, tokenizer_options
 
 PARAMETERS = frozenset({"top_k", "truncation", "max_length"})
-CALL = CallForm()
+CALL = CallForm(json_objects=(frozenset({"prompt", "choices"}),))
 
 
 def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:

@@ -18,7 +18,7 @@ from .common import encode_features, positive_int, softmax, text_or_pair, tokeni
 from .fill_mask import mask_predictions, target_ids
 
 PARAMETERS = frozenset({"top_k", "targets", "truncation", "max_length"})
-CALL = CallForm()
+CALL = CallForm(json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
 SENTENCE_ORDER_LABELS = ("original", "swapped")
 
 

@@ -19,7 +19,7 @@ from .common import encode_features, positive_int, sigmoid, softmax, text_or_pai
 PARAMETERS = frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation", "max_length", "padding"})
 # HF decides the legacy [result] of a single string by whether the call itself passes top_k, so
 # pipeline(top_k=None)("text") gives [[...]]
-CALL = CallForm(single_text_listed_unless_given="top_k")
+CALL = CallForm(single_text_listed_unless_given="top_k", json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
 FUNCTIONS = ("sigmoid", "softmax", "none")
 _NOT_GIVEN = ""  # HF's sentinel: top_k=None means "all labels"
 
