@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from runtime import Pipeline
-from runtime.lines import parse_line
 from runtime.errors import InputError
+from runtime.lines import parse_line
+
+from .errors import ServingError
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Limits:
     max_header_bytes: int = 16384  # request line and headers
 
 
-class RequestError(Exception):
+class RequestError(ServingError):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers

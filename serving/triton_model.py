@@ -25,8 +25,7 @@ import triton_python_backend_utils as pb_utils
 from runtime import Pipeline
 from runtime.backends import backend_from_bundle
 from runtime.bundle import load_bundle
-from runtime.errors import one_line
-from runtime.lines import is_failure
+from runtime.errors import is_failure, one_line
 
 from serving.requests import Limits, hf_call, response_json
 
