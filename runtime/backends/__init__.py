@@ -114,7 +114,8 @@ def backend_from_bundle(
             )
         from .trt import TensorRTBackend
 
-        return TensorRTBackend(bundle.engine_path)
+        engine = bundle.manifest.engine
+        return TensorRTBackend(bundle.engine_path, flavour=engine.flavour if engine is not None else None)
     try:
         from .ort import OnnxRuntimeBackend
     except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
