@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlbertRuntimeError", "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError",
-    "UsageError", "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError",
+    "UsageError", "CallError", "InputKeyError", "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError",
     "UnknownParameterError", "one_line", "is_failure", "error_line",
 ]
 
@@ -38,6 +38,17 @@ class OptionError(ValueError, AlbertRuntimeError):
 
 class BackendError(RuntimeError, AlbertRuntimeError):
     """The inference engine cannot be created or run (missing package, provider, device or engine file)."""
+
+
+class CallError(TypeError, AlbertRuntimeError):
+    """A call with arguments the function does not take, where Python (and HF) raise a TypeError."""
+
+
+class InputKeyError(KeyError, AlbertRuntimeError):
+    """An input object without a key it needs, where HF raises a KeyError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class UsageError(AlbertRuntimeError):

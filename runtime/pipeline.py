@@ -21,7 +21,7 @@ from typing import Any
 
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, load_bundle
-from .errors import BundleError, InputError, OptionError, UnknownParameterError, UnknownTaskError
+from .errors import BundleError, CallError, InputError, OptionError, UnknownParameterError, UnknownTaskError
 from .runner import check_model_outputs, runner_from_bundle
 from .taskspec import canonical_task
 from .tasks.base import Head, TaskContext
@@ -191,10 +191,10 @@ class Pipeline:
         """The input of a task other than question-answering: positional, or `inputs=` as HF names it."""
         if len(args) > 1:
             if self.task != "feature-extraction":
-                raise TypeError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")
+                raise CallError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")
             logging.getLogger(__name__).warning("Ignoring args : %s", args[1:])  # as HF's feature-extraction does
         if args and "inputs" in params:
-            raise TypeError("got multiple values for argument 'inputs'")
+            raise CallError("got multiple values for argument 'inputs'")
         inputs = args[0] if args else params.pop("inputs", None)
         if inputs is None and self.task == "multiple-choice" and {"prompt", "choices"} <= set(params):
             inputs = {"prompt": params.pop("prompt"), "choices": params.pop("choices")}
@@ -297,10 +297,10 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
     defaults, checked against the head's PARAMETERS.
     """
     if len(args) > 2:
-        raise TypeError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")
+        raise CallError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")
     if model is not None:
         if len(args) > 1 or (args and task is not None):
-            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+            raise CallError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
         task = args[0] if args else task
     for value in args if model is None else ():
         if task is None and (model is not None or _names_task(value)):
@@ -308,7 +308,7 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
         elif model is None:
             model = value
         else:
-            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+            raise CallError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
     if model is None:
         raise OptionError(f"pipeline({task!r}) needs the bundle: pipeline({task!r}, model='path/to/bundle')")
     _check_tokenizer(options.pop("tokenizer", None), model)

@@ -240,7 +240,7 @@ class PipelineTokenizer:
         if text_pair is not None:
             pairs = list(text_pair) if batched else [text_pair]
             if len(pairs) != len(texts):
-                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+                raise InputError(f"{len(texts)} texts but {len(pairs)} text pairs")
             texts = list(zip(texts, pairs))
         if truncation in (None, False) and max_length is None:
             encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
@@ -259,15 +259,15 @@ class PipelineTokenizer:
             self._pad(columns, padding, max_length)
         if return_tensors is not None:
             if return_tensors != "np":
-                raise ValueError(f"return_tensors={return_tensors!r}: this runtime has no torch or tf; use 'np'")
+                raise OptionError(f"return_tensors={return_tensors!r}: this runtime has no torch or tf; use 'np'")
             if len({len(row) for row in columns["input_ids"]}) > 1:
-                raise ValueError("the texts have different lengths; pass padding=True to get arrays")
+                raise InputError("the texts have different lengths; pass padding=True to get arrays")
             return {name: np.asarray(rows, dtype=np.int64) for name, rows in columns.items()}
         return columns if batched else {name: rows[0] for name, rows in columns.items()}
 
     def _pad(self, columns: dict[str, list], padding: bool | str, max_length: int | None) -> None:
         if padding not in (True, "longest", "max_length"):
-            raise ValueError(f"padding={padding!r} is not one of False, True, 'longest', 'max_length'")
+            raise OptionError(f"padding={padding!r} is not one of False, True, 'longest', 'max_length'")
         longest = max(len(row) for row in columns["input_ids"])
         length = (max_length or self.model_max_length) if padding == "max_length" else longest
         pad_id = self.pad_token_id or 0

@@ -22,6 +22,8 @@ from runtime.arguments import at_least, device_argument
 from runtime.backends import BACKENDS
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 
+from .errors import ListenError
+
 PROG = "albert-serve"
 
 
@@ -108,7 +110,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
         listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
+        raise ListenError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
     listener.set_inheritable(True)
     return listener
 

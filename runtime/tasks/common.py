@@ -1,4 +1,4 @@
-"""Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
+"""Small pieces the heads share: streamed inputs, the text encoder, option checks, numerically HF-identical softmax."""
 from __future__ import annotations
 
 import sys

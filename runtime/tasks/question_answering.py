@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError, TruncationWarning, is_failure, one_line
+from runtime.errors import InputError, InputKeyError, OptionError, TruncationWarning, is_failure, one_line
 from runtime.tasks.base import CallForm, Feature, TaskContext
 from runtime.tasks.common import is_stream
 from runtime.tokenizer import feature_from_encoding, truncating_copy
@@ -160,7 +160,7 @@ def _example_from_item(item: Any) -> tuple[str, str]:
         raise InputError(f"{item} argument needs to be of type (SquadExample, dict)")
     for key in ("question", "context"):
         if key not in item:
-            raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
+            raise InputKeyError("You need to provide a dictionary with keys {question:..., context:...}")
         if item[key] is None:
             raise InputError(f"`{key}` cannot be None")
         if not isinstance(item[key], str):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
+from runtime.errors import CallError, InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
 from runtime.tasks.base import CallForm, TaskContext
 from runtime.tokenizer import feature_from_encoding, truncating_copy
 
@@ -54,7 +54,7 @@ def run_each(ctx: TaskContext, items: list, **params: Any) -> list:
     ignore_subwords."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
-        raise TypeError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+        raise CallError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
     offset_mapping = _offset_mapping(params.get("offset_mapping"))
     is_split_into_words = bool(params.get("is_split_into_words", False))
     delimiter = params.get("delimiter")
