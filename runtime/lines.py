@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from .errors import InputError, OptionError, error_line, is_failure, one_line
 from .pipeline import head_for
 
@@ -122,7 +124,7 @@ class LineRunner:
             result = next(answers) if error is None else error
             if not isinstance(result, BaseException):
                 try:
-                    self.out.write(json.dumps(result, ensure_ascii=False, default=_plain_number) + "\n")
+                    self.out.write(json.dumps(result, ensure_ascii=False, default=json_value) + "\n")
                     continue
                 except (TypeError, ValueError) as exc:
                     result = exc
@@ -156,8 +158,11 @@ class LineRunner:
         return self.keep_going
 
 
-def _plain_number(value: Any) -> Any:
-    """numpy scalars (token-classification scores are float32, as HF returns them) as JSON numbers."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+def json_value(value: Any) -> Any:
+    """json.dumps' default: numpy values in results (float32 token-classification scores, return_tensors arrays)
+    as JSON values (albert-run's lines, albert-serve's answers)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
