@@ -176,10 +176,7 @@ class Pipeline:
     def __call__(self, *args: Any, **params: Any) -> Any:
         """Call it as the task's HF pipeline: one input gives its result, a list a list of results, a generator
         or a torch Dataset an iterator that computes them a batch at a time as they are read."""
-        if self.task == "question-answering":
-            inputs = self.head.inputs_from_call(args, params)
-        else:
-            inputs = self._one_input(args, params)
+        inputs = (self.head.CALL.inputs or self._one_input)(args, params)
         called_with = frozenset(params)
         context, params = self._context_and_params(params)
         if is_stream(inputs):
@@ -188,7 +185,7 @@ class Pipeline:
         return call_head(self.head, context, inputs, called_with=called_with, **params)
 
     def _one_input(self, args: tuple, params: dict[str, Any]) -> Any:
-        """The input of a task other than question-answering: positional, or `inputs=` as HF names it."""
+        """The input of a call: positional, or `inputs=` as HF names it."""
         if len(args) > 1:
             if self.task != "feature-extraction":
                 raise CallError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")

@@ -51,6 +51,9 @@ class CallForm:
 
     # (items, single) from a call's inputs; may pop the keyword arguments that are inputs (question=, context=)
     items: Callable[[Any, dict[str, Any]], tuple[list, bool]] = as_batch
+    # the inputs of pipeline(*args, **params), popping the keyword arguments that are inputs; None: the one
+    # positional input or inputs= (Pipeline's own reading)
+    inputs: Callable[[tuple, dict[str, Any]], Any] | None = None
     list_of_one_gives_its_result: bool = False  # fill-mask and question-answering: [x] answers as x does
     # text-classification's legacy: one string answers [result] unless the call itself passes this parameter
     single_text_listed_unless_given: str | None = None

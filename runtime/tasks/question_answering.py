@@ -137,7 +137,7 @@ def items_from_inputs(inputs: Any, params: dict[str, Any]) -> tuple[list, bool]:
     return items, False
 
 
-CALL = CallForm(items=items_from_inputs, list_of_one_gives_its_result=True,
+CALL = CallForm(items=items_from_inputs, inputs=inputs_from_call, list_of_one_gives_its_result=True,
                 json_objects=(frozenset({"question", "context"}),))
 
 
