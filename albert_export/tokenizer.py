@@ -18,13 +18,13 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import Unigram
 
 from runtime.bundle import TOKENIZER, TokenizerSettings
+from runtime.tokenizer import ALBERT_SPECIAL_TOKENS
 
 SPIECE = "spiece.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 MODEL_CONFIG = "config.json"
 DEFAULT_MAX_LENGTH = 512
-ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
 # transformers writes int(1e30) as model_max_length when the checkpoint sets none
 _UNSET_MAX_LENGTH = 1 << 40
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import BundleError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.onnx"
@@ -29,10 +31,6 @@ TOKENIZER = "tokenizer.json"
 CONFIG = "config.json"
 ENGINE = "engine.plan"
 READ_BY_RUNTIME = (MODEL, TOKENIZER, CONFIG, ENGINE)
-
-
-class BundleError(Exception):
-    """A bundle that is missing, incomplete, corrupt or of an unknown format."""
 
 
 @dataclass

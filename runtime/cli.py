@@ -35,52 +35,13 @@ import warnings
 from typing import Any
 
 from . import __version__
-from .backends import BACKENDS, parse_device
-from .bundle import BundleError
-from .errors import BackendError, InputError, OptionError, is_failure, one_line
+from .arguments import at_least, comma_list, device_argument
+from .backends import BACKENDS
+from .errors import (AlbertRuntimeError, OptionError, UnknownParameterError, UnknownTaskError, UsageError, error_line,
+                     is_failure)
 from .lines import LineRunner, byte_reader
-from .taskspec import UnknownTaskError
 
 PROG = "albert-run"
-
-
-class UsageError(Exception):
-    pass
-
-
-def _comma_list(text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",")]
-    if not all(items):
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give words separated by commas")
-    return items
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
-def device_argument(text: str) -> str:
-    """argparse type for --device (albert-run and albert-serve): cpu, cuda or cuda:N."""
-    try:
-        return str(parse_device(text))
-    except OptionError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,16 +59,16 @@ def parser() -> argparse.ArgumentParser:
                              "(default: onnxruntime)")
     engine.add_argument("--device", type=device_argument, default=None,
                         help="cpu, cuda or cuda:N, the N-th GPU (default: cpu; cuda for tensorrt)")
-    engine.add_argument("--batch-size", type=_positive, default=8, metavar="N",
+    engine.add_argument("--batch-size", type=at_least(1), default=8, metavar="N",
                         help="inputs run through the model together (default: 8)")
     engine.add_argument("--keep-going", action="store_true",
                         help="report a bad input line as {\"error\", \"line\"} and go on; the exit status is still 1 "
                              "(default: stop at the first bad line)")
     task = p.add_argument_group("task options")
-    task.add_argument("--top-k", type=_positive, metavar="K",
+    task.add_argument("--top-k", type=at_least(1), metavar="K",
                       help="answers per input (default: fill-mask/pretraining 5, question-answering 1, "
                            "text-classification the best label only, multiple-choice all choices)")
-    task.add_argument("--targets", type=_comma_list, metavar="W,...",
+    task.add_argument("--targets", type=comma_list, metavar="W,...",
                       help="fill-mask/pretraining: score only these candidate words, comma-separated "
                            "(default: every token)")
     task.add_argument("--function-to-apply", choices=("softmax", "sigmoid", "none"),
@@ -115,20 +76,20 @@ def parser() -> argparse.ArgumentParser:
                            "multi-label problems; none for regression)")
     task.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"),
                       help="token-classification: how sub-word tokens are grouped into entities (default: none)")
-    task.add_argument("--ignore-labels", type=_comma_list, metavar="L,...",
+    task.add_argument("--ignore-labels", type=comma_list, metavar="L,...",
                       help="token-classification: labels left out of the answer, comma-separated (default: O)")
-    task.add_argument("--doc-stride", type=_non_negative, metavar="N",
+    task.add_argument("--doc-stride", type=at_least(0), metavar="N",
                       help="question-answering: tokens shared by consecutive windows of a long context "
                            "(default: 128)")
-    task.add_argument("--stride", type=_non_negative, metavar="N",
+    task.add_argument("--stride", type=at_least(0), metavar="N",
                       help="token-classification: split long texts into chunks overlapping by N tokens; needs "
                            "--aggregation-strategy other than none (default: no chunks, long texts truncated)")
-    task.add_argument("--max-seq-len", type=_positive, metavar="N",
+    task.add_argument("--max-seq-len", type=at_least(1), metavar="N",
                       help="question-answering: tokens per window, question included "
                            "(default: 384, or the model's maximum if smaller)")
-    task.add_argument("--max-question-len", type=_positive, metavar="N",
+    task.add_argument("--max-question-len", type=at_least(1), metavar="N",
                       help="question-answering: tokens kept of the question (default: 64)")
-    task.add_argument("--max-answer-len", type=_positive, metavar="N",
+    task.add_argument("--max-answer-len", type=at_least(1), metavar="N",
                       help="question-answering: longest answer span, in tokens (default: 15)")
     task.add_argument("--handle-impossible-answer", action="store_true",
                       help="question-answering: allow the empty answer (SQuAD 2.0) (default: off)")
@@ -170,11 +131,12 @@ def head_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_options(pipe, options: dict[str, Any]) -> None:
-    if pipe.parameters is None:
-        return
-    wrong = [OPTION_FLAGS[name] for name in options if name not in pipe.parameters]
-    if wrong:
-        raise UsageError(f"{', '.join(wrong)} does not apply to a {pipe.task} bundle")
+    """The pipeline's own check, before any line is read; the options it refuses named by their flags."""
+    try:
+        pipe.check_parameters(options)
+    except UnknownParameterError as exc:
+        wrong = [flag for name, flag in OPTION_FLAGS.items() if name in exc.unknown]
+        raise UsageError(f"{', '.join(wrong)} does not apply to a {pipe.task} bundle") from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -212,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OptionError, UnknownTaskError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (BundleError, BackendError, InputError, OSError, ValueError) as exc:
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+    except (AlbertRuntimeError, OSError, ValueError) as exc:
+        print(error_line(PROG, exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # answers written so far stay written
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -221,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # a library's own error types, Rust panics: still one line, never a traceback
         if not is_failure(exc):
             raise
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        print(error_line(PROG, exc), file=sys.stderr)
         return 1
     finally:
         warnings.showwarning = show_warning

@@ -1,12 +1,15 @@
-"""Errors the runtime raises on purpose: each names the problem and what to do about it."""
-from __future__ import annotations
+"""Errors the runtime raises on purpose, each naming the problem and what to do about it; and how a command line
+shows one. The leaf of the package: every other runtime module imports its errors from here.
 
-from .bundle import BundleError
-from .taskspec import UnknownTaskError
+Every error subclasses AlbertRuntimeError and keeps the builtin base it had (ValueError, KeyError, TypeError,
+RuntimeError), so code that catches those, as it would around transformers, still catches them.
+"""
+from __future__ import annotations
 
 __all__ = [
     "AlbertRuntimeError", "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError",
-    "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError", "UnknownParameterError",
+    "UsageError", "CallError", "InputKeyError", "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError",
+    "UnknownParameterError", "one_line", "is_failure", "error_line",
 ]
 
 
@@ -14,16 +17,42 @@ class AlbertRuntimeError(Exception):
     """The base of every error the runtime raises on purpose: the message names the problem and what to do."""
 
 
-class InputError(ValueError):
+class BundleError(AlbertRuntimeError):
+    """A bundle that is missing, incomplete, corrupt or of an unknown format."""
+
+
+class UnknownTaskError(KeyError, ValueError, AlbertRuntimeError):
+    """A task name no bundle has (a KeyError, as transformers' pipeline() raises for one, and a ValueError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InputError(ValueError, AlbertRuntimeError):
     """One input cannot be processed: empty text, no mask token, a JSON object with the wrong keys, ..."""
 
 
-class OptionError(ValueError):
+class OptionError(ValueError, AlbertRuntimeError):
     """Options that cannot be honoured together or do not apply to the bundle's task."""
 
 
-class BackendError(RuntimeError):
+class BackendError(RuntimeError, AlbertRuntimeError):
     """The inference engine cannot be created or run (missing package, provider, device or engine file)."""
+
+
+class CallError(TypeError, AlbertRuntimeError):
+    """A call with arguments the function does not take, where Python (and HF) raise a TypeError."""
+
+
+class InputKeyError(KeyError, AlbertRuntimeError):
+    """An input object without a key it needs, where HF raises a KeyError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(AlbertRuntimeError):
+    """A command line that cannot be honoured (albert-run, albert-serve: exit status 2)."""
 
 
 class TruncationWarning(UserWarning):
@@ -51,7 +80,12 @@ class UnknownChoiceError(KeyError, OptionError):
 
 
 class UnknownParameterError(TypeError, OptionError):
-    """A keyword argument the task does not take (HF: a TypeError from its _sanitize_parameters)."""
+    """A keyword argument the task does not take (HF: a TypeError from its _sanitize_parameters); `unknown` holds
+    their names, so a command line can name its own flags for them."""
+
+    def __init__(self, message: str, unknown: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.unknown = unknown
 
 
 def one_line(exc: BaseException) -> str:
@@ -68,3 +102,8 @@ def is_failure(exc: BaseException) -> bool:
     """An exception that fails one input: any Exception, and the tokenizers library's Rust panics (which derive
     from BaseException only). KeyboardInterrupt and SystemExit are not."""
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def error_line(prog: str, exc: BaseException, line: int | None = None) -> str:
+    """`prog: error: ...`, or for one input line `prog: line N: ...`: the stderr lines of albert-run/albert-serve."""
+    return f"{prog}: {'error' if line is None else f'line {line}'}: {one_line(exc)}"

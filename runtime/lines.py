@@ -12,20 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator
 
-from .errors import InputError, OptionError, is_failure, one_line
+import numpy as np
+
+from .errors import InputError, OptionError, error_line, is_failure, one_line
+from .pipeline import head_for
 
 BLOCK = 1 << 16  # bytes asked for per read; a read returns less when less is ready
 MAX_BATCH = 64  # lines sent to the pipeline together (then batched by batch_size)
-
-JSON_INPUTS = {
-    "fill-mask": ({"text"},),
-    "feature-extraction": ({"text"},),
-    "token-classification": ({"text"},),
-    "text-classification": ({"text"}, {"text", "text_pair"}),
-    "pretraining": ({"text"}, {"text", "text_pair"}),
-    "question-answering": ({"question", "context"},),
-    "multiple-choice": ({"prompt", "choices"},),
-}
 
 
 def byte_reader(stream) -> Callable[[int], bytes]:
@@ -71,8 +64,8 @@ def decode_line(raw: bytes, number: int) -> str:
 
 
 def parse_line(line: str, task: str) -> Any:
-    """A line as the pipeline's input; InputError says what is wrong with it."""
-    shapes = JSON_INPUTS[task]
+    """A line as the pipeline's input (the JSON objects its head takes); InputError says what is wrong with it."""
+    shapes = head_for(task).CALL.json_objects
     keys = " or ".join(json.dumps(sorted(s)) for s in shapes)
     if not line.lstrip().startswith("{"):
         if {"text"} not in shapes:
@@ -85,7 +78,7 @@ def parse_line(line: str, task: str) -> Any:
         raise InputError(f"invalid JSON ({message} at column {exc.colno})") from None
     except RecursionError:
         raise InputError("invalid JSON: nested too deeply for this reader") from None
-    if not isinstance(item, dict) or set(item) not in [set(s) for s in shapes]:
+    if not isinstance(item, dict) or set(item) not in shapes:
         got = json.dumps(sorted(item)) if isinstance(item, dict) else f"a JSON {_json_kind(item)}"
         raise InputError(f"{task} takes a JSON object with keys {keys}; got {got}")
     try:
@@ -131,7 +124,7 @@ class LineRunner:
             result = next(answers) if error is None else error
             if not isinstance(result, BaseException):
                 try:
-                    self.out.write(json.dumps(result, ensure_ascii=False, default=_plain_number) + "\n")
+                    self.out.write(json.dumps(result, ensure_ascii=False, default=json_value) + "\n")
                     continue
                 except (TypeError, ValueError) as exc:
                     result = exc
@@ -159,15 +152,17 @@ class LineRunner:
     def report(self, number: int, exc: BaseException) -> bool:
         """Say what is wrong with a line; True when the run goes on."""
         self.failed += 1
-        message = one_line(exc)
-        print(f"{self.prog}: line {number}: {message}", file=self.err)
+        print(error_line(self.prog, exc, number), file=self.err)
         if self.keep_going:
-            self.out.write(json.dumps({"error": message, "line": number}, ensure_ascii=False) + "\n")
+            self.out.write(json.dumps({"error": one_line(exc), "line": number}, ensure_ascii=False) + "\n")
         return self.keep_going
 
 
-def _plain_number(value: Any) -> Any:
-    """numpy scalars (token-classification scores are float32, as HF returns them) as JSON numbers."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+def json_value(value: Any) -> Any:
+    """json.dumps' default: numpy values in results (float32 token-classification scores, return_tensors arrays)
+    as JSON values (albert-run's lines, albert-serve's answers)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

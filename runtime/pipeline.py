@@ -11,23 +11,22 @@ keyword arguments win. The heads' arguments and results are transformers 4.57's 
 from __future__ import annotations
 
 import importlib
-import inspect
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 from .backends import Backend, backend_from_bundle
-from .bundle import Bundle, BundleError, load_bundle
-from .errors import InputError, OptionError, UnknownParameterError
-from .runner import BatchRunner, batch_layout, check_model_outputs, sequence_axes
-from .taskspec import SEQUENCE, TASKS, UnknownTaskError, canonical_task
-from .tasks.base import TaskContext
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, CallError, InputError, OptionError, UnknownParameterError, UnknownTaskError
+from .runner import check_model_outputs, runner_from_bundle
+from .taskspec import canonical_task
+from .tasks.base import Head, TaskContext
 from .tasks.common import check_option_values, is_stream, stream_items
-from .tokenizer import PipelineTokenizer, load_tokenizer
+from .tokenizer import ALBERT_SPECIAL_TOKENS, PipelineTokenizer, load_tokenizer, special_token_id
 
 HEAD_MODULES = {
     "fill-mask": "fill_mask",
@@ -38,13 +37,11 @@ HEAD_MODULES = {
     "feature-extraction": "feature_extraction",
     "pretraining": "pretraining",
 }
-ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
 HF_TASK_ALIASES = {"sentiment-analysis": "text-classification"}  # transformers' aliases that are not ours
-LIST_OF_ONE_GIVES_ITS_RESULT = ("fill-mask", "question-answering")  # as their HF pipelines' __call__ do
 CALL_OPTIONS = frozenset({"batch_size", "num_workers"})  # HF's Pipeline.__call__ takes them for every task
 
 
-def head_for(task: str) -> ModuleType:
+def head_for(task: str) -> Head:
     name = HEAD_MODULES[task]
     try:
         return importlib.import_module(f"{__package__}.tasks.{name}")
@@ -54,16 +51,61 @@ def head_for(task: str) -> ModuleType:
         raise OptionError(f"this runtime has no {task} head yet (runtime/tasks/{name}.py is missing)") from exc
 
 
-def head_parameters(head: ModuleType) -> frozenset[str] | None:
-    """The keyword arguments a head takes, or None when it does not say."""
-    declared = getattr(head, "PARAMETERS", None)
-    if declared is not None:
-        return frozenset(declared)
-    function = getattr(head, "run_each", None) or head.run
-    params = list(inspect.signature(function).parameters.values())[2:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return frozenset(p.name for p in params)
+def call_head(head: Head, ctx: TaskContext, inputs: Any = None, /, *, called_with: Collection[str] | None = None,
+              **params: Any) -> Any:
+    """One call's answer, as the task's HF pipeline gives it: one input its result, a list a list of results
+    (head.CALL says where a list of one gives its result). `called_with`: the keyword arguments the call itself
+    passed, the pipeline's defaults apart (None: all of params)."""
+    params = dict(params)
+    items, single = head.CALL.items(inputs, params)
+    results = head.run_each(ctx, items, **params)
+    if single or (head.CALL.list_of_one_gives_its_result and len(results) == 1):
+        return one_result(head, items[0], results[0], params if called_with is None else called_with)
+    return results
+
+
+def one_result(head: Head, item: Any, result: Any, called_with: Collection[str]) -> Any:
+    """An item's result as a call with that item alone answers it."""
+    listed = head.CALL.single_text_listed_unless_given
+    if listed is not None and isinstance(item, str) and listed not in called_with:
+        return [result]
+    return result
+
+
+def context_from_bundle(bundle: Bundle, task: str, engine: Backend | None = None, *, batch_size: int = 8,
+                        **backend_options: Any) -> TaskContext:
+    """The stage between a verified bundle and its task head: the tokenizer and its special tokens, a batching
+    runner over the engine (built from the bundle with backend_options unless given; one built here is first
+    checked to give the task's outputs), and the length the model takes."""
+    manifest = bundle.manifest
+    try:
+        tokenizer = load_tokenizer(bundle.tokenizer_path)
+    except Exception as exc:  # tokenizers raises plain Exception for a bad file
+        raise BundleError(f"{bundle.tokenizer_path} cannot be loaded ({exc}); re-export the bundle") from exc
+    special_tokens = dict(manifest.tokenizer.special_tokens) or {
+        role: token for role, token in ALBERT_SPECIAL_TOKENS.items() if tokenizer.token_to_id(token) is not None
+    }
+    pad_id = special_token_id(tokenizer, special_tokens, "pad")
+    if pad_id is None:
+        pad_id = bundle.config.get("pad_token_id") or 0
+    built_here = engine is None
+    if engine is None:
+        engine = backend_from_bundle(bundle, **backend_options)
+    runner = runner_from_bundle(bundle, task, engine, batch_size, pad_id)
+    if built_here:  # a caller's own engine (a test double, Triton's capturing one) answers for itself
+        check_model_outputs(task, runner, bundle.config, pad_id)
+    max_length = manifest.tokenizer.max_length
+    positions = bundle.config.get("max_position_embeddings")
+    if isinstance(positions, int) and positions > 0:
+        max_length = min(max_length, positions)
+    return TaskContext(
+        tokenizer=tokenizer,
+        runner=runner,
+        config=bundle.config,
+        max_length=max_length,
+        special_tokens=special_tokens,
+        clean_up_tokenization_spaces=manifest.tokenizer.clean_up_tokenization_spaces,
+    )
 
 
 class Pipeline:
@@ -87,8 +129,7 @@ class Pipeline:
         **defaults: Any,
     ):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
-        manifest = self.bundle.manifest
-        bundle_task = canonical_task(manifest.task)
+        bundle_task = canonical_task(self.bundle.manifest.task)
         self.task = bundle_task if task is None else canonical_task(HF_TASK_ALIASES.get(task, task))
         if self.task != bundle_task:
             raise OptionError(
@@ -96,72 +137,33 @@ class Pipeline:
                 "leave task out or export the model for that task"
             )
         self.head = head_for(self.task)
-        self.parameters = head_parameters(self.head)
+        self.parameters = frozenset(self.head.PARAMETERS)
         self.num_workers = _num_workers(num_workers)
-        self._check_parameters(defaults)
+        self.check_parameters(defaults)
         self.defaults = defaults
-        try:
-            tokenizer = load_tokenizer(self.bundle.tokenizer_path)
-        except Exception as exc:  # tokenizers raises plain Exception for a bad file
-            raise BundleError(f"{self.bundle.tokenizer_path} cannot be loaded ({exc}); re-export the bundle") from exc
-        special_tokens = dict(manifest.tokenizer.special_tokens) or {
-            role: token for role, token in ALBERT_SPECIAL_TOKENS.items() if tokenizer.token_to_id(token) is not None
-        }
-        pad = special_tokens.get("pad")
-        pad_id = tokenizer.token_to_id(pad) if pad else None
-        if pad_id is None:
-            pad_id = self.bundle.config.get("pad_token_id") or 0
-        built_here = engine is None
-        if engine is None:
-            engine = backend_from_bundle(
-                self.bundle,
-                backend,
-                device,
-                threads=threads,
-                providers=providers,
-                graph_optimization_level=graph_optimization_level,
-                backend_options=backend_options,
-            )
-        self.backend = engine
+        self.context = context_from_bundle(
+            self.bundle, self.task, engine, batch_size=batch_size, backend=backend, device=device, threads=threads,
+            providers=providers, graph_optimization_level=graph_optimization_level, backend_options=backend_options,
+        )
+        self.runner = self.context.runner
+        self.backend = self.runner.backend
         self.model = BundleModel(self.bundle)
-        outputs = manifest.outputs or []
-        axes = sequence_axes(outputs) if outputs else {
-            name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
-            for name, dims in zip(TASKS[self.task].outputs, TASKS[self.task].output_dims)
-        }
-        layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
-        self.runner = BatchRunner(engine, axes, batch_size=batch_size, pad_token_id=pad_id, **layout)
-        if built_here:  # a caller's own engine (a test double, Triton's capturing one) answers for itself
-            check_model_outputs(self.task, self.runner, self.bundle.config, pad_id)
-        max_length = manifest.tokenizer.max_length
-        positions = self.bundle.config.get("max_position_embeddings")
-        if isinstance(positions, int) and positions > 0:
-            max_length = min(max_length, positions)
-        self.context = TaskContext(
-            tokenizer=tokenizer,
-            runner=self.runner,
-            config=self.bundle.config,
-            max_length=max_length,
-            special_tokens=special_tokens,
-            clean_up_tokenization_spaces=manifest.tokenizer.clean_up_tokenization_spaces,
-        )
-        self._tokenizer = PipelineTokenizer(
-            tokenizer, special_tokens, max_length, manifest.tokenizer.clean_up_tokenization_spaces
-        )
+        self._tokenizer = PipelineTokenizer(self.context.tokenizer, self.context.special_tokens,
+                                            self.context.max_length, self.context.clean_up_tokenization_spaces)
 
-    def _check_parameters(self, params: dict[str, Any]) -> None:
+    def check_parameters(self, params: dict[str, Any]) -> None:
+        """OptionError for a keyword argument the task does not take or a value of the wrong type or range."""
         check_option_values(params)
-        if self.parameters is None:
-            return
         unknown = sorted(set(params) - self.parameters - CALL_OPTIONS)
         if unknown:
             raise UnknownParameterError(
-                f"{self.task} does not take {', '.join(unknown)}; it takes {', '.join(sorted(self.parameters)) or 'no options'}"
+                f"{self.task} does not take {', '.join(unknown)}; it takes {', '.join(sorted(self.parameters)) or 'no options'}",
+                tuple(unknown),
             )
 
     def _context_and_params(self, params: dict[str, Any]) -> tuple[TaskContext, dict[str, Any]]:
         params = {**self.defaults, **params}
-        self._check_parameters(params)
+        self.check_parameters(params)
         batch_size = params.pop("batch_size", None)
         _num_workers(params.pop("num_workers", None))  # accepted as HF does; tokenizing runs in this process
         context = self.context
@@ -174,27 +176,22 @@ class Pipeline:
     def __call__(self, *args: Any, **params: Any) -> Any:
         """Call it as the task's HF pipeline: one input gives its result, a list a list of results, a generator
         or a torch Dataset an iterator that computes them a batch at a time as they are read."""
-        top_k_in_call = "top_k" in params
-        if self.task == "question-answering":
-            inputs = self.head.inputs_from_call(args, params)
-        else:
-            inputs = self._one_input(args, params)
+        inputs = (self.head.CALL.inputs or self._one_input)(args, params)
+        called_with = frozenset(params)
         context, params = self._context_and_params(params)
-        if self.task == "text-classification":
-            params["_top_k_in_call"] = top_k_in_call
         if is_stream(inputs):
             items, length = stream_items(inputs)
             return ResultStream(self._streamed(context, items, params), length)
-        return self.head.run(context, inputs, **params)
+        return call_head(self.head, context, inputs, called_with=called_with, **params)
 
     def _one_input(self, args: tuple, params: dict[str, Any]) -> Any:
-        """The input of a task other than question-answering: positional, or `inputs=` as HF names it."""
+        """The input of a call: positional, or `inputs=` as HF names it."""
         if len(args) > 1:
             if self.task != "feature-extraction":
-                raise TypeError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")
+                raise CallError(f"a {self.task} pipeline takes one input (a text, or a list of them), got {len(args)}")
             logging.getLogger(__name__).warning("Ignoring args : %s", args[1:])  # as HF's feature-extraction does
         if args and "inputs" in params:
-            raise TypeError("got multiple values for argument 'inputs'")
+            raise CallError("got multiple values for argument 'inputs'")
         inputs = args[0] if args else params.pop("inputs", None)
         if inputs is None and self.task == "multiple-choice" and {"prompt", "choices"} <= set(params):
             inputs = {"prompt": params.pop("prompt"), "choices": params.pop("choices")}
@@ -204,19 +201,16 @@ class Pipeline:
 
     def _streamed(self, context: TaskContext, items: Iterator, params: dict[str, Any]) -> Iterator:
         while chunk := list(itertools.islice(items, context.runner.batch_size)):
-            results = self.head.run(context, chunk, **params)
-            if len(chunk) == 1 and self.task in LIST_OF_ONE_GIVES_ITS_RESULT:
-                results = [results]
-            yield from results
+            chunk_params = dict(params)
+            batch, _ = self.head.CALL.items(chunk, chunk_params)
+            yield from self.head.run_each(context, batch, **chunk_params)
 
     def run_each(self, items: list, **params: Any) -> list:
         """One result per input, each shaped as `self(item)` would give it, computed in shared batches."""
         context, params = self._context_and_params(params)
-        if hasattr(self.head, "run_each"):
-            return self.head.run_each(context, list(items), **params)
-        if len(items) == 1:
-            return [self.head.run(context, items[0], **params)]
-        return list(self.head.run(context, list(items), **params))
+        items = list(items)
+        results = self.head.run_each(context, items, **params)
+        return [one_result(self.head, item, result, params) for item, result in zip(items, results)]
 
     @property
     def tokenizer(self) -> PipelineTokenizer:
@@ -300,10 +294,10 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
     defaults, checked against the head's PARAMETERS.
     """
     if len(args) > 2:
-        raise TypeError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")
+        raise CallError(f"pipeline() takes a task and a bundle, got {len(args)} positional arguments")
     if model is not None:
         if len(args) > 1 or (args and task is not None):
-            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+            raise CallError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
         task = args[0] if args else task
     for value in args if model is None else ():
         if task is None and (model is not None or _names_task(value)):
@@ -311,7 +305,7 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
         elif model is None:
             model = value
         else:
-            raise TypeError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
+            raise CallError("pipeline() got the task twice: pass pipeline(task, model=bundle)")
     if model is None:
         raise OptionError(f"pipeline({task!r}) needs the bundle: pipeline({task!r}, model='path/to/bundle')")
     _check_tokenizer(options.pop("tokenizer", None), model)

@@ -93,6 +93,19 @@ class BatchRunner:
         return value[tuple(index)]
 
 
+def runner_from_bundle(bundle, task: str, backend: Backend, batch_size: int = 8, pad_token_id: int = 0) -> BatchRunner:
+    """A BatchRunner over `backend` laid out as the bundle's manifest names its outputs' axes (older manifests
+    without outputs: the task's own outputs, batch first)."""
+    manifest = bundle.manifest
+    outputs = manifest.outputs or []
+    axes = sequence_axes(outputs) if outputs else {
+        name: tuple(i for i, d in enumerate(dims) if d == SEQUENCE)
+        for name, dims in zip(TASKS[task].outputs, TASKS[task].output_dims)
+    }
+    layout = batch_layout(outputs, manifest.inputs[0].dims[0]) if outputs and manifest.inputs else {}
+    return BatchRunner(backend, axes, batch_size=batch_size, pad_token_id=pad_token_id, **layout)
+
+
 def sequence_axes(outputs: list) -> dict[str, tuple[int, ...]]:
     """{output: its sequence axes} from the manifest's output TensorSpecs."""
     return {spec.name: tuple(i for i, dim in enumerate(spec.dims) if dim in (SEQUENCE, LEGACY_SEQUENCE))

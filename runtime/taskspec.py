@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UnknownTaskError  # noqa: F401  (its old home: albert_export imports it from here)
+
 # optimum's dimension names, so its validate_model_outputs and ORTModelFor* accept our graphs
 BATCH, SEQUENCE, CHOICES = "batch_size", "sequence_length", "num_choices"
 DYNAMIC_DIMS = (BATCH, CHOICES, SEQUENCE)  # symbolic in model.onnx; the others (vocab, labels, hidden) are fixed
@@ -63,13 +65,6 @@ OPTIONAL_OUTPUTS = ("hidden_states", "attentions")
 TASK_OUTPUTS_ON_REQUEST = ("pooler_output",)
 
 
-class UnknownTaskError(KeyError, ValueError):
-    """A task name no bundle has (a KeyError, as transformers' pipeline() raises for one, and a ValueError)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
 def canonical_task(name: str) -> str:
     """'qa' -> 'question-answering'; raises UnknownTaskError naming the valid choices."""
     key = name.strip().lower().replace("_", "-")
@@ -81,7 +76,8 @@ def canonical_task(name: str) -> str:
 
 
 def input_dims(task: str) -> tuple[str, ...]:
-    if TASKS[canonical_task(task)].multiple_choice:
+    """The inputs' symbolic dims for a task, by its canonical name (canonical_task has given it)."""
+    if TASKS[task].multiple_choice:
         return (BATCH, CHOICES, SEQUENCE)
     return (BATCH, SEQUENCE)
 

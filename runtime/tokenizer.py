@@ -15,9 +15,12 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from .errors import InputError, OptionError, TruncationWarning
-from .tasks.base import Feature
+
+Feature = dict[str, np.ndarray]  # unbatched model inputs: input_ids/attention_mask/token_type_ids, (S,) or (C, S)
 
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
+# role -> token of ALBERT's SentencePiece vocabulary: what a bundle whose manifest names no special tokens has
+ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -140,7 +143,9 @@ def decode(
     return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
 
-def token_id(tokenizer: Tokenizer, token: str | None) -> int | None:
+def special_token_id(tokenizer: Tokenizer, special_tokens: dict[str, str], role: str) -> int | None:
+    """The id of the special token playing `role` ("cls", "sep", "pad", "mask", "unk"); None when there is none."""
+    token = special_tokens.get(role)
     return None if token is None else tokenizer.token_to_id(token)
 
 
@@ -170,9 +175,6 @@ def truncating_copy(tokenizer: Tokenizer, max_length: int | None, stride: int = 
             copy.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
         copies[key] = copy
     return copies[key]
-
-
-SPECIAL_ROLES = ("cls", "sep", "pad", "mask", "unk")
 
 
 class PipelineTokenizer:
@@ -238,7 +240,7 @@ class PipelineTokenizer:
         if text_pair is not None:
             pairs = list(text_pair) if batched else [text_pair]
             if len(pairs) != len(texts):
-                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+                raise InputError(f"{len(texts)} texts but {len(pairs)} text pairs")
             texts = list(zip(texts, pairs))
         if truncation in (None, False) and max_length is None:
             encodings = self.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
@@ -257,15 +259,15 @@ class PipelineTokenizer:
             self._pad(columns, padding, max_length)
         if return_tensors is not None:
             if return_tensors != "np":
-                raise ValueError(f"return_tensors={return_tensors!r}: this runtime has no torch or tf; use 'np'")
+                raise OptionError(f"return_tensors={return_tensors!r}: this runtime has no torch or tf; use 'np'")
             if len({len(row) for row in columns["input_ids"]}) > 1:
-                raise ValueError("the texts have different lengths; pass padding=True to get arrays")
+                raise InputError("the texts have different lengths; pass padding=True to get arrays")
             return {name: np.asarray(rows, dtype=np.int64) for name, rows in columns.items()}
         return columns if batched else {name: rows[0] for name, rows in columns.items()}
 
     def _pad(self, columns: dict[str, list], padding: bool | str, max_length: int | None) -> None:
         if padding not in (True, "longest", "max_length"):
-            raise ValueError(f"padding={padding!r} is not one of False, True, 'longest', 'max_length'")
+            raise OptionError(f"padding={padding!r} is not one of False, True, 'longest', 'max_length'")
         longest = max(len(row) for row in columns["input_ids"])
         length = (max_length or self.model_max_length) if padding == "max_length" else longest
         pad_id = self.pad_token_id or 0
@@ -303,7 +305,7 @@ class PipelineTokenizer:
         return self.special_tokens.get(role)
 
     def _special_id(self, role: str) -> int | None:
-        return token_id(self.backend_tokenizer, self.special_tokens.get(role))
+        return special_token_id(self.backend_tokenizer, self.special_tokens, role)
 
     cls_token = property(lambda self: self._special("cls"))
     sep_token = property(lambda self: self._special("sep"))

@@ -30,9 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runtime import Pipeline
-from runtime.bundle import BundleError
-from runtime.errors import BackendError, one_line
-from runtime.lines import is_failure
+from runtime.errors import BackendError, BundleError, is_failure, one_line
 
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics

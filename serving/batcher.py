@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from runtime import Pipeline
-from runtime.lines import is_failure
+from runtime.errors import is_failure
 
+from .errors import ServingError
 from .requests import Call
 
 
-class QueueFull(Exception):
+class QueueFull(ServingError):
     """The model's queue holds --max-queue calls already."""
 
 

@@ -18,49 +18,33 @@ import socket
 import sys
 from pathlib import Path
 
+from runtime.arguments import at_least, device_argument
 from runtime.backends import BACKENDS
-from runtime.bundle import BundleError
-from runtime.cli import device_argument
-from runtime.errors import BackendError, OptionError
+from runtime.errors import AlbertRuntimeError, OptionError, UsageError
+
+from .errors import ListenError
 
 PROG = "albert-serve"
-
-
-class UsageError(Exception):
-    pass
-
-
-def _at_least(minimum: float, kind=int):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
-        return value
-
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; each is served under its name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_at_least(0), default=8000, help="0: any free port (the address is printed on stderr)")
-    p.add_argument("--max-batch-size", type=_at_least(1), default=8, help="inputs run together (default 8)")
-    p.add_argument("--max-delay-ms", type=_at_least(0, float), default=5.0,
+    p.add_argument("--port", type=at_least(0), default=8000, help="0: any free port (the address is printed on stderr)")
+    p.add_argument("--max-batch-size", type=at_least(1), default=8, help="inputs run together (default 8)")
+    p.add_argument("--max-delay-ms", type=at_least(0, float), default=5.0,
                    help="how long a batch waits for more requests (default 5)")
-    p.add_argument("--max-queue", type=_at_least(1), default=256, help="requests waiting per model before 503")
-    p.add_argument("--timeout-s", type=_at_least(0.001, float), default=30.0, help="per request, queueing included")
-    p.add_argument("--max-request-bytes", type=_at_least(1), default=1 << 20)
-    p.add_argument("--max-input-chars", type=_at_least(1), default=100_000, help="per text of one input")
-    p.add_argument("--max-inputs", type=_at_least(1), default=256, help="inputs in one request's list")
-    p.add_argument("--max-header-bytes", type=_at_least(1024), default=16384, help="request line and headers")
+    p.add_argument("--max-queue", type=at_least(1), default=256, help="requests waiting per model before 503")
+    p.add_argument("--timeout-s", type=at_least(0.001, float), default=30.0, help="per request, queueing included")
+    p.add_argument("--max-request-bytes", type=at_least(1), default=1 << 20)
+    p.add_argument("--max-input-chars", type=at_least(1), default=100_000, help="per text of one input")
+    p.add_argument("--max-inputs", type=at_least(1), default=256, help="inputs in one request's list")
+    p.add_argument("--max-header-bytes", type=at_least(1024), default=16384, help="request line and headers")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
-    p.add_argument("--threads", type=_at_least(1), default=None, help="onnxruntime intra-op threads per model")
-    p.add_argument("--shutdown-timeout-s", type=_at_least(0, float), default=30.0,
+    p.add_argument("--threads", type=at_least(1), default=None, help="onnxruntime intra-op threads per model")
+    p.add_argument("--shutdown-timeout-s", type=at_least(0, float), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
@@ -126,7 +110,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
         listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
+        raise ListenError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
     listener.set_inheritable(True)
     return listener
 
@@ -138,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OptionError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (BundleError, BackendError, OSError, ValueError) as exc:
+    except (AlbertRuntimeError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

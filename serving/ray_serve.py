@@ -25,10 +25,11 @@ from runtime import pipeline
 from runtime.errors import one_line
 
 from .batcher import answer_calls
+from .errors import ServingError
 from .requests import Limits, RequestError, hf_call, response_json
 
 
-class CallFailed(Exception):
+class CallFailed(ServingError):
     """A request's own error (bad input or parameters), carried back to the caller with the runtime's message."""
 
 

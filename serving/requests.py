@@ -4,7 +4,7 @@ Python backend share it).
     {"inputs": X | [X, ...], "parameters": {...}, "options": {...}}
 
 X is what one albert-run line holds: a text, or a JSON object ({"text", "text_pair"?}, {"question", "context"},
-{"prompt", "choices"}), checked by runtime.cli.parse_line; parameters are the pipeline's keyword arguments.
+{"prompt", "choices"}), checked by runtime.lines.parse_line; parameters are the pipeline's keyword arguments.
 The answer to a call is what `pipeline()(inputs, **parameters)` returns.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from runtime import Pipeline
-from runtime.lines import parse_line
 from runtime.errors import InputError
+from runtime.lines import json_value, parse_line
+
+from .errors import ServingError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Limits:
     max_header_bytes: int = 16384  # request line and headers
 
 
-class RequestError(Exception):
+class RequestError(ServingError):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers
@@ -62,7 +62,7 @@ class Call:
 
 
 def checked_input(item: Any, task: str, limits: Limits) -> Any:
-    """One input as the pipeline takes it, checked as albert-run checks one line (runtime.cli.parse_line)."""
+    """One input as the pipeline takes it, checked as albert-run checks one line (runtime.lines.parse_line)."""
     if isinstance(item, str):
         text = item if not item.lstrip().startswith("{") else json.dumps({"text": item})
     elif isinstance(item, dict):
@@ -97,14 +97,5 @@ def hf_call(body: Any, task: str, limits: Limits) -> Call:
     return Call(checked_input(inputs, task, limits), params, single=True)
 
 
-def plain(value: Any) -> Any:
-    """numpy values in results (float32 token-classification scores, return_tensors arrays) as JSON values."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
 def response_json(result: Any) -> str:
-    return json.dumps(result, ensure_ascii=False, allow_nan=False, default=plain)
+    return json.dumps(result, ensure_ascii=False, allow_nan=False, default=json_value)

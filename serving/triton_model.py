@@ -25,9 +25,9 @@ import triton_python_backend_utils as pb_utils
 from runtime import Pipeline
 from runtime.backends import backend_from_bundle
 from runtime.bundle import load_bundle
-from runtime.errors import one_line
-from runtime.lines import is_failure
+from runtime.errors import is_failure, one_line
 
+from serving.errors import StageError
 from serving.requests import Limits, hf_call, response_json
 
 ONE_BATCH = 1 << 30  # every feature of a request in one model run, so the two stages see the same batch
@@ -70,7 +70,7 @@ class ReplayEngine(StageEngine):
         rows = inputs["input_ids"].shape[0]
         for name, value in self.outputs.items():
             if value.shape[0] != rows:
-                raise ValueError(f"output {name} has {value.shape[0]} rows for a batch of {rows}; the model's "
+                raise StageError(f"output {name} has {value.shape[0]} rows for a batch of {rows}; the model's "
                                  "outputs do not belong to this request")
         return self.outputs
 
@@ -81,7 +81,7 @@ def stage_inputs(pipe: Pipeline, call) -> dict[str, np.ndarray]:
         call.answer(pipe)
     except Captured as captured:
         return captured.inputs
-    raise ValueError("the request needs no model run")
+    raise StageError("the request needs no model run")
 
 
 class TritonPythonModel:
@@ -90,7 +90,7 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.stage = parameters["stage"]
         if self.stage not in ("preprocess", "postprocess"):
-            raise ValueError(f"stage {self.stage!r} is neither preprocess nor postprocess")
+            raise StageError(f"stage {self.stage!r} is neither preprocess nor postprocess")
         bundle = load_bundle(Path(args["model_repository"]) / parameters["bundle"])
         self.output_names = [o["name"] for o in config["input"] if o["name"] != "REQUEST"]
         engine_type = CapturingEngine if self.stage == "preprocess" else ReplayEngine

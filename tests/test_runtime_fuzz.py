@@ -21,7 +21,8 @@ from runtime import pipeline
 from runtime.bundle import MANIFEST, BundleError
 from runtime.cli import main
 from runtime.errors import BackendError, InputError, OptionError
-from runtime.lines import JSON_INPUTS, LineRunner, decode_line, parse_line
+from runtime.lines import LineRunner, decode_line, parse_line
+from runtime.pipeline import head_for
 from runtime.taskspec import TASKS, UnknownTaskError
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 12)), deadline=None, derandomize=True, database=None,
@@ -52,7 +53,7 @@ json_values = st.recursive(
 
 def task_lines(task: str):
     good = GOOD[task]
-    shaped = st.sampled_from(JSON_INPUTS[task]).flatmap(
+    shaped = st.sampled_from(head_for(task).CALL.json_objects).flatmap(
         lambda keys: st.fixed_dictionaries({key: json_values | st.text(max_size=20) for key in sorted(keys)}))
     line = st.one_of(
         st.just(json.dumps(good) if isinstance(good, dict) else good).map(str.encode),

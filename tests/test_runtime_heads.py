@@ -17,6 +17,7 @@ from transformers import AlbertForMaskedLM
 from transformers import pipeline as hf_pipeline
 
 from runtime.errors import InputError, OptionError, TruncationWarning
+from runtime.pipeline import call_head
 from runtime.runner import BatchRunner
 from runtime.taskspec import SEQUENCE, TASKS
 from runtime.tasks import feature_extraction, fill_mask, multiple_choice, pretraining, text_classification
@@ -44,16 +45,19 @@ def context(model, task: str, batch_size: int = 4) -> tuple[TaskContext, TorchBa
     return ctx, backend
 
 
-def assert_same(ours, theirs, path="result"):
-    """Same structure, equal strings/ints/labels, floats within ATOL."""
-    if isinstance(theirs, dict):
+def assert_same(ours, theirs, path="result", numpy_floats_within_atol=False):
+    """Same structure, equal strings/ints/labels, floats within ATOL; numpy float scores (token-classification's
+    float32) of the same type within ATOL when asked, else equal."""
+    if numpy_floats_within_atol and isinstance(theirs, np.floating):
+        assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
+    elif isinstance(theirs, dict):
         assert isinstance(ours, dict) and set(ours) == set(theirs), f"{path}: keys {ours!r} vs {theirs!r}"
         for key in theirs:
-            assert_same(ours[key], theirs[key], f"{path}.{key}")
+            assert_same(ours[key], theirs[key], f"{path}.{key}", numpy_floats_within_atol)
     elif isinstance(theirs, (list, tuple)):
         assert isinstance(ours, list) and len(ours) == len(theirs), f"{path}: {ours!r} vs {theirs!r}"
         for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{path}[{i}]")
+            assert_same(a, b, f"{path}[{i}]", numpy_floats_within_atol)
     elif isinstance(theirs, float):
         assert isinstance(ours, float) and abs(ours - theirs) <= ATOL, f"{path}: {ours} vs {theirs}"
     else:
@@ -100,7 +104,7 @@ def test_fill_mask_matches_hf_on_botchan(mlm):
     _, (ctx, backend), hf = mlm
     texts = botchan_masked(8)
     theirs = hf(texts)
-    ours = fill_mask.run(ctx, texts)
+    ours = call_head(fill_mask, ctx, texts)
     assert_same(ours, theirs)
     assert {len(r) for r in ours} == {5}
     assert max(r[0]["score"] for r in ours) > 0.05  # the model is peaked enough for ATOL to mean something
@@ -110,15 +114,15 @@ def test_fill_mask_matches_hf_on_botchan(mlm):
 def test_fill_mask_single_text_top_k_and_list_of_one(mlm):
     _, (ctx, _), hf = mlm
     text = botchan_masked(1, seed=3)[0]
-    assert_same(fill_mask.run(ctx, text, top_k=3), hf(text, top_k=3))
-    assert_same(fill_mask.run(ctx, [text], top_k=2), hf([text], top_k=2))  # HF gives the single result
-    assert_same(fill_mask.run(ctx, text, top_k=2000), hf(text, top_k=len(hf.tokenizer)))
+    assert_same(call_head(fill_mask, ctx, text, top_k=3), hf(text, top_k=3))
+    assert_same(call_head(fill_mask, ctx, [text], top_k=2), hf([text], top_k=2))  # HF gives the single result
+    assert_same(call_head(fill_mask, ctx, text, top_k=2000), hf(text, top_k=len(hf.tokenizer)))
 
 
 def test_fill_mask_several_masks_gives_list_per_mask(mlm):
     _, (ctx, _), hf = mlm
     texts = botchan_masked(4, masks=2, seed=5)
-    ours = fill_mask.run(ctx, texts, top_k=3)
+    ours = call_head(fill_mask, ctx, texts, top_k=3)
     assert_same(ours, hf(texts, top_k=3))
     assert all(len(r) == 2 and len(r[0]) == 3 for r in ours)
     assert "[MASK]" in ours[0][0][0]["sequence"]
@@ -128,11 +132,11 @@ def test_fill_mask_targets_match_hf_and_warn_for_unknown_words(mlm):
     _, (ctx, _), hf = mlm
     texts = botchan_masked(3, seed=7)
     in_vocab = hf.tokenizer.convert_ids_to_tokens([20, 33, 47, 81])
-    assert_same(fill_mask.run(ctx, texts, targets=in_vocab), hf(texts, targets=in_vocab))
-    assert_same(fill_mask.run(ctx, texts, targets="▁the", top_k=3), hf(texts, targets="▁the", top_k=3))
+    assert_same(call_head(fill_mask, ctx, texts, targets=in_vocab), hf(texts, targets=in_vocab))
+    assert_same(call_head(fill_mask, ctx, texts, targets="▁the", top_k=3), hf(texts, targets="▁the", top_k=3))
     mixed = ["▁the", "teacher", "botchan"]  # not vocabulary entries: their first sub-token is used
     with pytest.warns(UserWarning, match="does not exist in the model vocabulary"):
-        ours = fill_mask.run(ctx, texts, targets=mixed)
+        ours = call_head(fill_mask, ctx, texts, targets=mixed)
     assert_same(ours, hf(texts, targets=mixed))
 
 
@@ -140,29 +144,29 @@ def test_fill_mask_truncates_long_text_with_a_warning(mlm):
     _, (ctx, _), hf = mlm
     text = "The [MASK] said " + " ".join(["nothing"] * 150) + "."
     with pytest.warns(TruncationWarning, match=f"maximum of {MAX_LENGTH} tokens"):
-        ours = fill_mask.run(ctx, text)
+        ours = call_head(fill_mask, ctx, text)
     assert_same(ours, hf(text, tokenizer_kwargs={"truncation": True}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fill_mask.run(ctx, text, truncation=True)
+        call_head(fill_mask, ctx, text, truncation=True)
     with pytest.raises(InputError, match=f"takes at most {MAX_LENGTH}"):
-        fill_mask.run(ctx, text, truncation=False)
+        call_head(fill_mask, ctx, text, truncation=False)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "no mask in this one"])
 def test_fill_mask_refuses_empty_text_and_missing_mask(mlm, bad):
     _, (ctx, _), _ = mlm
     with pytest.raises(InputError, match="empty|No mask_token"):
-        fill_mask.run(ctx, ["a [MASK]", bad])
+        call_head(fill_mask, ctx, ["a [MASK]", bad])
 
 
 def test_fill_mask_bad_options(mlm):
     _, (ctx, _), _ = mlm
     with pytest.raises(OptionError, match="top_k"):
-        fill_mask.run(ctx, "a [MASK]", top_k=0)
+        call_head(fill_mask, ctx, "a [MASK]", top_k=0)
     with pytest.raises(OptionError, match="At least one target"):
         with pytest.warns(UserWarning):
-            fill_mask.run(ctx, "a [MASK]", targets=[""])
+            call_head(fill_mask, ctx, "a [MASK]", targets=[""])
 
 
 def test_batching_does_not_change_results(mlm):
@@ -171,7 +175,7 @@ def test_batching_does_not_change_results(mlm):
     results = []
     for batch_size in (1, 3, 16):
         ctx, backend = context(model, "fill-mask", batch_size=batch_size)
-        results.append(fill_mask.run(ctx, texts, top_k=5))
+        results.append(call_head(fill_mask, ctx, texts, top_k=5))
         lengths = [shape[-1] for shape in backend.calls]
         assert lengths == sorted(lengths)  # grouped by length
         assert len(backend.calls) == -(-len(texts) // batch_size)
@@ -197,9 +201,9 @@ def test_text_classification_pairs_match_hf(classifier):
     for params in ({}, {"top_k": None}, {"top_k": 1}, {"top_k": 2}, {"function_to_apply": "none"},
                    {"function_to_apply": "sigmoid", "top_k": None}, {"function_to_apply": "softmax"}):
         with pytest.warns(TruncationWarning):  # one MRPC pair is longer than 128 tokens
-            ours = text_classification.run(ctx, pairs, **params)
+            ours = call_head(text_classification, ctx, pairs, **params)
         assert_same(ours, hf(pairs, truncation=True, **params))
-        assert_same(text_classification.run(ctx, pairs[0], **params), hf(pairs[0], **params))
+        assert_same(call_head(text_classification, ctx, pairs[0], **params), hf(pairs[0], **params))
 
 
 def test_text_classification_single_texts_legacy_shapes(classifier):
@@ -209,9 +213,9 @@ def test_text_classification_single_texts_legacy_shapes(classifier):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected_one, expected_many = hf(texts[0], **params), hf(texts, **params)
-        assert_same(text_classification.run(ctx, texts[0], **params), expected_one)
-        assert_same(text_classification.run(ctx, texts, **params), expected_many)
-    assert isinstance(text_classification.run(ctx, texts[0]), list)  # HF's legacy [ {label, score} ]
+        assert_same(call_head(text_classification, ctx, texts[0], **params), expected_one)
+        assert_same(call_head(text_classification, ctx, texts, **params), expected_many)
+    assert isinstance(call_head(text_classification, ctx, texts[0]), list)  # HF's legacy [ {label, score} ]
 
 
 def test_text_classification_problem_type_decides_the_function():
@@ -219,7 +223,7 @@ def test_text_classification_problem_type_decides_the_function():
     ctx, _ = context(model, "text-classification")
     hf = hf_pipeline("text-classification", model=model, tokenizer=hf_tokenizer())
     pairs = mrpc_pairs()[:3]
-    ours = text_classification.run(ctx, pairs, top_k=None, truncation=True)
+    ours = call_head(text_classification, ctx, pairs, top_k=None, truncation=True)
     assert_same(ours, hf(pairs, top_k=None, truncation=True))
     assert sum(entry["score"] for entry in ours[0]) != pytest.approx(1.0, abs=1e-3)  # sigmoid, not softmax
 
@@ -227,11 +231,11 @@ def test_text_classification_problem_type_decides_the_function():
 def test_text_classification_bad_inputs(classifier):
     _, ctx, _ = classifier
     with pytest.raises(InputError, match="text pairs"):
-        text_classification.run(ctx, [["a", "b"]])
+        call_head(text_classification, ctx, [["a", "b"]])
     with pytest.raises(InputError, match="empty"):
-        text_classification.run(ctx, {"text": "fine", "text_pair": ""})
+        call_head(text_classification, ctx, {"text": "fine", "text_pair": ""})
     with pytest.raises(OptionError, match="function_to_apply"):
-        text_classification.run(ctx, "fine", function_to_apply="tanh")
+        call_head(text_classification, ctx, "fine", function_to_apply="tanh")
 
 
 # ---- feature-extraction -------------------------------------------------------------------------------------
@@ -242,16 +246,16 @@ def test_feature_extraction_matches_hf_and_pools():
     ctx, _ = context(model, "feature-extraction")
     hf = hf_pipeline("feature-extraction", model=model, tokenizer=hf_tokenizer())
     texts = [p["text"] for p in mrpc_pairs()]
-    ours, theirs = feature_extraction.run(ctx, texts), hf(texts)
+    ours, theirs = call_head(feature_extraction, ctx, texts), hf(texts)
     assert_same(ours, theirs)
-    assert_same(feature_extraction.run(ctx, texts[0]), hf(texts[0]))
+    assert_same(call_head(feature_extraction, ctx, texts[0]), hf(texts[0]))
     hidden = np.array(theirs[2][0])  # (S, H)
-    assert np.allclose(feature_extraction.run(ctx, texts[2], pooling="cls"), hidden[0], atol=ATOL)
-    assert np.allclose(feature_extraction.run(ctx, texts[2], pooling="mean"), hidden.mean(axis=0), atol=ATOL)
-    tensor = feature_extraction.run(ctx, texts[2], return_tensors=True)
+    assert np.allclose(call_head(feature_extraction, ctx, texts[2], pooling="cls"), hidden[0], atol=ATOL)
+    assert np.allclose(call_head(feature_extraction, ctx, texts[2], pooling="mean"), hidden.mean(axis=0), atol=ATOL)
+    tensor = call_head(feature_extraction, ctx, texts[2], return_tensors=True)
     assert isinstance(tensor, np.ndarray) and tensor.shape == hidden[None].shape
     with pytest.raises(OptionError, match="pooling"):
-        feature_extraction.run(ctx, texts[0], pooling="max")
+        call_head(feature_extraction, ctx, texts[0], pooling="max")
 
 
 # ---- multiple-choice ----------------------------------------------------------------------------------------
@@ -262,7 +266,7 @@ def test_multiple_choice_matches_albert_for_multiple_choice_on_swag():
     ctx, _ = context(model, "multiple-choice")
     hf = hf_tokenizer()
     items = swag_items()
-    ours = multiple_choice.run(ctx, items)
+    ours = call_head(multiple_choice, ctx, items)
     assert len(ours) == len(items)
     for item, result in zip(items, ours):
         encoded = hf([item["prompt"]] * 4, item["choices"], padding=True, return_tensors="pt")
@@ -272,12 +276,12 @@ def test_multiple_choice_matches_albert_for_multiple_choice_on_swag():
         assert [r["choice"] for r in result] == order.tolist()
         assert [r["text"] for r in result] == [item["choices"][i] for i in order]
         assert np.allclose([r["score"] for r in result], probs[order], atol=ATOL)
-    assert multiple_choice.run(ctx, items[0], top_k=2) == ours[0][:2]
+    assert call_head(multiple_choice, ctx, items[0], top_k=2) == ours[0][:2]
     mixed = [items[1], {"prompt": items[2]["prompt"], "choices": items[2]["choices"][:2]}, items[3]]
-    together = multiple_choice.run(ctx, mixed)  # 4, 2 and 4 choices in one call
+    together = call_head(multiple_choice, ctx, mixed)  # 4, 2 and 4 choices in one call
     assert [len(r) for r in together] == [4, 2, 4]
     assert_same(together[0], ours[1])
-    assert_same(together[1], multiple_choice.run(ctx, mixed[1]))
+    assert_same(together[1], call_head(multiple_choice, ctx, mixed[1]))
 
 
 def test_multiple_choice_bad_inputs():
@@ -285,7 +289,7 @@ def test_multiple_choice_bad_inputs():
     for bad in ({"prompt": "x"}, {"prompt": "x", "choices": ["only one"]}, {"prompt": "", "choices": ["a", "b"]},
                 {"prompt": "x", "choices": ["a", " "]}, "plain text"):
         with pytest.raises(InputError):
-            multiple_choice.run(ctx, bad)
+            call_head(multiple_choice, ctx, bad)
 
 
 # ---- pretraining --------------------------------------------------------------------------------------------
@@ -300,7 +304,7 @@ def test_pretraining_masks_match_fill_mask_pipeline_and_sop_matches_torch():
     hf_fill = hf_pipeline("fill-mask", model=mlm, tokenizer=hf_tokenizer())
     texts = botchan_masked(3, seed=2) + botchan_masked(2, masks=2, seed=4)
     pairs = [{"text": t, "text_pair": p["text"]} for t, p in zip(texts, mrpc_pairs())]
-    ours = pretraining.run(ctx, pairs, top_k=3)
+    ours = call_head(pretraining, ctx, pairs, top_k=3)
     hf = hf_tokenizer()
     for pair, result in zip(pairs, ours):
         encoded = hf(pair["text"], pair["text_pair"], return_tensors="pt")
@@ -317,10 +321,10 @@ def test_pretraining_masks_match_fill_mask_pipeline_and_sop_matches_torch():
             assert [p["token"] for p in proposals] == tokens.tolist()
             assert np.allclose([p["score"] for p in proposals], values.numpy(), atol=ATOL)
     single = [t for t in texts if t.count("[MASK]") == 1][0]
-    assert_same(pretraining.run(ctx, single, top_k=4)["masks"][0], hf_fill(single, top_k=4))
-    assert pretraining.run(ctx, "no mask at all")["masks"] == []
+    assert_same(call_head(pretraining, ctx, single, top_k=4)["masks"][0], hf_fill(single, top_k=4))
+    assert call_head(pretraining, ctx, "no mask at all")["masks"] == []
     targets = hf.convert_ids_to_tokens([20, 33, 47])
-    assert_same(pretraining.run(ctx, single, targets=targets)["masks"][0], hf_fill(single, targets=targets))
+    assert_same(call_head(pretraining, ctx, single, targets=targets)["masks"][0], hf_fill(single, targets=targets))
 
 
 # ---- tokenizer options (HF's tokenizer_kwargs / tokenize_kwargs / **tokenizer_kwargs) -------------------------
@@ -331,10 +335,10 @@ def test_tokenizer_options_match_hf(mlm):
     long_text = "This is a simple [MASK]. " + "...with a large amount of repeated text appended. " * 20
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # asked for truncation: no warning
-        ours = fill_mask.run(ctx, long_text, tokenizer_kwargs={"truncation": True})
+        ours = call_head(fill_mask, ctx, long_text, tokenizer_kwargs={"truncation": True})
     assert_same(ours, hf(long_text, tokenizer_kwargs={"truncation": True}))
     short = {"truncation": True, "max_length": 12}
-    assert_same(fill_mask.run(ctx, long_text, tokenizer_kwargs=short), hf(long_text, tokenizer_kwargs=short))
+    assert_same(call_head(fill_mask, ctx, long_text, tokenizer_kwargs=short), hf(long_text, tokenizer_kwargs=short))
 
     model = tiny_model("text-classification", num_labels=2)
     ctx_cls, _ = context(model, "text-classification")
@@ -342,18 +346,18 @@ def test_tokenizer_options_match_hf(mlm):
     pairs = mrpc_pairs()
     for strategy, max_length in ((True, 40), ("longest_first", 17), ("only_first", 110), ("only_second", 110)):
         params = {"truncation": strategy, "max_length": max_length, "padding": True, "top_k": None}
-        assert_same(text_classification.run(ctx_cls, pairs, **params), hf_cls(pairs, **params))
+        assert_same(call_head(text_classification, ctx_cls, pairs, **params), hf_cls(pairs, **params))
     with pytest.raises(InputError, match="cannot fit the input into 40 tokens"):  # HF raises too
-        text_classification.run(ctx_cls, pairs[0], truncation="only_second", max_length=40)
+        call_head(text_classification, ctx_cls, pairs[0], truncation="only_second", max_length=40)
 
     model = tiny_model("feature-extraction")
     ctx_fe, _ = context(model, "feature-extraction")
     hf_fe = hf_pipeline("feature-extraction", model=model, tokenizer=hf_tokenizer())
     texts = [p["text"] for p in pairs]
     options = {"truncation": True, "max_length": 9}
-    assert_same(feature_extraction.run(ctx_fe, texts, tokenize_kwargs=options), hf_fe(texts, tokenize_kwargs=options))
-    assert len(feature_extraction.run(ctx_fe, texts[0], truncation=True, tokenize_kwargs={"max_length": 9})[0]) == 9
+    assert_same(call_head(feature_extraction, ctx_fe, texts, tokenize_kwargs=options), hf_fe(texts, tokenize_kwargs=options))
+    assert len(call_head(feature_extraction, ctx_fe, texts[0], truncation=True, tokenize_kwargs={"max_length": 9})[0]) == 9
     with pytest.raises(OptionError, match="defined twice"):
-        feature_extraction.run(ctx_fe, texts[0], truncation=True, tokenize_kwargs={"truncation": True})
+        call_head(feature_extraction, ctx_fe, texts[0], truncation=True, tokenize_kwargs={"truncation": True})
     with pytest.raises(OptionError, match="not supported"):
-        fill_mask.run(ctx, "a [MASK]", tokenizer_kwargs={"stride": 3})
+        call_head(fill_mask, ctx, "a [MASK]", tokenizer_kwargs={"stride": 3})

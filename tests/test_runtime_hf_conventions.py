@@ -7,6 +7,7 @@ forms, PipelineException, the tokenizer's HF attributes and a settable model_max
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from types import SimpleNamespace
 
@@ -27,28 +28,16 @@ from runtime.errors import BackendError, InputError, OptionError, PipelineExcept
 from runtime.pipeline import ResultStream
 from runtime.taskspec import UnknownTaskError
 from tests.handmade import hf_tokenizer, tiny_model
-from tests.test_runtime_heads import ATOL, botchan_masked, mrpc_pairs
-from tests.test_runtime_heads import assert_same as assert_same_python
+from tests.test_runtime_heads import botchan_masked, mrpc_pairs
+from tests.test_runtime_heads import assert_same as assert_same_within_atol
 from tests.test_runtime_qa import squad_examples
 
 torch.set_num_threads(1)
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def assert_same(ours, theirs, path="result"):
-    """test_runtime_heads.assert_same, with numpy float32 scores (token-classification's) also within ATOL."""
-    if isinstance(theirs, np.floating):
-        assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
-    elif isinstance(theirs, dict):
-        assert isinstance(ours, dict) and set(ours) == set(theirs), f"{path}: keys {ours!r} vs {theirs!r}"
-        for key in theirs:
-            assert_same(ours[key], theirs[key], f"{path}.{key}")
-    elif isinstance(theirs, (list, tuple)):
-        assert isinstance(ours, list) and len(ours) == len(theirs), f"{path}: {ours!r} vs {theirs!r}"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{path}[{i}]")
-    else:
-        assert_same_python(ours, theirs, path)
+# token-classification's numpy float32 scores also within ATOL
+assert_same = functools.partial(assert_same_within_atol, numpy_floats_within_atol=True)
 
 
 def hf(task: str, **options):

@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForTokenClassification, AlbertTokenizerFast, pipeline
 
+from runtime.pipeline import call_head
 from runtime.runner import BatchRunner
 from runtime.tasks import token_classification as ner
 from runtime.tasks.base import TaskContext
@@ -126,7 +127,7 @@ def assert_same(ours, theirs, where="result"):
 def call_both(ctx, hf, inputs, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # HF's fallback-heuristic warning; the runtime's is tested on its own
-        return ner.run(ctx, inputs, **options), hf(inputs, **options)
+        return call_head(ner, ctx, inputs, **options), hf(inputs, **options)
 
 
 def test_fixture_model_predicts_every_label(full):
@@ -156,10 +157,10 @@ def test_word_strategies_merge_subwords_and_simple_groups_words(full):
     several words."""
     ctx, hf = full
     sentences = conll_sentences()
-    tokens = sum(map(len, ner.run(ctx, sentences, ignore_labels=[])))
-    words = sum(map(len, ner.run(ctx, sentences, aggregation_strategy="first", ignore_labels=[])))
+    tokens = sum(map(len, call_head(ner, ctx, sentences, ignore_labels=[])))
+    words = sum(map(len, call_head(ner, ctx, sentences, aggregation_strategy="first", ignore_labels=[])))
     assert words < tokens * 0.6
-    grouped = ner.run(ctx, sentences, aggregation_strategy="max")
+    grouped = call_head(ner, ctx, sentences, aggregation_strategy="max")
     spans = [sentence[e["start"] : e["end"]].strip() for sentence, result in zip(sentences, grouped) for e in result]
     assert any(" " in span for span in spans)
 
@@ -224,7 +225,7 @@ def test_pre_split_words_match_hf(full, strategy):
 def test_deprecated_grouping_options_match_hf(full, options):
     ctx, hf = full
     with pytest.warns(UserWarning, match="deprecated"):
-        ours = ner.run(ctx, conll_sentences()[:3], **options)
+        ours = call_head(ner, ctx, conll_sentences()[:3], **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = hf(conll_sentences()[:3], **options)
@@ -233,17 +234,17 @@ def test_deprecated_grouping_options_match_hf(full, options):
 
 def test_empty_text_has_no_entities(full):
     ctx, hf = full
-    assert ner.run(ctx, "") == hf("") == []
-    assert ner.run(ctx, ["", "Tom"], ignore_labels=[])[0] == []
+    assert call_head(ner, ctx, "") == hf("") == []
+    assert call_head(ner, ctx, ["", "Tom"], ignore_labels=[])[0] == []
 
 
 def test_fallback_heuristic_warns_for_word_strategies(full):
     ctx, _ = full
     with pytest.warns(UserWarning, match="fallback heuristic"):
-        ner.run(ctx, "Hello there", aggregation_strategy="average")
+        call_head(ner, ctx, "Hello there", aggregation_strategy="average")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ner.run(ctx, "Hello there", aggregation_strategy="simple")
+        call_head(ner, ctx, "Hello there", aggregation_strategy="simple")
 
 
 BAD_INPUTS = [
@@ -264,24 +265,24 @@ def test_bad_inputs_raise_what_hf_raises(full, inputs, options, error, message):
     with pytest.raises(error, match=message):
         hf(inputs, **options)
     with pytest.raises(error, match=message):
-        ner.run(ctx, inputs, **options)
+        call_head(ner, ctx, inputs, **options)
 
 
 def test_unknown_strategy_error_names_the_choices(full):
     ctx, _ = full
     with pytest.raises(ValueError, match="none, simple, first, average, max"):
-        ner.run(ctx, "Hello", aggregation_strategy="longest")
+        call_head(ner, ctx, "Hello", aggregation_strategy="longest")
 
 
 def test_shared_tokenizer_is_left_unconfigured(full):
     ctx, _ = full
-    ner.run(ctx, long_text(), stride=4, aggregation_strategy="first")
+    call_head(ner, ctx, long_text(), stride=4, aggregation_strategy="first")
     assert ctx.tokenizer.truncation is None and ctx.tokenizer.padding is None
 
 
 def test_scores_are_float32_softmax_of_the_logits(full):
     ctx, _ = full
-    entity = ner.run(ctx, "Tom", ignore_labels=[])[0]
+    entity = call_head(ner, ctx, "Tom", ignore_labels=[])[0]
     logits = ctx.runner.run([{
         "input_ids": np.array(ctx.tokenizer.encode("Tom").ids, dtype=np.int64),
         "attention_mask": np.ones(len(ctx.tokenizer.encode("Tom").ids), dtype=np.int64),
@@ -326,7 +327,7 @@ def test_given_offset_mapping_is_used_like_hf(full, strategy):
     offsets = [(min(start + 1, end), end) for start, end in ctx.tokenizer.encode(text).offsets]
     ours, theirs = call_both(ctx, hf, text, offset_mapping=offsets, aggregation_strategy=strategy, ignore_labels=[])
     assert_same(ours, theirs)
-    assert ours != ner.run(ctx, text, aggregation_strategy=strategy, ignore_labels=[])
+    assert ours != call_head(ner, ctx, text, aggregation_strategy=strategy, ignore_labels=[])
 
 
 def test_config_without_id2label_gives_hf_default_labels(model):

@@ -150,3 +150,14 @@ def test_checksum_mismatch_and_unverified_corruption(fill_mask_bundle, tmp_path)
     with pytest.raises(BundleError, match="tokenizer.json is missing"):
         pipeline(copy)
     assert sha256_file(fill_mask_bundle / CONFIG) == json.loads((fill_mask_bundle / MANIFEST).read_text())["files"][CONFIG]
+
+
+def test_every_head_is_a_head():
+    """The Head protocol: each task's module declares PARAMETERS and its CallForm and has run_each (no run)."""
+    from runtime.pipeline import HEAD_MODULES, head_for
+    from runtime.tasks.base import CallForm, Head
+
+    for task in HEAD_MODULES:
+        head = head_for(task)
+        assert isinstance(head, Head) and isinstance(head.CALL, CallForm), task
+        assert isinstance(head.PARAMETERS, frozenset) and not hasattr(head, "run"), task

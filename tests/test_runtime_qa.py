@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForQuestionAnswering, AlbertTokenizerFast, pipeline
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+from runtime.pipeline import call_head
 from runtime.runner import BatchRunner
 from runtime.tasks import question_answering as qa
 from runtime.tasks.base import TaskContext
@@ -138,7 +139,7 @@ def test_squad_questions_match_hf(ctx, hf_qa, top_k, handle_impossible_answer):
     options = {"top_k": top_k, "handle_impossible_answer": handle_impossible_answer}
     for i, example in enumerate(squad_examples()):
         theirs = hf_qa(question=example["question"], context=example["context"], **options)
-        ours = qa.run(ctx, question=example["question"], context=example["context"], **options)
+        ours = call_head(qa, ctx, question=example["question"], context=example["context"], **options)
         assert_same(ours, theirs, f"squad[{i}] {options}")
         if top_k == 3:
             assert len(ours) == 3
@@ -147,7 +148,7 @@ def test_squad_questions_match_hf(ctx, hf_qa, top_k, handle_impossible_answer):
 def test_squad_batch_is_one_runner_call_and_matches_hf(ctx, hf_qa):
     examples = squad_examples()
     calls = ctx.runner.calls
-    ours = qa.run(ctx, examples, top_k=2, handle_impossible_answer=True)
+    ours = call_head(qa, ctx, examples, top_k=2, handle_impossible_answer=True)
     assert ctx.runner.calls == calls + 1
     assert_same(ours, hf_qa(examples, top_k=2, handle_impossible_answer=True))
 
@@ -168,7 +169,7 @@ def test_long_context_windows_match_hf(ctx, hf_qa, question, options):
     context = long_context()
     windows = qa.windows_for_example(ctx, question, context, qa.settings_from_params(ctx, options))
     assert len(windows) >= 10  # the context really is split, into many overlapping doc_stride windows
-    assert_same(qa.run(ctx, question=question, context=context, **options), hf_qa(question=question, context=context, **options))
+    assert_same(call_head(qa, ctx, question=question, context=context, **options), hf_qa(question=question, context=context, **options))
 
 
 @pytest.mark.parametrize("max_seq_len, doc_stride", [(384, 128), (48, 16), (64, 20), (33, 1)])
@@ -202,7 +203,7 @@ def test_input_shapes_match_hf(ctx, hf_qa):
         (([],), {}),
     ]
     for args, kwargs in cases:
-        ours = qa.run(ctx, *args, **kwargs)
+        ours = call_head(qa, ctx, *args, **kwargs)
         theirs = hf_qa(*args, **kwargs)
         if theirs == []:
             assert ours == []
@@ -222,7 +223,7 @@ def test_input_shapes_match_hf(ctx, hf_qa):
     ],
 )
 def test_tiny_contexts_match_hf(ctx, hf_qa, example, options):
-    assert_same(qa.run(ctx, example, **options), hf_qa(example, **options))
+    assert_same(call_head(qa, ctx, example, **options), hf_qa(example, **options))
 
 
 class KeywordQA(torch.nn.Module):
@@ -257,7 +258,7 @@ def test_answers_equal_ignoring_case_have_their_scores_summed(model, tokenizer):
     context = "It is school and it is SCHOOL or it is father"
     logits = {"▁school": 6.0, "▁father": 6.2}
     ctx, hf_keyword = keyword_pipelines(model, tokenizer, logits, logits)
-    ours = qa.run(ctx, question="Which place?", context=context, top_k=2)
+    ours = call_head(qa, ctx, question="Which place?", context=context, top_k=2)
     # The two " school" spans merge (scores summed, the first span kept) and so outrank the single better
     # " father". (ALBERT's offsets include the space before a word: "School" at the very start would not merge.)
     assert [a["answer"].lower() for a in ours] == [" school", " father"]
@@ -272,7 +273,7 @@ def test_null_answer_is_the_minimum_over_windows(model, tokenizer, max_seq_len, 
     ctx, hf_keyword = keyword_pipelines(model, tokenizer, logits, logits)
     context = long_context()[:2500]
     options = {"top_k": 5, "handle_impossible_answer": True, "max_seq_len": max_seq_len, "doc_stride": doc_stride}
-    ours = qa.run(ctx, question="Which place?", context=context, **options)
+    ours = call_head(qa, ctx, question="Which place?", context=context, **options)
     assert "" in [answer["answer"] for answer in ours]
     assert_same(ours, hf_keyword(question="Which place?", context=context, **options))
 
@@ -298,7 +299,7 @@ def test_bad_inputs_raise_what_hf_raises(ctx, hf_qa, args, kwargs, error, messag
     with pytest.raises(error, match=message):
         hf_qa(*args, **kwargs)
     with pytest.raises(error, match=message):
-        qa.run(ctx, *args, **kwargs)
+        call_head(qa, ctx, *args, **kwargs)
 
 
 def first_tokens(tokenizer, text: str, count: int) -> str:
@@ -314,11 +315,11 @@ def test_a_question_too_long_for_the_windows_is_cut_as_hf_cuts_it_to_max_questio
     with pytest.raises(BaseException):
         hf_qa(question=question, context=long_context(), max_seq_len=48, doc_stride=16)
     with pytest.warns(UserWarning, match="cut to 28"):  # 48 - 3 special tokens - 16 stride - 1
-        ours = qa.run(ctx, question=question, context=long_context(), max_seq_len=48, doc_stride=16)
+        ours = call_head(qa, ctx, question=question, context=long_context(), max_seq_len=48, doc_stride=16)
     assert_same(ours, hf_qa(question=first_tokens(tokenizer, question, 28), context=long_context(),
                             max_seq_len=48, doc_stride=16))
     with pytest.warns(UserWarning, match="cut to 20 .max_question_len=20"):
-        ours = qa.run(ctx, question=question, context=long_context(), max_seq_len=64, max_question_len=20)
+        ours = call_head(qa, ctx, question=question, context=long_context(), max_seq_len=64, max_question_len=20)
     cut = first_tokens(tokenizer, question, 20)  # and the default doc_stride, 32, shrinks to 64 - 3 - 20 - 1 = 40
     assert_same(ours, hf_qa(question=cut, context=long_context(), max_seq_len=64, doc_stride=32))
 
@@ -328,7 +329,7 @@ def test_small_max_seq_len_with_the_default_doc_stride_shrinks_the_stride_instea
                                                                                               max_seq_len):
     question = "Who went?"  # 3 tokens: windows of max_seq_len - 6 context tokens, less than the default stride
     with pytest.warns(UserWarning, match="so that the context fits"):
-        ours = qa.run(ctx, question=question, context=long_context()[:600], max_seq_len=max_seq_len)
+        ours = call_head(qa, ctx, question=question, context=long_context()[:600], max_seq_len=max_seq_len)
     stride = max(0, min(max_seq_len // 2, max_seq_len - 3 - 3 - 1))
     if max_seq_len - 6 < 1:  # no room at all: the question is cut too
         return
@@ -345,11 +346,11 @@ def test_small_max_seq_len_with_the_default_doc_stride_shrinks_the_stride_instea
 ])
 def test_windows_the_model_or_the_tokenizer_cannot_take_are_refused(ctx, options, message):
     with pytest.raises(qa.OptionError, match=message):
-        qa.run(ctx, question="Who?", context="Botchan went.", **options)
+        call_head(qa, ctx, question="Who?", context="Botchan went.", **options)
 
 
 def test_shared_tokenizer_is_left_unconfigured(ctx):
-    qa.run(ctx, question="Who?", context=long_context(), max_seq_len=64, doc_stride=16)
+    call_head(qa, ctx, question="Who?", context=long_context(), max_seq_len=64, doc_stride=16)
     assert ctx.tokenizer.truncation is None and ctx.tokenizer.padding is None
 
 
@@ -372,27 +373,27 @@ def test_runtime_batch_runner_with_padding_matches_hf(model, tokenizer, hf_qa):
                              pad_token_id=tokenizer.pad_token_id)
     examples = squad_examples()
     options = {"top_k": 3, "handle_impossible_answer": True}
-    assert_same(qa.run(ctx, examples, **options), hf_qa(examples, **options))
+    assert_same(call_head(qa, ctx, examples, **options), hf_qa(examples, **options))
     long = {"question": "What did his father say?", "context": long_context()}
     options = {"top_k": 3, "max_seq_len": 64, "doc_stride": 20}
-    assert_same(qa.run(ctx, [long, examples[0]], **options), hf_qa([long, examples[0]], **options))
+    assert_same(call_head(qa, ctx, [long, examples[0]], **options), hf_qa([long, examples[0]], **options))
 
 
 def test_deprecated_topk_and_unknown_options_warn_like_hf(ctx, hf_qa):
     example = squad_examples()[0]
     with pytest.warns(UserWarning, match="topk parameter is deprecated"):
-        ours = qa.run(ctx, example, topk=2)
+        ours = call_head(qa, ctx, example, topk=2)
     with pytest.warns(UserWarning, match="topk parameter is deprecated"):
         theirs = hf_qa(example, topk=2)
     assert_same(ours, theirs)
     with pytest.warns(UserWarning, match=r"ignores unknown parameters \['top_n'\]"):
-        qa.run(ctx, example, top_n=2)
+        call_head(qa, ctx, example, top_n=2)
 
 
 def test_max_question_len_is_accepted_and_ignored_as_hf_fast_path_does(ctx, hf_qa):
     example = squad_examples()[3]
-    assert_same(qa.run(ctx, example, max_question_len=2), hf_qa(example, max_question_len=2))
-    assert_same(qa.run(ctx, example, max_question_len=2), qa.run(ctx, example))
+    assert_same(call_head(qa, ctx, example, max_question_len=2), hf_qa(example, max_question_len=2))
+    assert_same(call_head(qa, ctx, example, max_question_len=2), call_head(qa, ctx, example))
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -420,5 +421,5 @@ def test_random_botchan_spans_and_options_match_hf(
         "align_to_words": align_to_words,
     }
     question = "What did the narrator do?"
-    assert_same(qa.run(ctx, question=question, context=context, **options),
+    assert_same(call_head(qa, ctx, question=question, context=context, **options),
                 hf_qa(question=question, context=context, **options), str(options))

@@ -72,6 +72,21 @@ def backend_from_bundle(
     and `precision` ("f32" | "bf16")."""
     if backend not in BACKENDS:
         raise OptionError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    parsed = _device_for(backend, device, providers)
+    options = backend_options or {}
+    unknown = sorted(set(options) - BACKEND_OPTIONS[backend])
+    if unknown:
+        raise OptionError(f"the {backend} backend takes no option(s) {', '.join(unknown)}; it takes "
+                          f"{', '.join(sorted(BACKEND_OPTIONS[backend])) or 'none'}")
+    if backend == "openvino":
+        return _openvino(bundle, parsed, threads, providers, options)
+    if backend == "tensorrt":
+        return _tensorrt(bundle, parsed, threads, providers)
+    return _onnxruntime(bundle, parsed, threads, providers, graph_optimization_level, options)
+
+
+def _device_for(backend: str, device: Any, providers: list | None) -> Device:
+    """The device asked for; an int or None (transformers' "the GPU when there is one") where there is none: the CPU."""
     parsed = parse_device(device)
     if parsed.cpu_fallback and backend == "onnxruntime" and providers is None:
         from .ort import cuda_available
@@ -81,40 +96,45 @@ def backend_from_bundle(
                 f"device={device!r}: this onnxruntime has no CUDA, running on the CPU as transformers does "
                 f"(for the GPU: {GPU_SWITCH})",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-            parsed = Device("cpu")
+            return Device("cpu")
     if parsed.cpu_fallback and backend == "openvino":
-        parsed = Device("cpu")  # an int device or None means "the GPU when there is one"; openvino runs on the CPU
-    device = parsed.kind
-    unknown = sorted(set(backend_options or {}) - BACKEND_OPTIONS[backend])
-    if unknown:
-        raise OptionError(f"the {backend} backend takes no option(s) {', '.join(unknown)}; it takes "
-                          f"{', '.join(sorted(BACKEND_OPTIONS[backend])) or 'none'}")
-    if backend == "openvino":
-        if device != "cpu":
-            raise OptionError("the openvino backend runs on the CPU only; use --device cpu")
-        if providers is not None:
-            raise OptionError("providers are onnxruntime options; the openvino backend takes none")
-        from .openvino import OpenVINOBackend
+        return Device("cpu")  # openvino runs on the CPU
+    return parsed
 
-        return OpenVINOBackend(bundle.model_path, threads=threads, **(backend_options or {}))
-    if backend == "tensorrt":
-        if device != "cuda":
-            raise OptionError("the tensorrt backend runs on a GPU only; use --device cuda, or --backend onnxruntime for CPU")
-        if parsed.index != 0:
-            raise OptionError(
-                "the tensorrt backend runs on the first visible GPU; choose it with CUDA_VISIBLE_DEVICES and use cuda"
-            )
-        if providers is not None or threads is not None:
-            raise OptionError("providers and threads are onnxruntime options; the tensorrt backend takes neither")
-        if bundle.engine_path is None:
-            raise BundleError(
-                f"{bundle.root} has no engine.plan; export it with --engine tensorrt, or run it with --backend onnxruntime"
-            )
-        from .trt import TensorRTBackend
 
-        return TensorRTBackend(bundle.engine_path)
+def _openvino(bundle: Bundle, device: Device, threads: int | None, providers: list | None, options: dict) -> Backend:
+    if device.kind != "cpu":
+        raise OptionError("the openvino backend runs on the CPU only; use --device cpu")
+    if providers is not None:
+        raise OptionError("providers are onnxruntime options; the openvino backend takes none")
+    from .openvino import OpenVINOBackend
+
+    return OpenVINOBackend(bundle.model_path, threads=threads, **options)
+
+
+def _tensorrt(bundle: Bundle, device: Device, threads: int | None, providers: list | None) -> Backend:
+    if device.kind != "cuda":
+        raise OptionError("the tensorrt backend runs on a GPU only; use --device cuda, or --backend onnxruntime for CPU")
+    if device.index != 0:
+        raise OptionError(
+            "the tensorrt backend runs on the first visible GPU; choose it with CUDA_VISIBLE_DEVICES and use cuda"
+        )
+    if providers is not None or threads is not None:
+        raise OptionError("providers and threads are onnxruntime options; the tensorrt backend takes neither")
+    if bundle.engine_path is None:
+        raise BundleError(
+            f"{bundle.root} has no engine.plan; export it with --engine tensorrt, or run it with --backend onnxruntime"
+        )
+    from .trt import TensorRTBackend
+
+    engine = bundle.manifest.engine
+    return TensorRTBackend(bundle.engine_path, flavour=engine.flavour if engine is not None else None)
+
+
+def _onnxruntime(bundle: Bundle, device: Device, threads: int | None, providers: list | None,
+                 graph_optimization_level: str, options: dict) -> Backend:
     try:
         from .ort import OnnxRuntimeBackend
     except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
@@ -122,16 +142,8 @@ def backend_from_bundle(
         if line is None:
             raise
         raise BackendError(line) from None
-
-    return OnnxRuntimeBackend(
-        bundle.model_path,
-        device=device,
-        device_id=parsed.index,
-        providers=providers,
-        threads=threads,
-        graph_optimization_level=graph_optimization_level,
-        **(backend_options or {}),
-    )
+    return OnnxRuntimeBackend(bundle.model_path, device=device.kind, device_id=device.index, providers=providers,
+                              threads=threads, graph_optimization_level=graph_optimization_level, **options)
 
 
 __all__ = ["Backend", "BackendError", "backend_from_bundle", "parse_device", "Device", "BACKENDS", "DEVICES"]

@@ -1,13 +1,15 @@
-"""What every task head sees: a tokenizer, a runner that batches features through the backend, the config."""
+"""What every task head is and sees: the `Head` protocol, and the context a head runs in (a tokenizer, a runner that
+batches features through the backend, the config)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from tokenizers import Tokenizer
 
-Feature = dict[str, np.ndarray]  # unbatched model inputs: input_ids/attention_mask/token_type_ids, (S,) or (C, S)
+from ..tokenizer import Feature, special_token_id
 
 
 class Runner(Protocol):
@@ -29,3 +31,43 @@ class TaskContext:
     @property
     def id2label(self) -> dict[int, str]:
         return {int(k): v for k, v in self.config.get("id2label", {}).items()}
+
+    def token_id(self, role: str) -> int | None:
+        """The id of the special token playing `role`; None when the bundle has none."""
+        return special_token_id(self.tokenizer, self.special_tokens, role)
+
+
+def as_batch(inputs: Any, params: dict[str, Any] | None = None) -> tuple[list, bool]:
+    """(items, was_single): a list or tuple of inputs is a batch, anything else one input."""
+    if isinstance(inputs, (list, tuple)):
+        return list(inputs), False
+    return [inputs], True
+
+
+@dataclass(frozen=True)
+class CallForm:
+    """How the task's HF pipeline reads one call: which inputs are one item and which a batch, and how the items'
+    results become the call's answer (runtime.pipeline.call_head applies it)."""
+
+    # (items, single) from a call's inputs; may pop the keyword arguments that are inputs (question=, context=)
+    items: Callable[[Any, dict[str, Any]], tuple[list, bool]] = as_batch
+    # the inputs of pipeline(*args, **params), popping the keyword arguments that are inputs; None: the one
+    # positional input or inputs= (Pipeline's own reading)
+    inputs: Callable[[tuple, dict[str, Any]], Any] | None = None
+    list_of_one_gives_its_result: bool = False  # fill-mask and question-answering: [x] answers as x does
+    # text-classification's legacy: one string answers [result] unless the call itself passes this parameter
+    single_text_listed_unless_given: str | None = None
+    # the keys of the JSON objects one input may be (an albert-run line, an albert-serve input); with {"text"}
+    # among them, a plain text is one too
+    json_objects: tuple[frozenset[str], ...] = (frozenset({"text"}),)
+
+
+@runtime_checkable
+class Head(Protocol):
+    """A task's postprocessing, as transformers' pipeline for the task does it (a module of runtime.tasks)."""
+
+    PARAMETERS: frozenset[str]  # the keyword arguments run_each takes, HF's names
+    CALL: CallForm
+
+    def run_each(self, ctx: TaskContext, items: list, **params: Any) -> list:
+        """One result per item, in order, computed in shared batches: each as it appears in a batch's answer."""

@@ -1,4 +1,4 @@
-"""Small pieces the simple heads share: input shapes, the text encoder, numerically HF-identical softmax."""
+"""Small pieces the heads share: streamed inputs, the text encoder, option checks, numerically HF-identical softmax."""
 from __future__ import annotations
 
 import sys
@@ -21,13 +21,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-def as_batch(inputs: Any) -> tuple[list, bool]:
-    """(items, was_single): a list or tuple of inputs is a batch, anything else one input."""
-    if isinstance(inputs, (list, tuple)):
-        return list(inputs), False
-    return [inputs], True
 
 
 def is_stream(inputs: Any) -> bool:

@@ -20,11 +20,12 @@ import numpy as np
 
 from ..errors import OptionError
 from ..taskspec import OPTIONAL_OUTPUTS
-from .base import TaskContext
-from .common import as_batch, encode_features, text_or_pair, tokenizer_options
+from .base import CallForm, TaskContext
+from .common import encode_features, text_or_pair, tokenizer_options
 
 PARAMETERS = frozenset({"pooling", "truncation", "return_tensors", "tokenize_kwargs", "output_hidden_states",
                         "hidden_state_layer", "output_attentions"})
+CALL = CallForm()
 POOLINGS = ("none", "cls", "mean")
 HIDDEN_STATES, ATTENTIONS = OPTIONAL_OUTPUTS
 EXPORT_FLAGS = {HIDDEN_STATES: "--output-hidden-states", ATTENTIONS: "--output-attentions"}
@@ -86,9 +87,3 @@ def run_each(
                 value[ATTENTIONS] = convert(optional_output(output, ATTENTIONS)[:, None])  # (L, 1, N, S, S)
         results.append(value)
     return results
-
-
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> Any:
-    items, single = as_batch(inputs)
-    results = run_each(ctx, items, **params)
-    return results[0] if single else results

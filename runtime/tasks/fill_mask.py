@@ -14,15 +14,15 @@ import numpy as np
 from ..errors import NoMaskTokenError, OptionError
 from ..taskspec import TASKS
 from ..tokenizer import decode
-from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, softmax, text_or_pair, tokenizer_options
+from .base import CallForm, TaskContext
+from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 
 PARAMETERS = frozenset({"top_k", "targets", "truncation", "tokenizer_kwargs"})
+CALL = CallForm(list_of_one_gives_its_result=True)
 
 
 def mask_token_id(ctx: TaskContext) -> int:
-    token = ctx.special_tokens.get("mask")
-    mask_id = None if token is None else ctx.tokenizer.token_to_id(token)
+    mask_id = ctx.token_id("mask")
     if mask_id is None:
         raise OptionError("the bundle's tokenizer defines no mask token; fill-mask needs one (special_tokens.mask)")
     return mask_id
@@ -65,7 +65,7 @@ def mask_predictions(
 ) -> list[list[dict[str, Any]]]:
     """One list of top_k proposals per mask position (FillMaskPipeline.postprocess)."""
     mask_id = mask_token_id(ctx)
-    pad_id = ctx.tokenizer.token_to_id(ctx.special_tokens.get("pad", "")) if ctx.special_tokens.get("pad") else None
+    pad_id = ctx.token_id("pad")
     positions = np.flatnonzero(input_ids == mask_id)
     probs = softmax(logits[positions].astype(np.float32))
     if targets is not None:
@@ -106,7 +106,6 @@ def run_each(
     truncation: Any = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
 ) -> list:
-    """The result of each input as `run` gives it for that input alone."""
     top_k = positive_int("top_k", top_k)
     truncation, max_length = tokenizer_options(ctx, tokenizer_kwargs, truncation=truncation)
     mask_id = mask_token_id(ctx)
@@ -125,9 +124,3 @@ def run_each(
         rows = mask_predictions(ctx, feature["input_ids"], output[logits_name], top_k, ids)
         results.append(rows[0] if len(rows) == 1 else rows)
     return results
-
-
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
-    items, single = as_batch(inputs)
-    results = run_each(ctx, items, **params)
-    return results[0] if single or len(results) == 1 else results

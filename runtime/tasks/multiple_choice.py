@@ -14,10 +14,11 @@ import numpy as np
 from ..errors import InputError
 from ..taskspec import TASKS
 from ..tokenizer import encode, require_text, stacked_feature
-from .base import TaskContext
-from .common import as_batch, positive_int, softmax, tokenizer_options
+from .base import CallForm, TaskContext
+from .common import positive_int, softmax, tokenizer_options
 
 PARAMETERS = frozenset({"top_k", "truncation", "max_length"})
+CALL = CallForm(json_objects=(frozenset({"prompt", "choices"}),))
 
 
 def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
@@ -36,7 +37,7 @@ def run_each(
     top_k = positive_int("top_k", top_k, allow_none=True)
     truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length)
     examples = [_prompt_and_choices(item) for item in items]
-    pad_id = ctx.tokenizer.token_to_id(ctx.special_tokens.get("pad", "<pad>")) or 0
+    pad_id = ctx.token_id("pad") or 0
     features = []
     for prompt, choices in examples:
         encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=max_length, truncation=truncation)
@@ -49,9 +50,3 @@ def run_each(
         ranked = [{"choice": int(i), "text": choices[i], "score": float(scores[i])} for i in order]
         results.append(ranked if top_k is None else ranked[:top_k])
     return results
-
-
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> Any:
-    items, single = as_batch(inputs)
-    results = run_each(ctx, items, **params)
-    return results[0] if single else results

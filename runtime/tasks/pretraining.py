@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, softmax, text_or_pair, tokenizer_options
+from .base import CallForm, TaskContext
+from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 from .fill_mask import mask_predictions, target_ids
 
 PARAMETERS = frozenset({"top_k", "targets", "truncation", "max_length"})
+CALL = CallForm(json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
 SENTENCE_ORDER_LABELS = ("original", "swapped")
 
 
@@ -42,9 +43,3 @@ def run_each(
         masks = mask_predictions(ctx, feature["input_ids"], output["prediction_logits"], top_k, ids)
         results.append({"masks": masks, "sentence_order": sentence_order})
     return results
-
-
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> Any:
-    items, single = as_batch(inputs)
-    results = run_each(ctx, items, **params)
-    return results[0] if single else results

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError, TruncationWarning, is_failure, one_line
-from runtime.tasks.base import Feature, TaskContext
+from runtime.errors import InputError, InputKeyError, OptionError, TruncationWarning, is_failure, one_line
+from runtime.tasks.base import CallForm, Feature, TaskContext
 from runtime.tasks.common import is_stream
-from runtime.tokenizer import truncating_copy
+from runtime.tokenizer import feature_from_encoding, truncating_copy
 
 DEFAULT_MAX_SEQ_LEN = 384
 DEFAULT_MAX_DOC_STRIDE = 128
@@ -60,11 +60,10 @@ class Window:
     attention_mask: np.ndarray  # (1, S) int64
 
 
-def run(ctx: TaskContext, inputs: Any = None, **params: Any) -> dict | list:
-    """Answer questions from contexts. `inputs`: a {"question", "context"} dict or a list of them; or pass
-    `question=` and `context=` (strings, or lists). One example gives one result (a dict, or a list of dicts when
-    top_k > 1 finds several answers); several examples give a list of those."""
-    examples = examples_from_inputs(inputs, params)
+def run_each(ctx: TaskContext, items: list, **params: Any) -> list:
+    """One answer per example ({"question", "context"} dicts or SquadExample-like objects): a dict, or a list of
+    dicts when top_k > 1 finds several answers."""
+    examples = [_example_from_item(item) for item in items]
     settings = settings_from_params(ctx, params)
     windows_per_example = [windows_for_example(ctx, question, context, settings) for question, context in examples]
     features = [window.feature for windows in windows_per_example for window in windows]
@@ -73,8 +72,6 @@ def run(ctx: TaskContext, inputs: Any = None, **params: Any) -> dict | list:
     for (_, context), windows in zip(examples, windows_per_example):
         logits = [(next(outputs), window) for window in windows]
         results.append(answers_from_windows(context, logits, settings))
-    if len(examples) == 1:
-        return results[0]
     return results
 
 
@@ -119,8 +116,9 @@ def inputs_from_call(args: tuple, params: dict[str, Any]) -> Any:
     raise InputError(f"Invalid arguments {inputs!r}: expected {{'question', 'context'}} dicts or a list of them")
 
 
-def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str, str]]:
-    """Mirror HF's QuestionAnsweringArgumentHandler: the accepted shapes and its error messages."""
+def items_from_inputs(inputs: Any, params: dict[str, Any]) -> tuple[list, bool]:
+    """(examples, False) from a {"question", "context"} dict, a list of them, or question=/context= (strings or
+    lists): HF's QuestionAnsweringArgumentHandler, its accepted shapes and its error messages."""
     if inputs is not None:
         items = inputs
     elif "question" in params and "context" in params:
@@ -136,7 +134,11 @@ def examples_from_inputs(inputs: Any, params: dict[str, Any]) -> list[tuple[str,
         items = list(items)
     else:
         raise InputError(f"Invalid arguments {params}: expected a {{'question', 'context'}} dict or a list of them")
-    return [_example_from_item(item) for item in items]
+    return items, False
+
+
+CALL = CallForm(items=items_from_inputs, inputs=inputs_from_call, list_of_one_gives_its_result=True,
+                json_objects=(frozenset({"question", "context"}),))
 
 
 def items_from_keywords(question: Any, context: Any) -> list[dict[str, Any]]:
@@ -158,7 +160,7 @@ def _example_from_item(item: Any) -> tuple[str, str]:
         raise InputError(f"{item} argument needs to be of type (SquadExample, dict)")
     for key in ("question", "context"):
         if key not in item:
-            raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
+            raise InputKeyError("You need to provide a dictionary with keys {question:..., context:...}")
         if item[key] is None:
             raise InputError(f"`{key}` cannot be None")
         if not isinstance(item[key], str):
@@ -255,7 +257,7 @@ def windows_for_example(ctx: TaskContext, question: str, context: str, settings:
         pad_to = settings.max_seq_len
     elif settings.padding == "longest":
         pad_to = len(encodings[0].ids)
-    cls_id = _token_id(ctx, "cls")
+    cls_id = ctx.token_id("cls")
     return [_window(encoding, cls_id, pad_to) for encoding in encodings]
 
 
@@ -312,22 +314,13 @@ def encode_with_overflow(
     return [encoding, *encoding.overflowing]
 
 
-def _token_id(ctx: TaskContext, role: str) -> int | None:
-    token = ctx.special_tokens.get(role)
-    return None if token is None else ctx.tokenizer.token_to_id(token)
-
-
 def _window(encoding: Encoding, cls_id: int | None, pad_to: int | None) -> Window:
-    ids = np.asarray(encoding.ids, dtype=np.int64)
+    feature = feature_from_encoding(encoding)
+    ids = feature["input_ids"]
     length = len(ids)
     p_mask = np.array([sequence_id != 1 for sequence_id in encoding.sequence_ids], dtype=np.int64)
     if cls_id is not None:
         p_mask[ids == cls_id] = 0  # keep CLS unmasked: it carries the null answer
-    feature = {
-        "input_ids": ids,
-        "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
-        "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
-    }
     attention_mask = feature["attention_mask"]
     if pad_to is not None and pad_to > length:
         # Padding never changes an answer (pad positions are masked out), only the array sizes HF searches over;

@@ -13,10 +13,13 @@ import numpy as np
 
 from ..errors import InputError, OptionError, UnknownChoiceError
 from ..taskspec import TASKS
-from .base import TaskContext
-from .common import as_batch, encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
+from .base import CallForm, TaskContext
+from .common import encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
 
 PARAMETERS = frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation", "max_length", "padding"})
+# HF decides the legacy [result] of a single string by whether the call itself passes top_k, so
+# pipeline(top_k=None)("text") gives [[...]]
+CALL = CallForm(single_text_listed_unless_given="top_k", json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
 FUNCTIONS = ("sigmoid", "softmax", "none")
 _NOT_GIVEN = ""  # HF's sentinel: top_k=None means "all labels"
 
@@ -86,20 +89,5 @@ def run_each(
             entries.sort(key=lambda entry: entry["score"], reverse=True)
             entries = entries if top_k is None else entries[:top_k]
         results.append(entries)
-    # a single string without top_k gives [result] (HF's legacy shape)
-    return [[r] if legacy and isinstance(item, str) else r for item, r in zip(items, results)]
+    return results
 
-
-def run(ctx: TaskContext, inputs: Any, _top_k_in_call: bool | None = None, **params: Any) -> Any:
-    """_top_k_in_call: whether top_k was given to this call rather than to the pipeline; HF decides the legacy
-    [result] wrapping of a single string by that alone (so pipeline(top_k=None)("text") gives [[...]])."""
-    items, single = as_batch(inputs)
-    results = run_each(ctx, items, **params)
-    legacy = params.get("top_k", _NOT_GIVEN) == _NOT_GIVEN
-    wrap = legacy if _top_k_in_call is None else not _top_k_in_call
-    if single:
-        result = results[0]
-        if isinstance(items[0], str) and wrap != legacy:
-            result = [result] if wrap else result[0]
-        return result
-    return [r[0] if legacy and isinstance(item, str) else r for item, r in zip(items, results)]

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
-from runtime.tasks.base import TaskContext
-from runtime.tokenizer import truncating_copy
+from runtime.errors import CallError, InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
+from runtime.tasks.base import CallForm, TaskContext
+from runtime.tokenizer import feature_from_encoding, truncating_copy
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
@@ -34,14 +34,28 @@ class UnknownAggregationStrategy(UnknownChoiceError):
     """An aggregation_strategy outside none/simple/first/average/max (a KeyError like HF's, and a ValueError)."""
 
 
-def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
-    """Classify the tokens of one text (-> list of entity dicts) or of a list of texts (-> list of lists).
-    Parameters as in HF: aggregation_strategy, ignore_labels, stride, is_split_into_words, delimiter,
-    offset_mapping, and the deprecated grouped_entities / ignore_subwords."""
+def items_from_inputs(inputs: Any, params: dict[str, Any]) -> tuple[list, bool]:
+    """(texts, single): a text, or a list of texts; with is_split_into_words, one list of words is a batch of one
+    (as HF answers it)."""
+    texts, _ = _texts_from_inputs(inputs, params.get("offset_mapping"))
+    if params.get("is_split_into_words") and not all(isinstance(text, list) for text in texts):
+        return [inputs], False
+    if isinstance(inputs, list):
+        return texts, False
+    return [inputs], True
+
+
+CALL = CallForm(items=items_from_inputs)
+
+
+def run_each(ctx: TaskContext, items: list, **params: Any) -> list:
+    """The entities of each text (a list of entity dicts). Parameters as in HF: aggregation_strategy,
+    ignore_labels, stride, is_split_into_words, delimiter, offset_mapping, and the deprecated grouped_entities /
+    ignore_subwords."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
-        raise TypeError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
-    texts, offset_mapping = _texts_from_inputs(inputs, params.get("offset_mapping"))
+        raise CallError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    offset_mapping = _offset_mapping(params.get("offset_mapping"))
     is_split_into_words = bool(params.get("is_split_into_words", False))
     delimiter = params.get("delimiter")
     delimiter = " " if delimiter is None else delimiter
@@ -53,13 +67,6 @@ def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
     if ignore_labels is None:
         ignore_labels = ["O"]
 
-    if is_split_into_words and not all(isinstance(text, list) for text in texts):
-        items, single = [inputs], False  # one pre-split text: HF still answers with a batch of one
-    elif isinstance(inputs, list):
-        items, single = texts, False
-    else:
-        items, single = [inputs], True
-
     chunked = [_chunks(ctx, item, is_split_into_words, delimiter, stride) for item in items]
     features = [chunk.feature for _, chunks in chunked for chunk in chunks]
     outputs = iter(ctx.runner.run(features)) if features else iter(())
@@ -67,7 +74,7 @@ def run(ctx: TaskContext, inputs: Any, **params: Any) -> list:
     for sentence, chunks in chunked:
         chunk_outputs = [(next(outputs)["logits"], chunk) for chunk in chunks]
         results.append(entities_from_chunks(ctx, sentence, chunk_outputs, strategy, ignore_labels, offset_mapping))
-    return results[0] if single else results
+    return results
 
 
 def _texts_from_inputs(inputs: Any, offset_mapping: Any) -> tuple[list, Any]:
@@ -77,12 +84,17 @@ def _texts_from_inputs(inputs: Any, offset_mapping: Any) -> tuple[list, Any]:
         texts = [inputs]
     else:
         raise InputError("At least one input is required.")
-    if offset_mapping:
-        if isinstance(offset_mapping, list) and isinstance(offset_mapping[0], tuple):
-            offset_mapping = [offset_mapping]
-        if len(offset_mapping) != len(texts):
-            raise InputError("offset_mapping should have the same batch size as the input")
+    offset_mapping = _offset_mapping(offset_mapping)
+    if offset_mapping and len(offset_mapping) != len(texts):
+        raise InputError("offset_mapping should have the same batch size as the input")
     return texts, offset_mapping
+
+
+def _offset_mapping(offset_mapping: Any) -> Any:
+    """One text's [(start, end), ...] as a batch of one."""
+    if offset_mapping and isinstance(offset_mapping, list) and isinstance(offset_mapping[0], tuple):
+        return [offset_mapping]
+    return offset_mapping
 
 
 def _strategy_from_params(params: dict[str, Any]) -> str | None:
@@ -136,11 +148,7 @@ class Chunk:
     def __init__(self, encoding: Encoding, word_to_chars: list[tuple[int, int]] | None):
         self.encoding = encoding
         self.word_to_chars = word_to_chars
-        self.feature = {
-            "input_ids": np.asarray(encoding.ids, dtype=np.int64),
-            "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
-            "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
-        }
+        self.feature = feature_from_encoding(encoding)
 
 
 def _chunks(ctx: TaskContext, item: Any, is_split_into_words: bool, delimiter: str, stride: int | None):
@@ -225,8 +233,7 @@ def gather_pre_entities(
     tokenizer = ctx.tokenizer
     encoding = chunk.encoding
     word_aware = bool(getattr(tokenizer.model, "continuing_subword_prefix", None))
-    unk_token = ctx.special_tokens.get("unk")
-    unk_id = None if unk_token is None else tokenizer.token_to_id(unk_token)
+    unk_id = ctx.token_id("unk")
     if not word_aware and strategy in WORD_STRATEGIES:
         warnings.warn("Tokenizer does not support real words, using fallback heuristic", UserWarning, stacklevel=4)
 
