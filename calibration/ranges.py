@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from graphs.walk import Names, subgraphs
+from graphs.names import Names
+from graphs.walk import subgraphs
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.99

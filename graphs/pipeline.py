@@ -12,6 +12,7 @@ from functools import partial
 
 import onnx
 
+from .errors import GraphError
 from .passes.attention import fuse_attention
 from .passes.dedupe import dedupe_initializers
 from .passes.embed_layernorm import fuse_embed_layernorm
@@ -52,7 +53,7 @@ ONNXRUNTIME_ALL: list[Pass] = ONNXRUNTIME[:3] + [
 PROFILES: dict[str, list[Pass]] = {"none": [], "portable": PORTABLE, "onnxruntime": ONNXRUNTIME}
 
 
-class OptimizeError(ValueError):
+class OptimizeError(GraphError):
     """An unknown profile or a pass that broke the graph."""
 
 

@@ -22,8 +22,7 @@ from albert_export.export import onnx_from_reference
 from albert_export.tolerances import tolerance_for
 from albert_export.validate import onnx_session, reference_outputs, validation_inputs
 from graphs.pipeline import optimize
-from graphs.size import array_digest, storage_report, stored_tensors
-from graphs.walk import op_counts, tensor_nbytes
+from graphs.size import array_digest, op_counts, storage_report, stored_tensors, tensor_nbytes
 from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError

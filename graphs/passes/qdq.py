@@ -17,15 +17,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..walk import Names
-from ._precision import Scope, build_scopes, bypass_constant_identities, reads, value_types
+from ..errors import GraphError
+from ..infer import value_types
+from ..names import Names
+from ..walk import Scope, scopes, use_counts
+from .identities import remove_identities
 
 QUANTIZED_OPS = frozenset({"MatMul", "Gemm"})
 INT8_MAX = 127
 MIN_QDQ_OPSET = 13  # per-axis DequantizeLinear
 
 
-class QDQError(ValueError):
+class QDQError(GraphError):
     """A model or calibration table the QDQ pass cannot use."""
 
 
@@ -37,8 +40,7 @@ def _float_activation_inputs(node: onnx.NodeProto, scope: Scope, types: dict[str
 
 def _weight(scope: Scope, name: str) -> onnx.TensorProto | None:
     """The 2-D float initializer `name` visible from scope, or None."""
-    owner = scope.owner_of(name)
-    tensor = None if owner is None else owner.initializers.get(name)
+    tensor = scope.initializer(name)
     if tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
         return tensor
     return None
@@ -55,10 +57,10 @@ def _quantized(node: onnx.NodeProto, scope: Scope, exclude: frozenset[str], acti
 def _targets(model: onnx.ModelProto, exclude: frozenset[str],
              activation_products: bool = False) -> tuple[list[Scope], list]:
     """Every graph as a Scope, and (scope, node, value types) for each MatMul/Gemm to quantize."""
-    bypass_constant_identities(model)
+    remove_identities(model, of_initializers=True)
     types = value_types(model)
-    scopes = build_scopes(model, types)
-    return scopes, [(scope, node, types) for scope in scopes for node in scope.graph.node
+    graphs = list(scopes(model))
+    return graphs, [(scope, node, types) for scope in graphs for node in scope.graph.node
                     if _quantized(node, scope, exclude, activation_products)]
 
 
@@ -115,7 +117,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     if opset < MIN_QDQ_OPSET:
         raise QDQError(f"QDQ needs opset >= {MIN_QDQ_OPSET} (per-channel DequantizeLinear); the model has {opset}. "
                        "Re-export with --opset 13 or newer")
-    scopes, targets = _targets(model, exclude, activation_products)
+    graphs, targets = _targets(model, exclude, activation_products)
     names = Names(model)
     missing = sorted({node.input[p] for scope, node, types in targets
                       for p in _float_activation_inputs(node, scope, types)} - set(amax))
@@ -166,17 +168,17 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
         if tables and axis == 0:
             per_row[weight_name] = (dequantized, home.graph)
 
-    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+    for scope in reversed(graphs):  # bodies first: rebuilding a node list copies the Loop nodes it holds
         _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude, activation_products,
                        activation_qdq_per_reader, unsigned_activations)
 
-    for scope in build_scopes(model, {}):  # anew: rewriting copied the Loop bodies
+    for scope in scopes(model):  # anew: rewriting copied the Loop bodies
         for node in scope.graph.node:
             for position, name in enumerate(node.input):
                 if name in per_row and per_row[name][1] is scope.graph:
                     node.input[position] = per_row[name][0]
-    still_read = reads(model.graph)
-    for scope in build_scopes(model, {}):
+    still_read = use_counts(model.graph)
+    for scope in scopes(model):
         unused = [t for t in scope.graph.initializer if t.name in weight_dq and t.name not in still_read]
         counts["weight_bytes_saved"] += sum(numpy_helper.to_array(t).nbytes * 3 // 4 for t in unused)
         for tensor in unused:
@@ -205,17 +207,17 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
     albert-base-shaped QA). Returns (bytes saved, tables quantized).
     """
     names = names or Names(model)
-    scopes = build_scopes(model, {})
+    graphs = list(scopes(model))
     readers: dict[str, list[tuple[Scope, onnx.NodeProto, int]]] = {}
-    for scope in scopes:
+    for scope in graphs:
         for node in scope.graph.node:
             for position, name in enumerate(node.input):
                 readers.setdefault(name, []).append((scope, node, position))
-    outputs = {o.name for scope in scopes for o in scope.graph.output}
+    outputs = {o.name for scope in graphs for o in scope.graph.output}
     after: dict[str, list[onnx.NodeProto]] = {}  # int8 Gather output -> the DequantizeLinear that follows it
     top: dict[int, list[onnx.NodeProto]] = {}
     saved = quantized = 0
-    for scope in scopes:
+    for scope in graphs:
         for tensor in list(scope.graph.initializer):
             uses = readers.get(tensor.name, [])
             if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or not uses or tensor.name in outputs
@@ -256,7 +258,7 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
             scope.graph.initializer.remove(tensor)
             saved += array.nbytes - values.nbytes
             quantized += 1
-    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+    for scope in reversed(graphs):  # bodies first: rebuilding a node list copies the Loop nodes it holds
         if id(scope) not in top and not any(o in after for node in scope.graph.node for o in node.output):
             continue
         nodes = list(top.get(id(scope), []))
