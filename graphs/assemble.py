@@ -335,12 +335,12 @@ def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
 
 
 def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, str], name: str,
-              scan_hidden: bool = False, scan_attentions: bool = False) -> onnx.GraphProto:
-    """The Loop body: (iteration, cond, hidden) -> (cond, hidden[, hidden][, attentions]); bias and weights come
-    from the outer scope. The optional outputs are scan outputs: the Loop stacks them over the iterations."""
+              scan_hidden: bool = False, scan_attentions: bool = False, bias: str = ATTENTION_BIAS) -> onnx.GraphProto:
+    """The Loop body: (iteration, cond, hidden) -> (cond, hidden[, hidden][, attentions]); `bias` and the weights
+    come from the outer scope. The optional outputs are scan outputs: the Loop stacks them over the iterations."""
     iteration, cond_in, cond_out = f"{prefix}iteration", f"{prefix}cond_in", f"{prefix}cond_out"
     hidden_in, hidden_out = f"{prefix}hidden_in", f"{prefix}hidden_out"
-    fixed = {group.input[0].name: hidden_in, group.input[1].name: ATTENTION_BIAS, group.output[0].name: hidden_out}
+    fixed = {group.input[0].name: hidden_in, group.input[1].name: bias, group.output[0].name: hidden_out}
     outputs = [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), value_info(hidden_out, group.output[0])]
     if scan_attentions:
         fixed[group.output[1].name] = f"{prefix}{ATTENTIONS}_scan"
