@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..constants import constant_tensor
 from ..infer import value_types
 from ..names import Names, rename_uses
 from ..walk import Scope, scopes, subgraphs
@@ -155,7 +156,7 @@ def _plan_constants(scopes: list[Scope], plan: _Plan, names: Names) -> dict[tupl
                     reads_as[(tensor.name, FP32)] = names.fresh(f"{tensor.name}_fp32")
         for output, node in scope.constant_nodes.items():
             wanted = plan.requests.get(output, set())
-            if node.attribute[0].t.data_type == FP32 and FP16 in wanted:
+            if constant_tensor(node).data_type == FP32 and FP16 in wanted:
                 if FP32 in wanted:  # a scalar read both ways: a second Constant, not a Cast
                     reads_as[(output, FP16)] = names.fresh(f"{output}_fp16")
                 else:
@@ -181,9 +182,9 @@ def _store_constants(scope: Scope, plan: _Plan, names: Names, reads_as: dict, co
         nodes.append(node)
         output = node.output[0] if node.output else ""
         if output in scope.constant_nodes:
-            value = numpy_helper.from_array(_to_fp16(numpy_helper.to_array(node.attribute[0].t)))
+            value = numpy_helper.from_array(_to_fp16(numpy_helper.to_array(constant_tensor(node))))
             if output in plan.fp16_constants:
-                node.attribute[0].t.CopyFrom(value)
+                constant_tensor(node).CopyFrom(value)
             elif (output, FP16) in reads_as:
                 copy = reads_as[(output, FP16)]
                 nodes.append(helper.make_node("Constant", [], [copy], value=value,

@@ -1,5 +1,9 @@
 """The shape every fusion has: pattern (structure around an anchor op) / check (why not) / rewrite.
 
+A pattern returns a typed Match (a dataclass per fusion). Every check ends the same way: the values the
+pattern computes must be read only inside it (`Context.read_outside`), or they could not disappear with it.
+The helpers the fusions share (`other_input`, `single_reader`, `MS_DOMAIN`, `ensure_opset`) live here.
+
 `apply_fusion` visits every graph, Loop bodies included, so a fusion applies in every unrolled layer and in
 the body alike. A rewrite adds a fused node that takes over the name of the pattern's last output and marks the
 old producer replaced; what the old nodes computed dies and is removed. Weights a fusion derives (a concatenated
