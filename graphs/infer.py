@@ -41,6 +41,11 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     return shapes
 
 
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """value_shapes with None wherever a dim is not a number."""
+    return {name: [d if isinstance(d, int) else None for d in dims] for name, dims in value_shapes(model).items()}
+
+
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
     """name -> element type (TensorProto enum) of every typed value, bodies included."""
     values = inferred_values(model) or declared_values(model)

@@ -189,7 +189,8 @@ def test_weights_are_stored_once_with_the_extra_outputs(checkpoints):
 
 
 def test_a_scalar_and_a_one_element_vector_are_different_tensors():
-    # share_initializers merged a Loop's trip count 2 with the Slice start [2] of the attentions reshape
+    # assemble's dedupe (once share_initializers) merged a Loop's trip count 2 with the Slice start [2] of the
+    # attentions reshape
     assert array_digest(np.array(2, np.int64)) != array_digest(np.array([2], np.int64))
 
 

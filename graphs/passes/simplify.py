@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ..constants import ONNX_DOMAINS, Constants
-from ..infer import value_shapes
+from ..infer import static_shapes
 from ..names import rename_uses
 from ..order import toposort
 from ..size import tensor_nbytes
@@ -92,11 +92,6 @@ def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.
             reference.run(None, {name: value for name, value in zip(names, inputs) if value is not None})]
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """name -> dims, None where not static."""
-    return {name: [d if isinstance(d, int) else None for d in dims] for name, dims in value_shapes(model).items()}
-
-
 class Folder:
     """Constant folding over one model; counts what it folded and what it refused to copy."""
 
@@ -104,7 +99,7 @@ class Folder:
         self.model = model
         self.folded = 0
         self.refused_copies = 0
-        self.shapes = inferred_shapes(model)
+        self.shapes = static_shapes(model)
 
     def run(self) -> int:
         before = self.folded
