@@ -174,8 +174,22 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     current, hidden_layers, attention_parts = compose(pieces, group_names, nodes, initializers)
     hidden_parts += hidden_layers
 
-    head_graph = pieces.head.graph
     head_names = take_initializers(pieces.head, "head/")
+    graph_outputs = head_and_outputs(pieces, current, head_names, graph_inputs, hidden_parts, attention_parts, nodes,
+                                     initializers)
+    graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
+                              producer_name="albert-export", ir_version=pieces.embed.ir_version)
+    share_weights(model)
+    return model
+
+
+def head_and_outputs(pieces: Pieces, current: str, head_names: dict[str, str], graph_inputs: list,
+                     hidden_parts: list[str], attention_parts: list[str], nodes: list[onnx.NodeProto],
+                     initializers: list[onnx.TensorProto]) -> list[onnx.ValueInfoProto]:
+    """The head on the last hidden state, the multiple-choice reshape and the stacked optional outputs (appends
+    the nodes); returns the graph outputs."""
+    head_graph = pieces.head.graph
     fixed = {head_graph.input[0].name: current}
     if pieces.multiple_choice:
         scores = "head/choice_scores"
@@ -192,18 +206,13 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     rows = flattened_batch(graph_inputs[0]) if pieces.multiple_choice else None
     if pieces.output_hidden_states:
         nodes.append(helper.make_node("Concat", hidden_parts, [HIDDEN_STATES], name=HIDDEN_STATES, axis=0))
-        graph_outputs.append(stacked(HIDDEN_STATES, embed_graph.output[0], len(pieces.layer_groups) + 1, rows))
+        graph_outputs.append(stacked(HIDDEN_STATES, pieces.embed.graph.output[0], len(pieces.layer_groups) + 1, rows))
     if pieces.output_attentions:
         like = pieces.groups[0].graph.output[1]  # (I, B, N, S, S)
         nodes += merged_attentions(attention_parts, initializers)
         layer_calls = len(pieces.layer_groups) * dims_of(like)[0]
         graph_outputs.append(stacked(ATTENTIONS, like, layer_calls, rows, drop_first=True))
-
-    graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
-    model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
-                              producer_name="albert-export", ir_version=pieces.embed.ir_version)
-    share_weights(model)
-    return model
+    return graph_outputs
 
 
 def unrolled_layers(pieces: Pieces, group_names: list[dict[str, str]], nodes: list[onnx.NodeProto],
