@@ -24,8 +24,7 @@ from pathlib import Path
 
 import onnx
 
-from graphs.size import stored_tensors
-from graphs.walk import tensor_nbytes
+from graphs.size import stored_tensors, tensor_nbytes
 from runtime.bundle import FORMAT_VERSION, MANIFEST, MODEL, Manifest, sha256_file
 
 EXTERNAL_DATA = MODEL + ".data"

@@ -25,8 +25,7 @@ from calibration import load_examples
 from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, dims_of, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
-from graphs.size import array_digest, node_count, stored_tensors
-from graphs.walk import tensor_nbytes
+from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
 from runtime.taskspec import (
     BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,

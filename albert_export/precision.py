@@ -21,7 +21,7 @@ from calibration import (
 )
 from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
-from graphs.walk import op_counts
+from graphs.size import op_counts
 
 from .progress import bar, log, stage
 

@@ -19,6 +19,8 @@ from tokenizers import Tokenizer
 from runtime.errors import InputError
 from runtime.tokenizer import encode, feature_from_encoding, stacked_feature
 
+from .errors import CalibrationDataError
+
 DEFAULT_DATA = Path(__file__).with_name("default.jsonl")
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH_SIZE = 8
@@ -26,10 +28,6 @@ DEFAULT_MAX_LENGTH = 384
 GENERIC_QUESTION = "What is this text about?"
 JSONL_FIELDS = ("text", "text_pair", "question", "context", "prompt", "choices", "sentence", "sentence1",
                 "sentence2", "words", "tokens", "sent1", "sent2")
-
-
-class CalibrationDataError(ValueError):
-    """A calibration data file that is missing, unreadable, or holds no usable example."""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 
 from graphs.passes.qdq import insert_qdq, quantization_targets
+from graphs.walk import all_graphs
 from runtime.taskspec import OPTIONAL_OUTPUTS
 
-from .ranges import (
-    DEFAULT_PERCENTILE, METHODS, CalibrationError, calibration_session, collect_histograms, examples_in, ranges,
-)
+from .errors import CalibrationError
+from .ranges import DEFAULT_PERCENTILE, METHODS, calibration_session, collect_histograms, examples_in, ranges
 from .table import CalibrationTable
 
 ONNXRUNTIME_DOMAIN = "com.microsoft"
@@ -56,12 +56,7 @@ def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarra
 
 def onnxruntime_only(model: onnx.ModelProto) -> bool:
     """Whether the graph (Loop bodies included) has a com.microsoft op, i.e. runs on onnxruntime only."""
-    def visit(graph: onnx.GraphProto) -> bool:
-        return any(node.domain == ONNXRUNTIME_DOMAIN or any(visit(a.g) for a in node.attribute
-                                                              if a.type == onnx.AttributeProto.GRAPH)
-                   for node in graph.node)
-
-    return visit(model.graph)
+    return any(node.domain == ONNXRUNTIME_DOMAIN for graph in all_graphs(model.graph) for node in graph.node)
 
 
 def _run_all(model: onnx.ModelProto, batches, threads: int, progress=None,

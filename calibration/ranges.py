@@ -17,16 +17,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from graphs.walk import Names, subgraphs
+from graphs.names import Names
+from graphs.walk import Scope, scopes, subgraphs
+
+from .errors import CalibrationError
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.99
 HISTOGRAM_BINS = 2048
 INT8_LEVELS = 128  # symmetric int8: 0..127 on each side
-
-
-class CalibrationError(ValueError):
-    """Calibration that cannot run or cannot give a range (unknown method, no data, a tensor never seen)."""
 
 
 class Histogram:
@@ -127,28 +126,20 @@ def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelPr
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     names = Names(exposed)
-    where: dict[str, tuple[onnx.GraphProto, ...]] = {}
-
-    def index(graph: onnx.GraphProto, path: tuple) -> None:
-        path = path + (graph,)
-        for value in graph.input:
-            where.setdefault(value.name, path)
-        for node in graph.node:
-            for name in node.output:
-                where.setdefault(name, path)
-            for sub in subgraphs(node):
-                index(sub, path)
-
-    index(exposed.graph, ())
+    where: dict[str, Scope] = {}  # value -> the graph defining it
+    for scope in scopes(exposed):
+        defined = [value.name for value in scope.graph.input]
+        defined += [name for node in scope.graph.node for name in node.output]
+        for name in defined:
+            where.setdefault(name, scope)
     outputs: dict[str, str] = {}
     for tensor in tensors:
         if tensor not in where:
             raise CalibrationError(f"tensor {tensor!r} is not produced anywhere in the graph")
-        path = where[tensor]
-        name = tensor
-        for depth in range(len(path) - 1, 0, -1):  # innermost body outwards: a scan output per level
-            body, parent = path[depth], path[depth - 1]
-            loop = _loop_holding(parent, body)
+        scope, name = where[tensor], tensor
+        while scope.parent is not None:  # innermost body outwards: a scan output per level
+            body = scope.graph
+            loop = _loop_holding(scope.parent.graph, body)
             if loop is None:
                 raise CalibrationError(f"tensor {tensor!r} is inside a subgraph that is not a Loop body; "
                                        "only Loop bodies can be calibrated")
@@ -157,6 +148,7 @@ def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelPr
             body.output.append(helper.make_tensor_value_info(scanned, TensorProto.FLOAT, None))
             name = names.fresh(f"{tensor}_over_iterations")
             loop.output.append(name)
+            scope = scope.parent
         if not any(o.name == name for o in exposed.graph.output):
             exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
         outputs[tensor] = name

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import CalibrationTableError
+
 CALIBRATION_TABLE = "calibration.json"
 TABLE_FORMAT = 1
 INT8_MAX = 127
@@ -20,9 +22,6 @@ class CalibrationTable:
     layers: str = ""  # "unrolled" (per-layer scales) | "loop" (one scale per body tensor, max over iterations)
     weights: str = "int8 symmetric per output channel, scales stored in the graph"
     extra: dict = field(default_factory=dict)
-
-    def scales(self) -> dict[str, float]:
-        return {name: value / INT8_MAX for name, value in self.amax.items()}
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -45,8 +44,8 @@ class CalibrationTable:
         try:
             data = json.loads(path.read_text())
             if data.pop("format", None) != TABLE_FORMAT:
-                raise ValueError(f"format is not {TABLE_FORMAT}")
+                raise CalibrationTableError(f"format is not {TABLE_FORMAT}")
             data["amax"] = {name: float(entry["amax"]) for name, entry in data.pop("tensors").items()}
             return cls(**data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a calibration table: {exc}") from exc
+            raise CalibrationTableError(f"{path} is not a calibration table: {exc}") from exc

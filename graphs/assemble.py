@@ -21,9 +21,9 @@ Optional outputs, as transformers returns them stacked (the choices stay folded 
 Unrolled, they are concatenations of the layers' tensors; in a Loop, scan outputs of the body (the Loop stacks
 them over the iterations) concatenated over the Loops.
 
-Afterwards `share_initializers` merges tensors with equal content and replaces a tensor that is the transpose of
-another (the tied MLM decoder: the embedding matrix V x E and the exporter's folded E x V copy) by a Transpose
-node, so the file stores each weight once.
+Afterwards the ordinary clean-up passes store each weight once: large Constant nodes become initializers,
+dedupe merges tensors of equal content and makes a tensor that is another's transpose (the tied MLM decoder) a
+Transpose node, and the Identity aliases the tracer writes for parameters of equal value go.
 """
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import GraphError
+from .names import rename_uses
+from .passes.constant_nodes import constants_to_initializers
+from .passes.dedupe import dedupe_initializers
+from .passes.identities import remove_identities
 from .size import array_digest
 from .walk import all_graphs, subgraphs
 
@@ -44,7 +49,7 @@ CHOICES_DIM = "num_choices"  # optimum's name; batch and sequence are named as t
 HIDDEN_STATES, ATTENTIONS = "hidden_states", "attentions"  # runtime.taskspec.OPTIONAL_OUTPUTS
 
 
-class AssemblyError(ValueError):
+class AssemblyError(GraphError):
     """Pieces that do not fit together (wrong inputs/outputs, mismatched opsets, unknown mode)."""
 
 
@@ -164,46 +169,27 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     nodes += copy_nodes(embed_graph, renamer("embed/", fixed, embed_names), "embed/")
     group_names = [take_initializers(group, f"group{index}/") for index, group in enumerate(pieces.groups)]
 
-    current = "hidden_0"
-    hidden_parts = [unsqueezed(current, nodes, initializers)] if pieces.output_hidden_states else []  # (k, B, S, H)
-    attention_parts = []  # (k, I, B, N, S, S) each
-    if layers == "unrolled":
-        for layer, group in enumerate(pieces.layer_groups):
-            graph = pieces.groups[group].graph
-            out = f"hidden_{layer + 1}"
-            fixed = {graph.input[0].name: current, graph.input[1].name: ATTENTION_BIAS, graph.output[0].name: out}
-            if pieces.output_attentions:
-                fixed[graph.output[1].name] = f"attentions_{layer}"
-            prefix = f"layer{layer}/"
-            nodes += copy_nodes(graph, renamer(prefix, fixed, group_names[group]), prefix)
-            current = out
-            if pieces.output_hidden_states:
-                hidden_parts.append(unsqueezed(out, nodes, initializers))
-            if pieces.output_attentions:
-                attention_parts.append(unsqueezed(f"attentions_{layer}", nodes, initializers))
-    else:
-        layer = 0
-        for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
-            layer += count
-            out = f"hidden_{layer}"
-            trip_count, keep_going = f"loop{run}/trip_count", f"loop{run}/keep_going"
-            initializers.append(numpy_helper.from_array(np.array(count, dtype=np.int64), trip_count))
-            # an explicit (always true) condition: TensorRT's parser needs one to register the body's cond input
-            initializers.append(numpy_helper.from_array(np.array(True), keep_going))
-            body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}",
-                             pieces.output_hidden_states, pieces.output_attentions)
-            scans = [f"loop{run}/{HIDDEN_STATES}"] if pieces.output_hidden_states else []
-            scans += [f"loop{run}/{ATTENTIONS}"] if pieces.output_attentions else []
-            nodes.append(helper.make_node("Loop", [trip_count, keep_going, current], [out, *scans],
-                                          name=f"loop{run}", body=body))
-            current = out
-            if pieces.output_hidden_states:
-                hidden_parts.append(scans[0])
-            if pieces.output_attentions:
-                attention_parts.append(scans[-1])
+    compose = unrolled_layers if layers == "unrolled" else loop_layers
+    hidden_parts = [unsqueezed("hidden_0", nodes, initializers)] if pieces.output_hidden_states else []
+    current, hidden_layers, attention_parts = compose(pieces, group_names, nodes, initializers)
+    hidden_parts += hidden_layers
 
-    head_graph = pieces.head.graph
     head_names = take_initializers(pieces.head, "head/")
+    graph_outputs = head_and_outputs(pieces, current, head_names, graph_inputs, hidden_parts, attention_parts, nodes,
+                                     initializers)
+    graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
+                              producer_name="albert-export", ir_version=pieces.embed.ir_version)
+    share_weights(model)
+    return model
+
+
+def head_and_outputs(pieces: Pieces, current: str, head_names: dict[str, str], graph_inputs: list,
+                     hidden_parts: list[str], attention_parts: list[str], nodes: list[onnx.NodeProto],
+                     initializers: list[onnx.TensorProto]) -> list[onnx.ValueInfoProto]:
+    """The head on the last hidden state, the multiple-choice reshape and the stacked optional outputs (appends
+    the nodes); returns the graph outputs."""
+    head_graph = pieces.head.graph
     fixed = {head_graph.input[0].name: current}
     if pieces.multiple_choice:
         scores = "head/choice_scores"
@@ -220,20 +206,69 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
     rows = flattened_batch(graph_inputs[0]) if pieces.multiple_choice else None
     if pieces.output_hidden_states:
         nodes.append(helper.make_node("Concat", hidden_parts, [HIDDEN_STATES], name=HIDDEN_STATES, axis=0))
-        graph_outputs.append(stacked(HIDDEN_STATES, embed_graph.output[0], len(pieces.layer_groups) + 1, rows))
+        graph_outputs.append(stacked(HIDDEN_STATES, pieces.embed.graph.output[0], len(pieces.layer_groups) + 1, rows))
     if pieces.output_attentions:
         like = pieces.groups[0].graph.output[1]  # (I, B, N, S, S)
         nodes += merged_attentions(attention_parts, initializers)
         layer_calls = len(pieces.layer_groups) * dims_of(like)[0]
         graph_outputs.append(stacked(ATTENTIONS, like, layer_calls, rows, drop_first=True))
+    return graph_outputs
 
-    graph = helper.make_graph(nodes, "albert", graph_inputs, graph_outputs, initializers)
-    model = helper.make_model(graph, opset_imports=list(pieces.embed.opset_import),
-                              producer_name="albert-export", ir_version=pieces.embed.ir_version)
-    hoist_constants(model)
-    share_initializers(model)
-    drop_initializer_identities(model)
-    return model
+
+def unrolled_layers(pieces: Pieces, group_names: list[dict[str, str]], nodes: list[onnx.NodeProto],
+                    initializers: list[onnx.TensorProto]) -> tuple[str, list[str], list[str]]:
+    """Layer i inlines the graph of its group, reading the group's initializers. Appends the nodes; returns the
+    last hidden state and the (1, ...) parts of hidden_states and attentions."""
+    current, hidden_parts, attention_parts = "hidden_0", [], []
+    for layer, group in enumerate(pieces.layer_groups):
+        graph = pieces.groups[group].graph
+        out = f"hidden_{layer + 1}"
+        fixed = {graph.input[0].name: current, graph.input[1].name: ATTENTION_BIAS, graph.output[0].name: out}
+        if pieces.output_attentions:
+            fixed[graph.output[1].name] = f"attentions_{layer}"
+        prefix = f"layer{layer}/"
+        nodes += copy_nodes(graph, renamer(prefix, fixed, group_names[group]), prefix)
+        current = out
+        if pieces.output_hidden_states:
+            hidden_parts.append(unsqueezed(out, nodes, initializers))
+        if pieces.output_attentions:
+            attention_parts.append(unsqueezed(f"attentions_{layer}", nodes, initializers))
+    return current, hidden_parts, attention_parts
+
+
+def loop_layers(pieces: Pieces, group_names: list[dict[str, str]], nodes: list[onnx.NodeProto],
+                initializers: list[onnx.TensorProto]) -> tuple[str, list[str], list[str]]:
+    """One Loop per run of layers of one group. Appends the nodes; returns the last hidden state and the scan
+    outputs of hidden_states and attentions."""
+    current, hidden_parts, attention_parts = "hidden_0", [], []
+    layer = 0
+    for run, (group, count) in enumerate(layer_runs(pieces.layer_groups)):
+        layer += count
+        out = f"hidden_{layer}"
+        trip_count, keep_going = f"loop{run}/trip_count", f"loop{run}/keep_going"
+        initializers.append(numpy_helper.from_array(np.array(count, dtype=np.int64), trip_count))
+        # an explicit (always true) condition: TensorRT's parser needs one to register the body's cond input
+        initializers.append(numpy_helper.from_array(np.array(True), keep_going))
+        body = loop_body(pieces.groups[group].graph, f"loop{run}/", group_names[group], f"layer_group_{group}",
+                         pieces.output_hidden_states, pieces.output_attentions)
+        scans = [f"loop{run}/{HIDDEN_STATES}"] if pieces.output_hidden_states else []
+        scans += [f"loop{run}/{ATTENTIONS}"] if pieces.output_attentions else []
+        nodes.append(helper.make_node("Loop", [trip_count, keep_going, current], [out, *scans],
+                                      name=f"loop{run}", body=body))
+        current = out
+        if pieces.output_hidden_states:
+            hidden_parts.append(scans[0])
+        if pieces.output_attentions:
+            attention_parts.append(scans[-1])
+    return current, hidden_parts, attention_parts
+
+
+def share_weights(model: onnx.ModelProto) -> None:
+    """Each weight stored once: weights in Constant nodes (16 elements or more) join the main graph's
+    initializers, equal ones and transposed copies are merged, and Identity aliases of initializers go."""
+    constants_to_initializers(model, min_elements=16, outermost=True)
+    dedupe_initializers(model, transposes=True)
+    remove_identities(model, of_initializers=True)
 
 
 def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: list[onnx.NodeProto]):
@@ -309,12 +344,12 @@ def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
 
 
 def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, str], name: str,
-              scan_hidden: bool = False, scan_attentions: bool = False) -> onnx.GraphProto:
-    """The Loop body: (iteration, cond, hidden) -> (cond, hidden[, hidden][, attentions]); bias and weights come
-    from the outer scope. The optional outputs are scan outputs: the Loop stacks them over the iterations."""
+              scan_hidden: bool = False, scan_attentions: bool = False, bias: str = ATTENTION_BIAS) -> onnx.GraphProto:
+    """The Loop body: (iteration, cond, hidden) -> (cond, hidden[, hidden][, attentions]); `bias` and the weights
+    come from the outer scope. The optional outputs are scan outputs: the Loop stacks them over the iterations."""
     iteration, cond_in, cond_out = f"{prefix}iteration", f"{prefix}cond_in", f"{prefix}cond_out"
     hidden_in, hidden_out = f"{prefix}hidden_in", f"{prefix}hidden_out"
-    fixed = {group.input[0].name: hidden_in, group.input[1].name: ATTENTION_BIAS, group.output[0].name: hidden_out}
+    fixed = {group.input[0].name: hidden_in, group.input[1].name: bias, group.output[0].name: hidden_out}
     outputs = [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []), value_info(hidden_out, group.output[0])]
     if scan_attentions:
         fixed[group.output[1].name] = f"{prefix}{ATTENTIONS}_scan"
@@ -336,100 +371,6 @@ def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, 
     )
 
 
-def rename_everywhere(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
-    """Rename values in every graph (node inputs/outputs, graph outputs), subgraphs included."""
-    if not mapping:
-        return
-    for graph in all_graphs(model.graph):
-        for node in graph.node:
-            node.input[:] = [mapping.get(name, name) for name in node.input]
-        for output in graph.output:
-            output.name = mapping.get(output.name, output.name)
-
-
-def hoist_constants(model: onnx.ModelProto, min_elements: int = 16) -> int:
-    """Constant nodes holding a tensor of min_elements or more become initializers, so sharing sees them."""
-    hoisted = 0
-    for graph in all_graphs(model.graph):
-        keep = []
-        for node in graph.node:
-            tensor = constant_tensor(node)
-            if tensor is not None and np.prod(tensor.dims, dtype=np.int64) >= min_elements:
-                initializer = onnx.TensorProto()
-                initializer.CopyFrom(tensor)
-                initializer.name = node.output[0]
-                model.graph.initializer.append(initializer)
-                hoisted += 1
-            else:
-                keep.append(node)
-        if len(keep) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(keep)
-    return hoisted
-
-
-def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    if node.op_type != "Constant":
-        return None
-    for attribute in node.attribute:
-        if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
-            return attribute.t
-    return None
-
-
-def share_initializers(model: onnx.ModelProto) -> tuple[int, int]:
-    """Merge initializers of equal content; one that is another's transpose becomes a Transpose node.
-
-    The first tensor in graph order is kept (the embedding matrix before the decoder's folded transpose).
-    Returns (merged, transposed).
-    """
-    graph = model.graph
-    kept: dict[str, str] = {}  # digest -> kept name
-    merged: dict[str, str] = {}
-    transposes: list[onnx.NodeProto] = []
-    survivors = []
-    for tensor in graph.initializer:
-        array = numpy_helper.to_array(tensor)
-        digest = array_digest(array)
-        if digest in kept:
-            merged[tensor.name] = kept[digest]
-            continue
-        if array.ndim == 2 and array.size > 1:
-            original = kept.get(array_digest(array.T))
-            if original is not None:
-                transposes.append(helper.make_node("Transpose", [original], [tensor.name],
-                                                   name=f"shared_transpose/{tensor.name}", perm=[1, 0]))
-                continue
-        kept[digest] = tensor.name
-        survivors.append(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(survivors)
-    rename_everywhere(model, merged)
-    for node in reversed(transposes):
-        graph.node.insert(0, node)
-    return len(merged), len(transposes)
-
-
-def drop_initializer_identities(model: onnx.ModelProto) -> int:
-    """Identity nodes that only alias an initializer (the exporter emits them for parameters of equal value)
-    are removed and their consumers read the initializer: node counts then do not depend on weight values."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    aliases: dict[str, str] = {}
-    for graph in all_graphs(model.graph):
-        outputs = {value.name for value in graph.output}
-        keep = []
-        for node in graph.node:
-            if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
-                aliases[node.output[0]] = node.input[0]
-            else:
-                keep.append(node)
-        if len(keep) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(keep)
-    rename_everywhere(model, aliases)
-    return len(aliases)
-
-
 def name_initializers(model: onnx.ModelProto, names_by_digest: dict[str, str]) -> int:
     """Give initializers readable names (e.g. the checkpoint's parameter names) found by content digest."""
     taken = {name for graph in all_graphs(model.graph) for node in graph.node for name in node.output}
@@ -443,5 +384,5 @@ def name_initializers(model: onnx.ModelProto, names_by_digest: dict[str, str]) -
             taken.add(name)
     for tensor in model.graph.initializer:
         tensor.name = mapping.get(tensor.name, tensor.name)
-    rename_everywhere(model, mapping)
+    rename_uses(model.graph, mapping)
     return len(mapping)

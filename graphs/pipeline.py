@@ -14,6 +14,7 @@ from functools import partial
 
 import onnx
 
+from .errors import GraphError
 from .passes.attention import fuse_attention
 from .passes.dedupe import dedupe_initializers
 from .passes.embed_layernorm import fuse_embed_layernorm
@@ -59,7 +60,7 @@ PROFILES: dict[str, list[Pass]] = {"none": [], "portable": PORTABLE, "onnxruntim
                                    "onnxruntime-without-attention": ONNXRUNTIME_WITHOUT_ATTENTION}
 
 
-class OptimizeError(ValueError):
+class OptimizeError(GraphError):
     """An unknown profile or a pass that broke the graph."""
 
 

@@ -1,4 +1,4 @@
-"""What a graph stores: tensor bytes, content digests, and the proof that each weight is stored once.
+"""What a graph stores: tensor bytes, op counts, content digests, and the proof that each weight is stored once.
 
 A digest covers dtype, shape and the raw bytes, so two initializers with equal digests hold the same tensor.
 Initializers of Loop bodies and large Constant nodes are counted too: a weight hidden in a Constant is still
@@ -7,6 +7,7 @@ a stored weight.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -14,7 +15,23 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .walk import all_graphs, tensor_nbytes
+from .constants import constant_tensor
+from .walk import all_graphs, scopes
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of every initializer in every graph (what the file stores for weights)."""
+    return sum(tensor_nbytes(tensor) for scope in scopes(model) for tensor in scope.graph.initializer)
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    """op_type counts over every graph, Loop bodies included."""
+    return Counter(node.op_type for scope in scopes(model) for node in scope.graph.node)
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -32,10 +49,9 @@ def stored_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorPro
         for tensor in graph.initializer:
             yield f"{graph.name}:{tensor.name}", tensor
         for node in graph.node:
-            if node.op_type == "Constant":
-                for attribute in node.attribute:
-                    if attribute.type == onnx.AttributeProto.TENSOR:
-                        yield f"{graph.name}:{node.name or node.output[0]}", attribute.t
+            tensor = constant_tensor(node)
+            if tensor is not None:
+                yield f"{graph.name}:{node.name or node.output[0]}", tensor
 
 
 def node_count(model: onnx.ModelProto, recursive: bool = True) -> int:

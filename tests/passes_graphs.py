@@ -12,10 +12,11 @@ import onnx
 import onnx.version_converter
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from albert_export.config import AlbertConfig
 from albert_export.modeling import AlbertLayerGroup
+from graphs.assemble import copy_nodes, loop_body, renamer
 from graphs.walk import scopes
 
 HIDDEN, HEADS, INTERMEDIATE = 32, 4, 64
@@ -49,59 +50,31 @@ def layer_group_onnx(config: AlbertConfig, opset: int = 17, fold_constants: bool
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _renamed(node: onnx.NodeProto, rename) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    copy.name = rename(node.name) if node.name else ""
-    for index, name in enumerate(copy.input):
-        copy.input[index] = rename(name) if name else ""
-    for index, name in enumerate(copy.output):
-        copy.output[index] = rename(name) if name else ""
-    return copy
-
-
 def unrolled(group: onnx.ModelProto, layers: int) -> onnx.ModelProto:
-    """The group inlined `layers` times; every copy reads the same initializers."""
-    weights = {tensor.name for tensor in group.graph.initializer}
+    """The group inlined `layers` times as graphs.assemble inlines it (copy_nodes); every copy reads the same
+    initializers."""
+    weights = {tensor.name: tensor.name for tensor in group.graph.initializer}
     nodes = []
     for layer in range(layers):
-        def rename(name: str, layer=layer) -> str:
-            if name in weights or name == "mask":
-                return name
-            if name == "hidden":
-                return "hidden" if layer == 0 else f"layer{layer - 1}/out"
-            if name == "out" and layer == layers - 1:
-                return "out"
-            return f"layer{layer}/{name}"
-
-        nodes.extend(_renamed(node, rename) for node in group.graph.node)
+        fixed = {"mask": "mask", "hidden": "hidden" if layer == 0 else f"layer{layer - 1}/out"}
+        if layer == layers - 1:
+            fixed["out"] = "out"
+        prefix = f"layer{layer}/"
+        nodes += copy_nodes(group.graph, renamer(prefix, fixed, weights), prefix)
     graph = helper.make_graph(nodes, "unrolled", list(group.graph.input), list(group.graph.output),
                               initializer=list(group.graph.initializer))
     return helper.make_model(graph, opset_imports=list(group.opset_import), ir_version=group.ir_version)
 
 
-def _value_like(name: str, like: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    value = onnx.ValueInfoProto()
-    value.CopyFrom(like)
-    value.name = name
-    return value
-
-
 def looped(group: onnx.ModelProto, layers: int) -> onnx.ModelProto:
-    """An ONNX Loop whose body is the group; the weights are outer initializers the body reads by name."""
-    rename = {"hidden": "body/hidden", "out": "body/out"}
-    body_nodes = [_renamed(node, lambda name: rename.get(name, name)) for node in group.graph.node]
-    body_nodes.append(helper.make_node("Identity", ["body/cond"], ["body/cond_out"]))
-    body = helper.make_graph(
-        body_nodes, "layer_group",
-        [helper.make_tensor_value_info("body/iteration", TensorProto.INT64, []),
-         helper.make_tensor_value_info("body/cond", TensorProto.BOOL, []),
-         _value_like("body/hidden", group.graph.input[0])],
-        [helper.make_tensor_value_info("body/cond_out", TensorProto.BOOL, []),
-         _value_like("body/out", group.graph.output[0])],
-    )
-    loop = helper.make_node("Loop", ["layers", "", "hidden"], ["out"], name="encoder_loop", body=body)
-    initializers = list(group.graph.initializer) + [numpy_helper.from_array(np.array(layers, np.int64), "layers")]
+    """An ONNX Loop whose body is the group, built as graphs.assemble builds it (its loop_body, and the explicit
+    always-true condition the exporter emits for TensorRT); the weights are outer initializers the body reads."""
+    weights = list(group.graph.initializer)
+    body = loop_body(group.graph, "body/", {tensor.name: tensor.name for tensor in weights}, "layer_group",
+                     bias="mask")
+    loop = helper.make_node("Loop", ["layers", "keep_going", "hidden"], ["out"], name="encoder_loop", body=body)
+    initializers = weights + [numpy_helper.from_array(np.array(layers, np.int64), "layers"),
+                              numpy_helper.from_array(np.array(True), "keep_going")]
     graph = helper.make_graph([loop], "looped", list(group.graph.input), list(group.graph.output),
                               initializer=initializers)
     return helper.make_model(graph, opset_imports=list(group.opset_import), ir_version=group.ir_version)

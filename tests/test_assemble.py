@@ -12,7 +12,9 @@ from albert_export.config import AlbertConfig
 from albert_export.export import pieces_from_torch
 from albert_export.modeling import model_for_task
 from albert_export.validate import reference_outputs, validation_inputs
-from graphs.assemble import AssemblyError, assemble, hoist_constants, layer_runs, share_initializers
+from graphs.assemble import AssemblyError, assemble, layer_runs
+from graphs.passes.constant_nodes import constants_to_initializers
+from graphs.passes.dedupe import dedupe_initializers
 from graphs.size import node_count, storage_report
 from graphs.walk import all_graphs
 
@@ -134,7 +136,7 @@ def matmul_model(weights: dict[str, np.ndarray], constants: dict[str, np.ndarray
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_share_initializers_merges_copies_and_transposes():
+def test_dedupe_merges_copies_and_transposes():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((4, 4)).astype(np.float32)
     b = rng.standard_normal((4, 4)).astype(np.float32)
@@ -143,7 +145,8 @@ def test_share_initializers_merges_copies_and_transposes():
     assert len(before.duplicates) == 1 and len(before.transposed_duplicates) == 1 and not before.weights_once
     x = {"x": rng.standard_normal((2, 4)).astype(np.float32)}
     (expected,) = run(model, x)
-    assert share_initializers(model) == (1, 1)
+    report = dedupe_initializers(model, transposes=True)  # as assemble runs it
+    assert (report["merged"], report["transposed"]) == (1, 1)
     assert sorted(t.name for t in model.graph.initializer) == ["a", "b"]
     assert [n.op_type for n in model.graph.node].count("Transpose") == 1
     assert storage_report(model).weights_once
@@ -156,8 +159,8 @@ def test_weights_in_constant_nodes_are_hoisted_and_shared():
     assert not storage_report(model).weights_once
     x = {"x": np.ones((2, 4), dtype=np.float32)}
     (expected,) = run(model, x)
-    assert hoist_constants(model) == 1
-    share_initializers(model)
+    assert constants_to_initializers(model, min_elements=16, outermost=True) == 1  # as assemble runs it
+    dedupe_initializers(model, transposes=True)
     assert [n.op_type for n in model.graph.node] == ["MatMul", "MatMul", "Sum"]
     assert storage_report(model).weights_once and len(model.graph.initializer) == 1
     np.testing.assert_allclose(run(model, x)[0], expected)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from graphs.passes._precision import value_types
+from graphs.infer import value_types
 from graphs.passes.fp16 import FP16_MAX, convert_to_fp16
 from tests.precision_graphs import (
     QA_OUTPUTS, all_nodes, loop_graph, op_count, run, sample_inputs, tiny_model, unrolled_graph,

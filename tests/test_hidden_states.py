@@ -22,8 +22,7 @@ from albert_export.export import onnx_from_reference
 from albert_export.tolerances import tolerance_for
 from albert_export.validate import onnx_session, reference_outputs, validation_inputs
 from graphs.pipeline import optimize
-from graphs.size import array_digest, storage_report, stored_tensors
-from graphs.walk import op_counts, tensor_nbytes
+from graphs.size import array_digest, op_counts, storage_report, stored_tensors, tensor_nbytes
 from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError
@@ -190,7 +189,8 @@ def test_weights_are_stored_once_with_the_extra_outputs(checkpoints):
 
 
 def test_a_scalar_and_a_one_element_vector_are_different_tensors():
-    # share_initializers merged a Loop's trip count 2 with the Slice start [2] of the attentions reshape
+    # assemble's dedupe (once share_initializers) merged a Loop's trip count 2 with the Slice start [2] of the
+    # attentions reshape
     assert array_digest(np.array(2, np.int64)) != array_digest(np.array([2], np.int64))
 
 

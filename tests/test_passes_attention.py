@@ -6,7 +6,8 @@ import pytest
 from onnx import helper
 
 from graphs.passes.attention import fuse_attention
-from graphs.walk import op_counts, scopes
+from graphs.size import op_counts
+from graphs.walk import scopes
 from tests.passes_graphs import (
     HIDDEN, LAYOUTS, assert_same_outputs, body_of, group_cached, unique_initializer_bytes,
 )

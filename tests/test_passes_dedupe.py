@@ -7,7 +7,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphs.passes.dedupe import content_key, dedupe_initializers
-from graphs.walk import initializer_bytes, op_counts
+from graphs.size import initializer_bytes, op_counts
 from tests.passes_graphs import LAYOUTS, assert_same_outputs, body_of, group_cached, looped, unrolled
 
 

@@ -8,7 +8,7 @@ from onnx import helper
 
 from graphs.passes.embed_layernorm import fuse_embed_layernorm
 from graphs.passes.simplify import simplify
-from graphs.walk import op_counts
+from graphs.size import op_counts
 from tests.passes_graphs import run, unique_initializer_bytes
 from tests.test_passes_pipeline import exported, token_feeds
 

@@ -5,7 +5,8 @@ import onnx
 import pytest
 
 from graphs.passes.gelu import fuse_gelu
-from graphs.walk import op_counts, scopes
+from graphs.size import op_counts
+from graphs.walk import scopes
 from tests.passes_graphs import LAYOUTS, assert_same_outputs, group_cached, unique_initializer_bytes
 
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 
 from graphs.passes.layernorm import fuse_layernorm
-from graphs.walk import op_counts
+from graphs.size import op_counts
 from tests.passes_graphs import LAYOUTS, assert_same_outputs, group_cached, unique_initializer_bytes
 
 DECOMPOSITION = ("ReduceMean", "Sub", "Sqrt")  # Pow and Div also appear in Gelu and attention

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from graphs.pipeline import OptimizeError, optimize
-from graphs.walk import op_counts
+from graphs.size import op_counts
 from tests.passes_graphs import LAYOUTS, assert_same_outputs, group_cached, unique_initializer_bytes
 
 EXPECTED_OPS = {  # per layer, on a gelu_new group at opset 17 traced without constant folding

@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphs.passes.simplify import SMALL_BYTES, simplify
-from graphs.walk import initializer_bytes, op_counts, scopes
+from graphs.size import initializer_bytes, op_counts
+from graphs.walk import scopes
 from tests.passes_graphs import (
     HIDDEN, LAYOUTS, assert_same_outputs, body_of, group_cached, unique_initializer_bytes,
 )

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphs.passes.skip_layernorm import fuse_skip_layernorm
-from graphs.walk import op_counts
+from graphs.size import op_counts
 from tests.passes_graphs import HIDDEN, LAYOUTS, assert_same_outputs, group_cached, unique_initializer_bytes
 
 

@@ -11,8 +11,7 @@ import pytest
 from albert_export.checkpoint import from_pretrained
 from albert_export.export import onnx_from_reference
 from graphs.passes.simplify import simplify
-from graphs.size import stored_tensors
-from graphs.walk import op_counts, tensor_nbytes
+from graphs.size import op_counts, stored_tensors, tensor_nbytes
 
 
 def stored_bytes(model: onnx.ModelProto) -> int:

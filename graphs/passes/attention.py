@@ -13,18 +13,53 @@ mask expansion is computed once, in the graph that defines the mask (outside the
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..walk import Names, ensure_opset, scopes, value_shapes
-from .fusion import Context, Fusion, absorb_shape_reads, apply_fusion
-from .gelu import MS_DOMAIN
-from .layernorm import other_input, single_reader
+from ..infer import value_shapes
+from ..names import Names
+from ..walk import scopes
+from .fusion import MS_DOMAIN, Context, Fusion, Match, absorb_shape_reads, apply_fusion, ensure_opset, other_input
 
 HEADS_FIRST = [0, 2, 1, 3]  # (B, S, N, D) -> (B, N, S, D)
 KEYS_TRANSPOSED = [0, 2, 3, 1]  # (B, S, N, D) -> (B, N, D, S)
+
+
+@dataclass
+class Projection:
+    """Transpose(Reshape(Add(MatMul(x, weight), bias), shape)): one of query, key, value."""
+
+    x: str
+    weight: str
+    bias: str | None
+    reshape: onnx.NodeProto
+    nodes: list[onnx.NodeProto]
+
+
+@dataclass
+class AttentionMatch(Match):
+    query: Projection
+    key: Projection
+    value: Projection
+    scaler: onnx.NodeProto  # Div or Mul of the scores by a constant
+    scores: onnx.NodeProto  # MatMul(q, k)
+    mask: str | None  # the additive mask, if any
+    nodes: list[onnx.NodeProto]  # the Softmax first
+    merge: onnx.NodeProto  # the Transpose merging the heads back
+    context: onnx.NodeProto  # MatMul(softmax, v)
+    heads: int | None = None  # set by the check
+    scale: float | None = None
+
+    @property
+    def weights(self) -> list[str]:
+        return [self.query.weight, self.key.weight, self.value.weight]
+
+    @property
+    def biases(self) -> list[str | None]:
+        return [self.query.bias, self.key.bias, self.value.bias]
 
 
 def perm_of(node: onnx.NodeProto) -> list[int] | None:
@@ -45,7 +80,7 @@ class AttentionFusion(Fusion):
                 if node.op_type == "Softmax":
                     match = self.pattern(ctx, node)
                     if match is not None and self.check_structure(ctx, match) is None:
-                        self.weight_reads.update(match["weights"] + match["biases"])
+                        self.weight_reads.update(match.weights + match.biases)
 
     def projection(self, ctx, name, perms):
         """x, weight, bias, Reshape for Transpose(Reshape(Add(MatMul(x, W), b), shape), perm in perms)."""
@@ -65,8 +100,8 @@ class AttentionFusion(Fusion):
         matmul = next((ctx.producer(n, "MatMul") for n in add.input if ctx.producer(n, "MatMul")), None)
         if matmul is None:
             return None
-        return dict(x=matmul.input[0], weight=matmul.input[1], bias=other_input(add, matmul.output[0]),
-                    reshape=reshape, nodes=[matmul, add, reshape, *transposes])
+        return Projection(x=matmul.input[0], weight=matmul.input[1], bias=other_input(add, matmul.output[0]),
+                          reshape=reshape, nodes=[matmul, add, reshape, *transposes])
 
     def scores_of(self, ctx, scaler):
         """The Q K^T MatMul scaled by `scaler`: Div(scores, c), Mul(scores, c) or Mul(c, scores)."""
@@ -102,18 +137,16 @@ class AttentionFusion(Fusion):
         if query is None or key is None or context is None:
             return None
         value = self.projection(ctx, context.input[1], [HEADS_FIRST])
-        merge = single_reader(ctx, context.output[0], "Transpose")
+        merge = ctx.single_reader(context.output[0], "Transpose")
         reshape = merge and next((node for node in ctx.readers_of(merge.output[0])
                                   if node.op_type == "Reshape" and node.input[0] == merge.output[0]), None)
         if value is None or reshape is None:
             return None
         nodes += [context, merge, reshape]
         for projection in (query, key, value):
-            nodes += projection["nodes"]
-        return dict(query=query, key=key, value=value, scaler=scaler, scores=scores, mask=mask, nodes=nodes,
-                    last=reshape.output[0], merge=merge, context=context,
-                    weights=[query["weight"], key["weight"], value["weight"]],
-                    biases=[query["bias"], key["bias"], value["bias"]])
+            nodes += projection.nodes
+        return AttentionMatch(last=reshape.output[0], query=query, key=key, value=value, scaler=scaler,
+                              scores=scores, mask=mask, nodes=nodes, merge=merge, context=context)
 
     def heads(self, ctx, reshape) -> int | None:
         """N from the (B, S, N, D) target shape: a constant, or a Concat whose last two parts are constants."""
@@ -131,25 +164,25 @@ class AttentionFusion(Fusion):
         reason = self.check_structure(ctx, match)
         if reason is not None:
             return reason
-        for name in match["weights"] + match["biases"]:
+        for name in match.weights + match.biases:
             if ctx.uses[name] != self.weight_reads[name]:
                 return f"{name!r} is also read outside attention; a QKV concatenation would store it twice"
         return None
 
     def check_structure(self, ctx, match):
-        query, key, value = match["query"], match["key"], match["value"]
-        if not query["x"] == key["x"] == value["x"]:
+        query, key, value = match.query, match.key, match.value
+        if not query.x == key.x == value.x:
             return "query, key and value are projections of different inputs (not self-attention)"
-        softmax = match["nodes"][0]
-        if not ctx.only_reader(softmax.output[0], match["context"]):
+        softmax = match.nodes[0]
+        if ctx.read_outside([softmax.output[0]], [match.context]):
             return "the softmax is also read outside the attention (an attentions output); Attention hides it"
         axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
         if axis not in (-1, 3):
             return f"Softmax over axis {axis}, not the key axis"
-        if perm_of(match["merge"]) != HEADS_FIRST:
+        if perm_of(match.merge) != HEADS_FIRST:
             return "the heads are not merged back as (B, S, N, D)"
-        weights = [ctx.constants.value(name) for name in match["weights"]]
-        biases = [ctx.constants.value(name) for name in match["biases"]]
+        weights = [ctx.constants.value(name) for name in match.weights]
+        biases = [ctx.constants.value(name) for name in match.biases]
         if any(w is None or w.ndim != 2 for w in weights):
             return "a query/key/value weight is not a constant matrix"
         if any(b is None or b.ndim != 1 for b in biases):
@@ -157,45 +190,45 @@ class AttentionFusion(Fusion):
         if len({w.shape for w in weights}) != 1 or weights[0].shape[0] != weights[0].shape[1]:
             return f"query/key/value weights of shapes {[list(w.shape) for w in weights]} are not equal squares"
         hidden = weights[0].shape[1]
-        heads = {self.heads(ctx, p["reshape"]) for p in (query, key, value)}
+        heads = {self.heads(ctx, p.reshape) for p in (query, key, value)}
         if len(heads) != 1 or None in heads:
             return "the number of heads is not a constant of the head split"
-        match["heads"] = heads.pop()
-        if hidden % match["heads"]:
-            return f"hidden size {hidden} is not divisible by {match['heads']} heads"
-        scaler = match["scaler"]
-        factor = ctx.constants.scalar(other_input(scaler, match["scores"].output[0]))
+        match.heads = heads.pop()
+        if hidden % match.heads:
+            return f"hidden size {hidden} is not divisible by {match.heads} heads"
+        scaler = match.scaler
+        factor = ctx.constants.scalar(other_input(scaler, match.scores.output[0]))
         if factor is None or factor == 0:
             return "the score scale is not a constant"
-        match["scale"] = 1.0 / factor if scaler.op_type == "Div" else factor
-        if match["mask"] is not None:
-            shape = self.shapes.get(match["mask"])
+        match.scale = 1.0 / factor if scaler.op_type == "Div" else factor
+        if match.mask is not None:
+            shape = self.shapes.get(match.mask)
             if shape is not None and len(shape) != 4:
                 return f"the additive mask has rank {len(shape)}, not (B, 1|N, 1|S, S)"
-        reason = absorb_shape_reads(ctx, match["nodes"], match["last"])
+        reason = absorb_shape_reads(ctx, match.nodes, match.last)
         if reason is not None:
             return reason
-        inner = {out for node in match["nodes"] for out in node.output} - {match["last"]}
-        for name in inner:
-            if name in ctx.outputs or ctx.uses[name] != sum(list(n.input).count(name) for n in match["nodes"]):
-                return f"intermediate {name!r} is also read outside the attention"
+        inner = [out for node in match.nodes for out in node.output if out != match.last]
+        name = ctx.read_outside(inner, match.nodes)
+        if name is not None:
+            return f"intermediate {name!r} is also read outside the attention"
         return None
 
     def rewrite(self, ctx, match):
-        weights, biases = match["weights"], match["biases"]
+        weights, biases = match.weights, match.biases
         qkv_weight = ctx.shared_initializer(
             ("qkv_weight", *weights), "attention.qkv.weight", weights,
             lambda: np.concatenate([ctx.constants.value(name) for name in weights], axis=1))
         qkv_bias = ctx.shared_initializer(
             ("qkv_bias", *biases), "attention.qkv.bias", biases,
             lambda: np.concatenate([ctx.constants.value(name) for name in biases]))
-        inputs = [match["query"]["x"], qkv_weight, qkv_bias]
-        if match["mask"] is not None:
-            inputs += ["", "", self.expanded_mask(ctx, match["mask"])]
-        node = helper.make_node("Attention", inputs, [match["last"]], domain=MS_DOMAIN,
-                                num_heads=match["heads"], scale=float(match["scale"]),
-                                name=ctx.names.fresh(f"{match['nodes'][0].name or 'Attention'}/fused"))
-        ctx.replace(node, match["last"])
+        inputs = [match.query.x, qkv_weight, qkv_bias]
+        if match.mask is not None:
+            inputs += ["", "", self.expanded_mask(ctx, match.mask)]
+        node = helper.make_node("Attention", inputs, [match.last], domain=MS_DOMAIN,
+                                num_heads=match.heads, scale=float(match.scale),
+                                name=ctx.names.fresh(f"{match.nodes[0].name or 'Attention'}/fused"))
+        ctx.replace(node, match.last)
 
     def expanded_mask(self, ctx: Context, mask: str) -> str:
         """(B, 1, 1, S) -> (B, 1, S, S), as Attention's attention_bias wants; built once per mask."""

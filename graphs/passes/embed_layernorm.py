@@ -9,12 +9,29 @@ made once per input.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 from onnx import TensorProto, helper
 
-from ..walk import ensure_opset, value_shapes
-from .fusion import Fusion, apply_fusion
-from .gelu import MS_DOMAIN
+from ..infer import value_shapes
+from .fusion import MS_DOMAIN, Fusion, Match, apply_fusion, ensure_opset
+
+
+@dataclass
+class EmbedMatch(Match):
+    norm: onnx.NodeProto
+    adds: list[onnx.NodeProto]  # the tree of Adds summing the lookups
+    word: onnx.NodeProto  # Gather(W, ids)
+    segment: onnx.NodeProto | None  # Gather(T, types)
+    position: onnx.NodeProto  # Gather(P, positions)
+    position_nodes: list[onnx.NodeProto]  # computing 0..S-1 from the ids' shape
+    ids: str
+    types: str | None
+
+    @property
+    def gathers(self) -> list[onnx.NodeProto]:
+        return [self.word, self.position] + ([self.segment] if self.segment else [])
 
 
 class EmbedLayerNormFusion(Fusion):
@@ -54,8 +71,9 @@ class EmbedLayerNormFusion(Fusion):
         if word is None:
             return None
         segment = next((g for g, _ in lookups if g is not word), None)
-        return dict(norm=norm, adds=adds, word=word, segment=segment, position=position_gather,
-                    position_nodes=position_nodes, ids=word.input[1], types=segment.input[1] if segment else None)
+        return EmbedMatch(last=norm.output[0], norm=norm, adds=adds, word=word, segment=segment,
+                          position=position_gather, position_nodes=position_nodes, ids=word.input[1],
+                          types=segment.input[1] if segment else None)
 
     def positions_of(self, ctx, name):
         """(ids, nodes) when `name` is Unsqueeze(Range(0, Cast?(Gather(Shape(ids), 1)), 1), [0]), else None."""
@@ -84,11 +102,11 @@ class EmbedLayerNormFusion(Fusion):
         return shape.input[0], nodes + [gather, shape]
 
     def check(self, ctx, match):
-        norm = match["norm"]
+        norm = match.norm
         axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
         if axis != -1 or len(norm.input) < 3:
             return "the LayerNormalization is not over the last axis with scale and shift"
-        gathers = [match["word"], match["position"]] + ([match["segment"]] if match["segment"] else [])
+        gathers = match.gathers
         tables = [ctx.constants.value(g.input[0]) for g in gathers]
         if any(t.ndim != 2 for t in tables) or len({t.shape[1] for t in tables}) != 1:
             return f"embedding tables of shapes {[list(t.shape) for t in tables]} do not share one width"
@@ -98,22 +116,22 @@ class EmbedLayerNormFusion(Fusion):
             value = ctx.constants.value(name)
             if value is None or value.shape != (tables[0].shape[1],):
                 return "the LayerNorm scale/shift is not a constant of the embedding width"
-        for name in filter(None, (match["ids"], match["types"])):
+        for name in filter(None, (match.ids, match.types)):
             shape = self.shapes.get(name)
             if shape is None or len(shape) != 2:
                 return f"{name!r} is not known to be (batch, sequence)"
-        if match["types"]:
-            pairs = zip(self.shapes[match["ids"]], self.shapes[match["types"]])
+        if match.types:
+            pairs = zip(self.shapes[match.ids], self.shapes[match.types])
             if any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in pairs):
                 return "token types and ids do not have the same (batch, sequence) shape"
-        inner = [node.output[0] for node in gathers + match["adds"]]
-        for name in inner:
-            if name in ctx.outputs or ctx.uses[name] != 1:
-                return f"intermediate {name!r} is also read outside the embeddings"
+        inner = [node.output[0] for node in gathers + match.adds]
+        name = ctx.read_outside(inner, gathers + match.adds + [norm])
+        if name is not None:
+            return f"intermediate {name!r} is also read outside the embeddings"
         return None
 
     def rewrite(self, ctx, match):
-        norm = match["norm"]
+        norm = match.norm
         epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
 
         def as_int32(name: str) -> str:
@@ -121,9 +139,9 @@ class EmbedLayerNormFusion(Fusion):
                 return [helper.make_node("Cast", [name], [fresh(f"{name}/int32")], to=TensorProto.INT32)]
             return ctx.shared_nodes(("int32", name), [name], build)
 
-        segment = match["segment"]
-        inputs = [as_int32(match["ids"]), as_int32(match["types"]) if segment else "",
-                  match["word"].input[0], match["position"].input[0], segment.input[0] if segment else "",
+        segment = match.segment
+        inputs = [as_int32(match.ids), as_int32(match.types) if segment else "",
+                  match.word.input[0], match.position.input[0], segment.input[0] if segment else "",
                   norm.input[1], norm.input[2]]
         outputs = [norm.output[0], ctx.names.fresh(f"{norm.output[0]}/mask_index")]
         node = helper.make_node("EmbedLayerNormalization", inputs, outputs, domain=MS_DOMAIN, epsilon=epsilon,

@@ -25,10 +25,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..walk import Names, subgraphs
-from ._precision import (
-    Scope, build_scopes, bypass_constant_identities, rename_reads, set_value_type, value_types,
-)
+from ..constants import constant_tensor
+from ..infer import value_types
+from ..names import Names, rename_uses
+from ..walk import Scope, scopes, subgraphs
+from .identities import remove_identities
 
 FP16, FP32 = TensorProto.FLOAT16, TensorProto.FLOAT
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -48,10 +49,6 @@ SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 LARGE_INITIALIZER = 16
 
 
-class Fp16Error(ValueError):
-    """A model the fp16 pass cannot convert (already mixed, unknown value types)."""
-
-
 @dataclass
 class _Plan:
     dtype: dict[str, int] = field(default_factory=dict)  # activation -> its dtype after the pass
@@ -63,16 +60,16 @@ class _Plan:
 def convert_to_fp16(model: onnx.ModelProto, fp16_ops: frozenset[str] | set[str] = FP16_OPS) -> dict[str, int]:
     """Rewrite `model` in place to mixed fp16. Returns counts: fp16_nodes, fp32_nodes, casts,
     fp16_initializers, fp32_initializers (float initializers left in fp32, all small)."""
-    bypass_constant_identities(model)
+    remove_identities(model, of_initializers=True)
     types = value_types(model)
-    scopes = build_scopes(model, types)
-    by_graph = {id(scope.graph): scope for scope in scopes}
+    graphs = list(scopes(model))
+    by_graph = {id(scope.graph): scope for scope in graphs}
     plan = _Plan()
-    _analyse(scopes[0], by_graph, types, plan, frozenset(fp16_ops))
+    _analyse(graphs[0], by_graph, types, plan, frozenset(fp16_ops))
     names = Names(model)
     counts = {"fp16_nodes": 0, "fp32_nodes": 0, "casts": 0, "fp16_initializers": 0, "fp32_initializers": 0}
-    reads_as = _plan_constants(scopes, plan, names)
-    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+    reads_as = _plan_constants(graphs, plan, names)
+    for scope in reversed(graphs):  # bodies first: rebuilding a node list copies the Loop nodes it holds
         _store_constants(scope, plan, names, reads_as, counts)
         _rewrite(scope, plan, types, names, reads_as, counts)
     counts["fp16_nodes"] = sum(p == FP16 for p in plan.precision.values())
@@ -159,7 +156,7 @@ def _plan_constants(scopes: list[Scope], plan: _Plan, names: Names) -> dict[tupl
                     reads_as[(tensor.name, FP32)] = names.fresh(f"{tensor.name}_fp32")
         for output, node in scope.constant_nodes.items():
             wanted = plan.requests.get(output, set())
-            if node.attribute[0].t.data_type == FP32 and FP16 in wanted:
+            if constant_tensor(node).data_type == FP32 and FP16 in wanted:
                 if FP32 in wanted:  # a scalar read both ways: a second Constant, not a Cast
                     reads_as[(output, FP16)] = names.fresh(f"{output}_fp16")
                 else:
@@ -185,9 +182,9 @@ def _store_constants(scope: Scope, plan: _Plan, names: Names, reads_as: dict, co
         nodes.append(node)
         output = node.output[0] if node.output else ""
         if output in scope.constant_nodes:
-            value = numpy_helper.from_array(_to_fp16(numpy_helper.to_array(node.attribute[0].t)))
+            value = numpy_helper.from_array(_to_fp16(numpy_helper.to_array(constant_tensor(node))))
             if output in plan.fp16_constants:
-                node.attribute[0].t.CopyFrom(value)
+                constant_tensor(node).CopyFrom(value)
             elif (output, FP16) in reads_as:
                 copy = reads_as[(output, FP16)]
                 nodes.append(helper.make_node("Constant", [], [copy], value=value,
@@ -199,6 +196,12 @@ def _store_constants(scope: Scope, plan: _Plan, names: Names, reads_as: dict, co
 
 def _stored_dtype(plan: _Plan, name: str) -> int:
     return FP16 if name in plan.fp16_constants else FP32
+
+
+def set_value_type(graph: onnx.GraphProto, name: str, elem_type: int) -> None:
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == name and value.type.HasField("tensor_type"):
+            value.type.tensor_type.elem_type = elem_type
 
 
 def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
@@ -238,7 +241,7 @@ def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
             internal = names.fresh(f"{output.name}_fp16")
             for node in graph.node:
                 node.output[:] = [internal if n == output.name else n for n in node.output]
-            rename_reads(graph, output.name, internal)
+            rename_uses(graph, {output.name: internal})
             graph.node.append(helper.make_node("Cast", [internal], [output.name], to=FP32,
                                                name=names.fresh(f"Cast_{output.name}")))
             counts["casts"] += 1

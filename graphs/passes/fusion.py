@@ -1,5 +1,9 @@
 """The shape every fusion has: pattern (structure around an anchor op) / check (why not) / rewrite.
 
+A pattern returns a typed Match (a dataclass per fusion). Every check ends the same way: the values the
+pattern computes must be read only inside it (`Context.read_outside`), or they could not disappear with it.
+The helpers the fusions share (`other_input`, `single_reader`, `MS_DOMAIN`, `ensure_opset`) live here.
+
 `apply_fusion` visits every graph, Loop bodies included, so a fusion applies in every unrolled layer and in
 the body alike. A rewrite adds a fused node that takes over the name of the pattern's last output and marks the
 old producer replaced; what the old nodes computed dies and is removed. Weights a fusion derives (a concatenated
@@ -16,11 +20,33 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..walk import (
-    Constants, Names, Scope, consumers, inferred_values, producers, remove_dead, scopes, toposort, use_counts,
-)
+from ..constants import ONNX_DOMAINS, Constants
+from ..infer import inferred_values
+from ..names import Names
+from ..order import toposort
+from ..walk import Scope, consumers, producers, scopes, use_counts
+from .dead_code import remove_dead
 
-ONNX_DOMAINS = ("", "ai.onnx")
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
+
+
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """For a binary node reading `name`, the other operand."""
+    if len(node.input) != 2 or name not in node.input:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
+
+
+def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
+    if not any(entry.domain == domain for entry in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+
+
+@dataclass
+class Match:
+    """What a pattern found around its anchor; each fusion's subclass names the nodes and values it needs."""
+
+    last: str  # the pattern's last output: the fused node takes this name over
 
 
 @dataclass
@@ -57,9 +83,21 @@ class Context:
     def readers_of(self, name: str) -> list[onnx.NodeProto]:
         return self.readers.get(name, [])
 
-    def only_reader(self, name: str, node: onnx.NodeProto) -> bool:
-        """Whether `node` is the single reader of `name` anywhere in the model (and it is no graph output)."""
-        return self.uses[name] == list(node.input).count(name) and name not in self.outputs
+    def single_reader(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        """The one node reading `name`, when it is an `op_type` and `name` is no graph output."""
+        readers = self.readers_of(name)
+        if len(readers) == 1 and readers[0].op_type == op_type and self.uses[name] == 1 and name not in self.outputs:
+            return readers[0]
+        return None
+
+    def read_outside(self, names, nodes: list[onnx.NodeProto]) -> str | None:
+        """The first of `names` read by anything but `nodes` anywhere in the model, or a graph output: a value the
+        pattern computes that cannot disappear with it. None when every one is read only inside the pattern."""
+        for name in names:
+            inside = sum(list(node.input).count(name) for node in nodes)
+            if name in self.outputs or self.uses[name] != inside:
+                return name
+        return None
 
     def replace(self, node: onnx.NodeProto, *taken_over: str) -> None:
         """Add the fused node; it produces the `taken_over` names, so the old producers of those go."""
@@ -147,15 +185,15 @@ class Fusion:
     def prepare(self, model: onnx.ModelProto) -> None:
         """Called once before the graphs are visited (for checks that need the whole model)."""
 
-    def pattern(self, ctx: Context, node: onnx.NodeProto) -> dict | None:
+    def pattern(self, ctx: Context, node: onnx.NodeProto) -> Match | None:
         """The matched nodes and values around `node`, or None when the structure is not there at all."""
         raise NotImplementedError
 
-    def check(self, ctx: Context, match: dict) -> str | None:
+    def check(self, ctx: Context, match: Match) -> str | None:
         """None to fuse; otherwise the reason this match is left alone."""
         return None
 
-    def rewrite(self, ctx: Context, match: dict) -> None:
+    def rewrite(self, ctx: Context, match: Match) -> None:
         raise NotImplementedError
 
 

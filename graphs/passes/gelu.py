@@ -10,15 +10,14 @@ the bias Add before it when nothing else reads the biased value.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
-from ..walk import ensure_opset
-from .fusion import Context, Fusion, apply_fusion
-from .layernorm import other_input, single_reader
+from ..errors import GraphError
+from .fusion import MS_DOMAIN, Context, Fusion, Match, apply_fusion, ensure_opset, other_input
 
-MS_DOMAIN = "com.microsoft"
 SQRT_2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 KAPPA = 0.044715
@@ -33,13 +32,22 @@ def constant_operand(ctx: Context, node: onnx.NodeProto, name: str) -> float | N
     return None if other is None else ctx.constants.scalar(other)
 
 
+@dataclass
+class GeluMatch(Match):
+    x: str
+    nodes: list[onnx.NodeProto]
+    approximate: str  # "none" (erf) | "tanh"
+    bias: str | None = None  # the bias the onnxruntime ops take in, from bias_add = Add(x, bias)
+    bias_add: onnx.NodeProto | None = None
+
+
 class GeluFusion(Fusion):
     name = "gelu"
     anchor = ("Erf", "Tanh", "Gelu")
 
     def __init__(self, profile: str):
         if profile not in ("portable", "onnxruntime"):
-            raise ValueError(f"unknown Gelu fusion profile {profile!r}; use 'portable' or 'onnxruntime'")
+            raise GraphError(f"unknown Gelu fusion profile {profile!r}; use 'portable' or 'onnxruntime'")
         self.profile = profile
 
     def pattern(self, ctx, anchor):
@@ -47,9 +55,9 @@ class GeluFusion(Fusion):
             if self.profile != "onnxruntime":
                 return None
             approximate = next((a.s.decode() for a in anchor.attribute if a.name == "approximate"), "none")
-            match = self.with_bias(ctx, dict(x=anchor.input[0], last=anchor.output[0], nodes=[anchor],
-                                             approximate=approximate))
-            return match if match["bias"] or approximate == "tanh" else None  # ORT runs ONNX Gelu as is
+            match = self.with_bias(ctx, GeluMatch(last=anchor.output[0], x=anchor.input[0], nodes=[anchor],
+                                                  approximate=approximate))
+            return match if match.bias or approximate == "tanh" else None  # ORT runs ONNX Gelu as is
         if anchor.op_type == "Erf":
             inner = self.erf_argument(ctx, anchor)
         else:
@@ -58,7 +66,7 @@ class GeluFusion(Fusion):
             return None
         x, nodes = inner
         nodes.append(anchor)
-        plus_one = single_reader(ctx, anchor.output[0], "Add")
+        plus_one = ctx.single_reader(anchor.output[0], "Add")
         if plus_one is None or not close(constant_operand(ctx, plus_one, anchor.output[0]), 1.0):
             return None
         nodes.append(plus_one)
@@ -66,8 +74,8 @@ class GeluFusion(Fusion):
         if tail is None:
             return None
         nodes.extend(tail)
-        match = dict(x=x, last=tail[-1].output[0], nodes=nodes,
-                     approximate="none" if anchor.op_type == "Erf" else "tanh")
+        match = GeluMatch(last=tail[-1].output[0], x=x, nodes=nodes,
+                          approximate="none" if anchor.op_type == "Erf" else "tanh")
         return self.with_bias(ctx, match)
 
     def erf_argument(self, ctx, erf):
@@ -118,12 +126,12 @@ class GeluFusion(Fusion):
 
     def half_x_times(self, ctx, x, factor):
         """The tail 0.5 * x * factor in any association: Mul(Mul(x, f), 0.5), Mul(Mul(x, 0.5), f), ..."""
-        first = single_reader(ctx, factor, "Mul")
+        first = ctx.single_reader(factor, "Mul")
         if first is None:
             return None
         other = other_input(first, factor)
         if other == x:
-            second = single_reader(ctx, first.output[0], "Mul")
+            second = ctx.single_reader(first.output[0], "Mul")
             if second is not None and close(constant_operand(ctx, second, first.output[0]), 0.5):
                 return [first, second]
             return None
@@ -131,41 +139,37 @@ class GeluFusion(Fusion):
         if half is not None and x in half.input and close(constant_operand(ctx, half, x), 0.5):
             return [half, first]
         if close(ctx.constants.scalar(other), 0.5):
-            second = single_reader(ctx, first.output[0], "Mul")
+            second = ctx.single_reader(first.output[0], "Mul")
             if second is not None and other_input(second, first.output[0]) == x:
                 return [first, second]
         return None
 
     def with_bias(self, ctx, match):
         """Note the bias Add producing x (x = MatMul(...) + b), which the onnxruntime ops can take in."""
-        match.update(bias=None, bias_add=None)
-        add = ctx.producer(match["x"], "Add")
-        if add is None or self.profile != "onnxruntime":
-            return match
-        reads = sum(list(node.input).count(match["x"]) for node in match["nodes"])
-        if ctx.uses[match["x"]] != reads or match["x"] in ctx.outputs:
+        add = ctx.producer(match.x, "Add")
+        if add is None or self.profile != "onnxruntime" or ctx.read_outside([match.x], match.nodes):
             return match
         for name in add.input:
             value = ctx.constants.value(name)
             if value is not None and value.ndim == 1 and ctx.constants.value(other_input(add, name)) is None:
-                match.update(bias=name, bias_add=add, x=other_input(add, name))
+                match.bias, match.bias_add, match.x = name, add, other_input(add, name)
         return match
 
     def check(self, ctx, match):
         if self.profile == "portable" and ctx.opset() < 20:
             return f"opset {ctx.opset()} < 20 has no Gelu; the decomposition stays"
-        produced = {name for node in match["nodes"] for name in node.output} - {match["last"]}
-        for name in produced:
-            if name in ctx.outputs or ctx.uses[name] != sum(list(n.input).count(name) for n in match["nodes"]):
-                return f"intermediate {name!r} is also read outside the Gelu"
+        produced = [name for node in match.nodes for name in node.output if name != match.last]
+        name = ctx.read_outside(produced, match.nodes)
+        if name is not None:
+            return f"intermediate {name!r} is also read outside the Gelu"
         return None
 
     def rewrite(self, ctx, match):
-        x, last, bias = match["x"], match["last"], match["bias"]
-        name = ctx.names.fresh(f"{match['nodes'][-1].name or 'Gelu'}/fused")
+        x, last, bias = match.x, match.last, match.bias
+        name = ctx.names.fresh(f"{match.nodes[-1].name or 'Gelu'}/fused")
         if self.profile == "portable":
-            node = helper.make_node("Gelu", [x], [last], name=name, approximate=match["approximate"])
-        elif match["approximate"] == "tanh":
+            node = helper.make_node("Gelu", [x], [last], name=name, approximate=match.approximate)
+        elif match.approximate == "tanh":
             node = helper.make_node("FastGelu", [x] + ([bias] if bias else []), [last], name=name, domain=MS_DOMAIN)
         elif bias:
             node = helper.make_node("BiasGelu", [x, bias], [last], name=name, domain=MS_DOMAIN)

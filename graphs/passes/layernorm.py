@@ -5,25 +5,35 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper
 
-from .fusion import Context, Fusion, FusionReport, apply_fusion
+from .fusion import Context, Fusion, FusionReport, Match, apply_fusion, other_input
 
 
-def other_input(node: onnx.NodeProto, name: str) -> str | None:
-    """For a binary node reading `name`, the other operand."""
-    if len(node.input) != 2 or name not in node.input:
-        return None
-    return node.input[1] if node.input[0] == name else node.input[0]
+@dataclass
+class LayerNormMatch(Match):
+    x: str
+    div: onnx.NodeProto
+    sub: onnx.NodeProto
+    sqrt: onnx.NodeProto
+    mean: onnx.NodeProto
+    add_eps: onnx.NodeProto
+    variance: onnx.NodeProto
+    square: onnx.NodeProto  # Pow(d, 2) or Mul(d, d)
+    eps: str | None
+    scale: str | None = None
+    shift: str | None = None
+    mul: onnx.NodeProto | None = None  # y * scale
+    add: onnx.NodeProto | None = None  # + shift
 
-
-def single_reader(ctx: Context, name: str, op_type: str) -> onnx.NodeProto | None:
-    readers = ctx.readers_of(name)
-    if len(readers) == 1 and readers[0].op_type == op_type and ctx.uses[name] == 1 and name not in ctx.outputs:
-        return readers[0]
-    return None
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        core = [self.sub, self.mean, self.square, self.variance, self.add_eps, self.sqrt, self.div]
+        return core + [node for node in (self.mul, self.add) if node is not None]
 
 
 def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
@@ -61,58 +71,50 @@ class LayerNormFusion(Fusion):
         square = ctx.producer(variance.input[0], "Pow") or ctx.producer(variance.input[0], "Mul")
         if square is None or square.input[0] != div.input[0]:
             return None
-        match = dict(x=x, div=div, sub=sub, sqrt=sqrt, mean=mean, add_eps=add_eps, variance=variance,
-                     square=square, eps=other_input(add_eps, variance.output[0]), scale=None, shift=None)
-        last = div.output[0]
-        mul = single_reader(ctx, last, "Mul")
-        if mul is not None and other_input(mul, last) in ctx.constants:
-            match.update(mul=mul, scale=other_input(mul, last))
-            last = mul.output[0]
-            add = single_reader(ctx, last, "Add")
-            if add is not None and other_input(add, last) in ctx.constants:
-                match.update(add=add, shift=other_input(add, last))
-                last = add.output[0]
-        match["last"] = last
+        match = LayerNormMatch(last=div.output[0], x=x, div=div, sub=sub, sqrt=sqrt, mean=mean, add_eps=add_eps,
+                               variance=variance, square=square, eps=other_input(add_eps, variance.output[0]))
+        mul = ctx.single_reader(match.last, "Mul")
+        if mul is not None and other_input(mul, match.last) in ctx.constants:
+            match.mul, match.scale, match.last = mul, other_input(mul, match.last), mul.output[0]
+            add = ctx.single_reader(match.last, "Add")
+            if add is not None and other_input(add, match.last) in ctx.constants:
+                match.add, match.shift, match.last = add, other_input(add, match.last), add.output[0]
         return match
 
     def check(self, ctx, match):
         if ctx.opset() < 17:
             return f"opset {ctx.opset()} < 17 has no LayerNormalization"
-        for reduce in (match["mean"], match["variance"]):
+        for reduce in (match.mean, match.variance):
             if reduce_axes(ctx, reduce) != [-1] or not keeps_dims(reduce):
                 return f"{reduce.op_type} reduces axes {reduce_axes(ctx, reduce)}, not the last axis alone"
-        square = match["square"]
+        square = match.square
         if square.op_type == "Pow" and ctx.constants.scalar(square.input[1]) != 2.0:
             return "the variance is not the mean of squares (Pow exponent is not 2)"
         if square.op_type == "Mul" and square.input[0] != square.input[1]:
             return "the variance is not the mean of squares"
-        eps = ctx.constants.value(match["eps"])
+        eps = ctx.constants.value(match.eps)
         if eps is None or eps.size != 1:
             return "epsilon is not a constant scalar"
-        if match["scale"] is None:
+        if match.scale is None:
             return "no constant scale follows the normalization (its width is unknown)"
         for key in ("scale", "shift"):
-            value = ctx.constants.value(match[key]) if match[key] else None
+            name = getattr(match, key)
+            value = ctx.constants.value(name) if name else None
             if value is not None and value.ndim != 1:
                 return f"{key} has shape {list(value.shape)}, not one value per channel"
-        centred = match["sub"].output[0]
-        if ctx.uses[centred] != 1 + list(square.input).count(centred) or centred in ctx.outputs:
+        if ctx.read_outside([match.sub.output[0]], match.nodes):
             return "the centred input is read outside the pattern"
-        inner = [match[key].output[0] for key in ("mean", "square", "variance", "add_eps", "sqrt")]
-        if match["scale"] is not None:
-            inner.append(match["div"].output[0])
-        if match["shift"] is not None:
-            inner.append(match["mul"].output[0])
-        if any(ctx.uses[name] != 1 or name in ctx.outputs for name in inner):
+        inner = [node.output[0] for node in match.nodes[1:] if node.output[0] != match.last]
+        if ctx.read_outside(inner, match.nodes):
             return "an intermediate value is read outside the pattern"
         return None
 
     def rewrite(self, ctx, match):
-        eps = float(np.asarray(ctx.constants.value(match["eps"])).reshape(()))
-        inputs = [match["x"], match["scale"]] + ([match["shift"]] if match["shift"] else [])
-        node = helper.make_node("LayerNormalization", inputs, [match["last"]], axis=-1, epsilon=eps,
-                                name=ctx.names.fresh(f"{match['div'].name or 'LayerNorm'}/fused"))
-        ctx.replace(node, match["last"])
+        eps = float(np.asarray(ctx.constants.value(match.eps)).reshape(()))
+        inputs = [match.x, match.scale] + ([match.shift] if match.shift else [])
+        node = helper.make_node("LayerNormalization", inputs, [match.last], axis=-1, epsilon=eps,
+                                name=ctx.names.fresh(f"{match.div.name or 'LayerNorm'}/fused"))
+        ctx.replace(node, match.last)
 
 
 def fuse_layernorm(model: onnx.ModelProto) -> dict:

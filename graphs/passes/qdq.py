@@ -17,15 +17,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..walk import Names
-from ._precision import Scope, build_scopes, bypass_constant_identities, reads, value_types
+from ..errors import GraphError
+from ..infer import value_types
+from ..names import Names
+from ..walk import Scope, scopes, use_counts
+from .identities import remove_identities
 
 QUANTIZED_OPS = frozenset({"MatMul", "Gemm"})
 INT8_MAX = 127
 MIN_QDQ_OPSET = 13  # per-axis DequantizeLinear
 
 
-class QDQError(ValueError):
+class QDQError(GraphError):
     """A model or calibration table the QDQ pass cannot use."""
 
 
@@ -37,8 +40,7 @@ def _float_activation_inputs(node: onnx.NodeProto, scope: Scope, types: dict[str
 
 def _weight(scope: Scope, name: str) -> onnx.TensorProto | None:
     """The 2-D float initializer `name` visible from scope, or None."""
-    owner = scope.owner_of(name)
-    tensor = None if owner is None else owner.initializers.get(name)
+    tensor = scope.initializer(name)
     if tensor is not None and tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
         return tensor
     return None
@@ -55,10 +57,10 @@ def _quantized(node: onnx.NodeProto, scope: Scope, exclude: frozenset[str], acti
 def _targets(model: onnx.ModelProto, exclude: frozenset[str],
              activation_products: bool = False) -> tuple[list[Scope], list]:
     """Every graph as a Scope, and (scope, node, value types) for each MatMul/Gemm to quantize."""
-    bypass_constant_identities(model)
+    remove_identities(model, of_initializers=True)
     types = value_types(model)
-    scopes = build_scopes(model, types)
-    return scopes, [(scope, node, types) for scope in scopes for node in scope.graph.node
+    graphs = list(scopes(model))
+    return graphs, [(scope, node, types) for scope in graphs for node in scope.graph.node
                     if _quantized(node, scope, exclude, activation_products)]
 
 
@@ -115,7 +117,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     if opset < MIN_QDQ_OPSET:
         raise QDQError(f"QDQ needs opset >= {MIN_QDQ_OPSET} (per-channel DequantizeLinear); the model has {opset}. "
                        "Re-export with --opset 13 or newer")
-    scopes, targets = _targets(model, exclude, activation_products)
+    graphs, targets = _targets(model, exclude, activation_products)
     names = Names(model)
     missing = sorted({node.input[p] for scope, node, types in targets
                       for p in _float_activation_inputs(node, scope, types)} - set(amax))
@@ -123,29 +125,44 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
         raise QDQError(f"no calibrated range for {len(missing)} tensor(s), e.g. {missing[:3]}; "
                        "run the calibration on this same graph before inserting Q/DQ")
 
-    weight_readers: dict[str, list[tuple[Scope, onnx.NodeProto]]] = {}
+    counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "tables": 0, "weight_bytes_saved": 0}
+    weight_dq, inserts, per_row = _dequantize_weights(targets, names, per_channel, tables)
+    counts["weight_dq"] = len(weight_dq)
+    for scope in reversed(graphs):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+        _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude, activation_products,
+                       activation_qdq_per_reader, unsigned_activations)
+
+    for scope in scopes(model):  # anew: rewriting copied the Loop bodies
+        for node in scope.graph.node:
+            for position, name in enumerate(node.input):
+                if name in per_row and per_row[name][1] is scope.graph:
+                    node.input[position] = per_row[name][0]
+    counts["weight_bytes_saved"] += _drop_float_weights(model, set(weight_dq))
+    if tables:
+        saved, quantized_tables = quantize_tables(model, names, gather_int8_rows)
+        counts["weight_bytes_saved"] += saved
+        counts["tables"] = quantized_tables
+    return counts
+
+
+def _dequantize_weights(targets: list, names: Names, per_channel: bool, tables: bool):
+    """Each weight the targets read stored in int8 next to its float original, with ONE DequantizeLinear: in the
+    readers' graph when they are all in one, else in the owner's. Returns ({weight: dequantized name},
+    {id(scope): DQ nodes for the top of that graph}, the per-row weights (below))."""
+    readers: dict[str, list[tuple[Scope, onnx.NodeProto]]] = {}
     for scope, node, _ in targets:
         if _weight(scope, node.input[1]) is not None:
-            weight_readers.setdefault(node.input[1], []).append((scope, node))
-
-    counts = {"matmuls": len(targets), "activation_qdq": 0, "weight_dq": 0, "tables": 0, "weight_bytes_saved": 0}
-    inserts: dict[int, list[onnx.NodeProto]] = {}  # id(scope) -> nodes to put at the top of that graph
+            readers.setdefault(node.input[1], []).append((scope, node))
+    inserts: dict[int, list[onnx.NodeProto]] = {}
     weight_dq: dict[str, str] = {}
     # weights quantized per row (Gemm transB=1: the tied MLM decoder) whose other readers are Gathers of the same
     # table: those read the one dequantized copy too, instead of a second int8 table from quantize_tables
     per_row: dict[str, tuple[str, onnx.GraphProto]] = {}
-    for weight_name, readers in weight_readers.items():
-        owner = readers[0][0].owner_of(weight_name)
-        axes = {_channel_axis(node) for _, node in readers}
-        tensor = owner.initializers[weight_name]
-        array = numpy_helper.to_array(tensor)
+    for weight_name, uses in readers.items():
+        owner = uses[0][0].owner_of(weight_name)
+        axes = {_channel_axis(node) for _, node in uses}
         axis = axes.pop() if len(axes) == 1 and per_channel else None
-        if axis is None:  # per tensor
-            scale = np.float32(max(float(np.abs(array).max()), 1e-12) / INT8_MAX)
-            values = np.clip(np.rint(array / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-            scale = np.asarray(scale, dtype=np.float32)
-        else:
-            values, scale = quantize_weight(array, axis)
+        values, scale = _int8_weight(numpy_helper.to_array(owner.initializers[weight_name]), axis)
         quantized = names.fresh(f"{weight_name}_int8")
         scale_name = names.fresh(f"{weight_name}_scale")
         zero_name = names.fresh(f"{weight_name}_zero_point")
@@ -154,38 +171,37 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
             numpy_helper.from_array(scale, scale_name),
             numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zero_name),
         ])
-        reader_scopes = {id(scope) for scope, _ in readers}
-        home = readers[0][0] if len(reader_scopes) == 1 else owner
+        home = uses[0][0] if len({id(scope) for scope, _ in uses}) == 1 else owner
         dequantized = names.fresh(f"{weight_name}_dequantized")
         attributes = {} if axis is None else {"axis": axis}
         inserts.setdefault(id(home), []).append(helper.make_node(
             "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized],
             name=names.fresh(f"DequantizeLinear_{weight_name}"), **attributes))
         weight_dq[weight_name] = dequantized
-        counts["weight_dq"] += 1
         if tables and axis == 0:
             per_row[weight_name] = (dequantized, home.graph)
+    return weight_dq, inserts, per_row
 
-    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
-        _rewrite_scope(scope, amax, weight_dq, inserts.get(id(scope), []), names, counts, exclude, activation_products,
-                       activation_qdq_per_reader, unsigned_activations)
 
-    for scope in build_scopes(model, {}):  # anew: rewriting copied the Loop bodies
-        for node in scope.graph.node:
-            for position, name in enumerate(node.input):
-                if name in per_row and per_row[name][1] is scope.graph:
-                    node.input[position] = per_row[name][0]
-    still_read = reads(model.graph)
-    for scope in build_scopes(model, {}):
-        unused = [t for t in scope.graph.initializer if t.name in weight_dq and t.name not in still_read]
-        counts["weight_bytes_saved"] += sum(numpy_helper.to_array(t).nbytes * 3 // 4 for t in unused)
+def _int8_weight(array: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per channel along `axis`, or per tensor when axis is None: (values, float32 scale)."""
+    if axis is not None:
+        return quantize_weight(array, axis)
+    scale = np.float32(max(float(np.abs(array).max()), 1e-12) / INT8_MAX)
+    values = np.clip(np.rint(array / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return values, np.asarray(scale, dtype=np.float32)
+
+
+def _drop_float_weights(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Remove the float originals of quantized weights that nothing reads any more; returns the bytes saved."""
+    still_read = use_counts(model.graph)
+    saved = 0
+    for scope in scopes(model):
+        unused = [t for t in scope.graph.initializer if t.name in quantized and t.name not in still_read]
+        saved += sum(numpy_helper.to_array(t).nbytes * 3 // 4 for t in unused)
         for tensor in unused:
             scope.graph.initializer.remove(tensor)
-    if tables:
-        saved, quantized_tables = quantize_tables(model, names, gather_int8_rows)
-        counts["weight_bytes_saved"] += saved
-        counts["tables"] = quantized_tables
-    return counts
+    return saved
 
 
 MIN_TABLE_ELEMENTS = 4096
@@ -205,17 +221,17 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
     albert-base-shaped QA). Returns (bytes saved, tables quantized).
     """
     names = names or Names(model)
-    scopes = build_scopes(model, {})
+    graphs = list(scopes(model))
     readers: dict[str, list[tuple[Scope, onnx.NodeProto, int]]] = {}
-    for scope in scopes:
+    for scope in graphs:
         for node in scope.graph.node:
             for position, name in enumerate(node.input):
                 readers.setdefault(name, []).append((scope, node, position))
-    outputs = {o.name for scope in scopes for o in scope.graph.output}
+    outputs = {o.name for scope in graphs for o in scope.graph.output}
     after: dict[str, list[onnx.NodeProto]] = {}  # int8 Gather output -> the DequantizeLinear that follows it
     top: dict[int, list[onnx.NodeProto]] = {}
     saved = quantized = 0
-    for scope in scopes:
+    for scope in graphs:
         for tensor in list(scope.graph.initializer):
             uses = readers.get(tensor.name, [])
             if (tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or not uses or tensor.name in outputs
@@ -232,18 +248,7 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
             if gathered:  # the scales as a (V, 1) column: gathered by the same ids, they broadcast over the row
                 scope.graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, 1), scale_name))
                 for _, node, _ in uses:
-                    rows, scales, floats = (names.fresh(f"{node.output[0]}_{part}") for part in
-                                            ("int8", "row_scales", "float"))
-                    after[rows] = [
-                        helper.make_node("Gather", [scale_name, node.input[1]], [scales],
-                                         name=names.fresh(f"Gather_{scales}")),
-                        helper.make_node("Cast", [rows], [floats], to=TensorProto.FLOAT,
-                                         name=names.fresh(f"Cast_{floats}")),
-                        helper.make_node("Mul", [floats, scales], [node.output[0]],
-                                         name=names.fresh(f"Scale_{node.output[0]}")),
-                    ]
-                    node.input[0] = int8_name
-                    node.output[0] = rows
+                    _gather_int8_rows(node, int8_name, scale_name, names, after)
             else:
                 scope.graph.initializer.extend([numpy_helper.from_array(scale, scale_name),
                                                 numpy_helper.from_array(np.zeros(scale.shape, np.int8), zero_name)])
@@ -256,7 +261,7 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
             scope.graph.initializer.remove(tensor)
             saved += array.nbytes - values.nbytes
             quantized += 1
-    for scope in reversed(scopes):  # bodies first: rebuilding a node list copies the Loop nodes it holds
+    for scope in reversed(graphs):  # bodies first: rebuilding a node list copies the Loop nodes it holds
         if id(scope) not in top and not any(o in after for node in scope.graph.node for o in node.output):
             continue
         nodes = list(top.get(id(scope), []))
@@ -267,6 +272,19 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
         del scope.graph.node[:]
         scope.graph.node.extend(nodes)
     return saved, quantized
+
+
+def _gather_int8_rows(node: onnx.NodeProto, int8_name: str, scale_name: str, names: Names,
+                      after: dict[str, list[onnx.NodeProto]]) -> None:
+    """The Gather reads int8 rows of the table; its row scales, gathered by the same ids, scale them to float."""
+    rows, scales, floats = (names.fresh(f"{node.output[0]}_{part}") for part in ("int8", "row_scales", "float"))
+    after[rows] = [
+        helper.make_node("Gather", [scale_name, node.input[1]], [scales], name=names.fresh(f"Gather_{scales}")),
+        helper.make_node("Cast", [rows], [floats], to=TensorProto.FLOAT, name=names.fresh(f"Cast_{floats}")),
+        helper.make_node("Mul", [floats, scales], [node.output[0]], name=names.fresh(f"Scale_{node.output[0]}")),
+    ]
+    node.input[0] = int8_name
+    node.output[0] = rows
 
 
 def _activation_zero_point(unsigned: bool, name: str) -> onnx.TensorProto:

@@ -17,11 +17,16 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..walk import (
-    Constants, Scope, constant_node_value, remove_dead, rename_uses, scopes, subgraphs, tensor_nbytes, toposort,
-    use_counts, value_shapes,
-)
+from ..constants import ONNX_DOMAINS, Constants
+from ..infer import static_shapes
+from ..names import rename_uses
+from ..order import toposort
+from ..size import tensor_nbytes
+from ..walk import Scope, scopes, subgraphs, use_counts
+from .constant_nodes import constants_to_initializers
+from .dead_code import remove_dead
 from .dedupe import dedupe_initializers
+from .identities import remove_identities
 
 NOT_FOLDED = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
@@ -29,52 +34,6 @@ NOT_FOLDED = {
     "Loop", "If", "Scan", "Constant",
 }
 SMALL_BYTES = 1024  # a folded result this small is always worth storing (shape vectors, scalars)
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Constant nodes become initializers of their graph (so dedupe, CSE and folding see one kind of constant)."""
-    converted = 0
-    for scope in scopes(model):
-        graph = scope.graph
-        outputs = {value.name for value in graph.output}
-        kept = []
-        for node in graph.node:
-            value = constant_node_value(node)
-            if value is None or node.output[0] in outputs:
-                kept.append(node)
-                continue
-            scope.add_initializer(numpy_helper.from_array(value, node.output[0]))
-            converted += 1
-        if len(kept) != len(graph.node):
-            del graph.node[:]
-            graph.node.extend(kept)
-    return converted
-
-
-def remove_identities(model: onnx.ModelProto) -> int:
-    """Identity(x) -> y: readers of y read x. Kept where y is a graph output (the interface names it)."""
-    removed = 0
-    for scope in scopes(model):
-        graph = scope.graph
-        outputs = {value.name for value in graph.output}
-        renames: dict[str, str] = {}
-        kept = []
-        for node in graph.node:
-            if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
-                source = node.input[0]
-                renames[node.output[0]] = renames.get(source, source)
-                continue
-            kept.append(node)
-        if renames:
-            for name, source in renames.items():  # chains of Identity resolve to the first source
-                while source in renames:
-                    source = renames[source]
-                renames[name] = source
-            del graph.node[:]
-            graph.node.extend(kept)
-            rename_uses(graph, renames)
-            removed += len(renames)
-    return removed
 
 
 def node_key(node: onnx.NodeProto) -> tuple | None:
@@ -115,7 +74,7 @@ def merge_common_subexpressions(model: onnx.ModelProto) -> int:
 
 
 def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.ModelProto) -> list[np.ndarray]:
-    if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+    if node.op_type == "Transpose" and node.domain in ONNX_DOMAINS:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
         return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
     names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
@@ -133,11 +92,6 @@ def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.
             reference.run(None, {name: value for name, value in zip(names, inputs) if value is not None})]
 
 
-def inferred_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """name -> dims, None where not static."""
-    return {name: [d if isinstance(d, int) else None for d in dims] for name, dims in value_shapes(model).items()}
-
-
 class Folder:
     """Constant folding over one model; counts what it folded and what it refused to copy."""
 
@@ -145,7 +99,7 @@ class Folder:
         self.model = model
         self.folded = 0
         self.refused_copies = 0
-        self.shapes = inferred_shapes(model)
+        self.shapes = static_shapes(model)
 
     def run(self) -> int:
         before = self.folded
@@ -160,7 +114,7 @@ class Folder:
         kept = []
         constants = Constants(scope)
         for node in list(graph.node):
-            if node.op_type == "Shape" and node.domain in ("", "ai.onnx"):
+            if node.op_type == "Shape" and node.domain in ONNX_DOMAINS:
                 dims = self.shape_of(node)
                 if dims is not None:
                     partial[node.output[0]] = dims
@@ -168,7 +122,7 @@ class Folder:
             if values is None or node.op_type in NOT_FOLDED or any(True for _ in subgraphs(node)):
                 kept.append(node)
                 continue
-            if any(name in outputs for name in node.output) or node.domain not in ("", "ai.onnx"):
+            if any(name in outputs for name in node.output) or node.domain not in ONNX_DOMAINS:
                 kept.append(node)
                 continue
             if not self.store(node, values, scope):

@@ -7,13 +7,23 @@ elsewhere, the fused node's fourth output (input_skip_bias_sum) provides it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 from onnx import helper
 
-from ..walk import ensure_opset, value_shapes
-from .fusion import Fusion, apply_fusion
-from .gelu import MS_DOMAIN
-from .layernorm import other_input
+from ..infer import value_shapes
+from .fusion import MS_DOMAIN, Fusion, Match, apply_fusion, ensure_opset, other_input
+
+
+@dataclass
+class SkipMatch(Match):
+    norm: onnx.NodeProto
+    total: onnx.NodeProto  # Add(input, skip), the residual sum
+    input: str
+    skip: str
+    bias: str | None = None  # taken in from bias_add = Add(input, bias)
+    bias_add: onnx.NodeProto | None = None
 
 
 class SkipLayerNormFusion(Fusion):
@@ -30,21 +40,21 @@ class SkipLayerNormFusion(Fusion):
         first, second = total.input
         if first in ctx.constants or second in ctx.constants:
             return None  # a bias, not a residual
-        match = dict(norm=norm, total=total, input=first, skip=second, bias=None, bias_add=None)
+        match = SkipMatch(last=norm.output[0], norm=norm, total=total, input=first, skip=second)
         for candidate in (first, second):
             add = ctx.producer(candidate, "Add")
-            if add is None or not ctx.only_reader(candidate, total):
+            if add is None or ctx.read_outside([candidate], [total]):
                 continue
             for name in add.input:
                 value = ctx.constants.value(name)
                 if value is not None and value.ndim == 1 and other_input(add, name) not in ctx.constants:
-                    match.update(input=other_input(add, name), skip=other_input(total, candidate),
-                                 bias=name, bias_add=add)
+                    match.input, match.skip = other_input(add, name), other_input(total, candidate)
+                    match.bias, match.bias_add = name, add
                     return match
         return match
 
     def check(self, ctx, match):
-        norm = match["norm"]
+        norm = match.norm
         axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
         if axis != -1:
             return f"LayerNormalization over axis {axis}, not the last axis"
@@ -55,7 +65,7 @@ class SkipLayerNormFusion(Fusion):
             return "the scale is not a constant vector"
         if len(norm.input) > 2 and norm.input[2] and ctx.constants.value(norm.input[2]) is None:
             return "the shift is not a constant"
-        input_shape, skip_shape = self.shapes.get(match["input"]), self.shapes.get(match["skip"])
+        input_shape, skip_shape = self.shapes.get(match.input), self.shapes.get(match.skip)
         if input_shape is None or skip_shape is None:
             return "the shapes of the summed values are unknown (no broadcasting can be ruled out)"
         if len(input_shape) != 3 or len(skip_shape) not in (2, 3):
@@ -63,19 +73,19 @@ class SkipLayerNormFusion(Fusion):
         if input_shape[-1] != gamma.size or skip_shape[-1] != gamma.size:
             return f"summed shapes {input_shape} and {skip_shape} do not both end in the {gamma.size} channels"
         if not dims_compatible(input_shape, skip_shape) and len(skip_shape) == 3 \
-                and dims_compatible(skip_shape, input_shape) and match["bias"] is None:
-            match["input"], match["skip"] = match["skip"], match["input"]  # the broadcast one is the skip
+                and dims_compatible(skip_shape, input_shape) and match.bias is None:
+            match.input, match.skip = match.skip, match.input  # the broadcast one is the skip
         elif not dims_compatible(input_shape, skip_shape):
             return f"skip shape {skip_shape} does not match input shape {input_shape}"
         return None
 
     def rewrite(self, ctx, match):
-        norm, total = match["norm"], match["total"]
+        norm, total = match.norm, match.total
         epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
         beta = norm.input[2] if len(norm.input) > 2 else ""
-        inputs = [match["input"], match["skip"], norm.input[1], beta] + ([match["bias"]] if match["bias"] else [])
+        inputs = [match.input, match.skip, norm.input[1], beta] + ([match.bias] if match.bias else [])
         summed = total.output[0]
-        keeps_sum = ctx.uses[summed] > 1 or summed in ctx.outputs
+        keeps_sum = ctx.read_outside([summed], [norm]) is not None
         outputs = [norm.output[0]] + (["", "", summed] if keeps_sum else [])
         node = helper.make_node("SkipLayerNormalization", inputs, outputs, domain=MS_DOMAIN, epsilon=epsilon,
                                 name=ctx.names.fresh(f"{norm.name or 'LayerNorm'}/skip"))
