@@ -18,6 +18,7 @@ from runtime.taskspec import canonical_task
 from runtime.extras import install_command
 
 from .config import AlbertConfig
+from .errors import ExportError
 from .modeling import AlbertForTask, model_for_task
 
 SAFETENSORS = "model.safetensors"
@@ -30,7 +31,7 @@ PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 EXPORT_COPIES = 3  # fp32 weights held at once: the PyTorch model, the traced pieces, the assembled graph
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExportError, ValueError):
     """A checkpoint that cannot be found or does not fit the model."""
 
 

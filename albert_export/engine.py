@@ -17,6 +17,7 @@ from runtime.bundle import EngineInfo
 from runtime.extras import install_command
 from runtime.taskspec import INPUT_NAMES
 
+from .errors import ExportError
 from .progress import LOGGER, bars_shown, log, stdout_to_stderr
 
 ENGINES = ("onnxruntime", "tensorrt")  # onnxruntime: the bundle's model.onnx alone; tensorrt: + engine.plan
@@ -25,7 +26,7 @@ DEFAULT_SHAPES = "1x1:8x128:32xP"  # P: the model's max_position_embeddings (mul
 DIMS = re.compile(r"^\d+(x\d+)+$")
 
 
-class EngineError(RuntimeError):
+class EngineError(ExportError, RuntimeError):
     """TensorRT is missing, refused the graph, or the requested shapes are inconsistent."""
 
 
