@@ -249,6 +249,7 @@ class ExportOptions:
 
     @classmethod
     def checked(cls, task: str | None = None, *, fp16: bool = False, int8: bool = False, **keywords) -> ExportOptions:
+        """From export()'s arguments (fp16 / int8 become `precision`), in the order the CLI reports them."""
         name = canonical_task(task) if task is not None else None
         options = cls(**keywords)
         check_layers(options.layers)
@@ -398,7 +399,7 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
                  "graph": {**stats, **sizes}}
         path = bundle.commit(manifest_for(options, settings, outputs, validation, engine, extra))
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
-    if options.triton is not None:  # a second directory, written once the bundle is in place
+    if options.triton:  # a second directory, written once the bundle is in place
         write_repository(path, options.triton)
     return path
 
