@@ -480,19 +480,10 @@ def built_engine(bundle: Path, profile: ShapeProfile, log: Callable[[str], None]
 
 def manifest_for(options: ExportOptions, tokenizer: TokenizerSettings, outputs: list[TensorSpec],
                  validation: Validation | None, engine: EngineInfo | None, extra: dict) -> Manifest:
-    return Manifest(
-        task=options.task,
-        layers=options.layers,
-        precision=options.precision,
-        opset=options.opset,
-        inputs=[TensorSpec(name, "int64", list(options.input_dims)) for name in INPUT_NAMES],
-        outputs=outputs,
-        tokenizer=tokenizer,
-        files={},  # the writer's commit checksums what is in the directory
-        producer={"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
-                  "onnx": onnx.__version__},
-        validation=validation,
-        optimize=options.optimize,
-        engine=engine,
-        extra=extra,
-    )
+    """The manifest of what the stages produced; its files are checksummed by the writer's commit."""
+    producer = {"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
+                "onnx": onnx.__version__}
+    inputs = [TensorSpec(name, "int64", list(options.input_dims)) for name in INPUT_NAMES]
+    return Manifest(task=options.task, layers=options.layers, precision=options.precision, opset=options.opset,
+                    inputs=inputs, outputs=outputs, tokenizer=tokenizer, files={}, producer=producer,
+                    validation=validation, optimize=options.optimize, engine=engine, extra=extra)
