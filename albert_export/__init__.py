@@ -12,8 +12,8 @@ import types
 from runtime import __version__
 from runtime.extras import missing_module_line
 
-__all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "export", "from_pretrained", "__version__"]
-_HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint",
+__all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "ExportError", "export", "from_pretrained", "__version__"]
+_HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint", "ExportError": "errors",
           "from_pretrained": "checkpoint"}
 
 

@@ -27,6 +27,8 @@ import onnx
 from graphs.size import stored_tensors, tensor_nbytes
 from runtime.bundle import FORMAT_VERSION, MANIFEST, MODEL, Manifest, sha256_file
 
+from .errors import ExportError
+
 EXTERNAL_DATA = MODEL + ".data"
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot serialize a model of 2 GiB; stay below it
 PRODUCER = "albert-export"
@@ -34,7 +36,7 @@ MARKER = ".albert-export-partial"  # inside a temporary sibling while it is writ
 TEMPORARY_SIBLING = re.compile(r"^\..+\.(partial|old)-(\d+)-\w+$")  # .NAME.partial-PID-XXXX, .NAME.old-PID-XXXX
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(ExportError, FileExistsError):
     """The output path holds something the export will not replace, or cannot be written."""
 
     def __str__(self) -> str:

@@ -18,6 +18,7 @@ from runtime.taskspec import canonical_task
 from runtime.extras import install_command
 
 from .config import AlbertConfig
+from .errors import ExportError
 from .modeling import AlbertForTask, model_for_task
 
 SAFETENSORS = "model.safetensors"
@@ -30,7 +31,7 @@ PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 EXPORT_COPIES = 3  # fp32 weights held at once: the PyTorch model, the traced pieces, the assembled graph
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExportError, ValueError):
     """A checkpoint that cannot be found or does not fit the model."""
 
 
@@ -265,7 +266,13 @@ def from_pretrained(path_or_hub_id: str | Path | None, task: str, *, output_hidd
     """The PyTorch reference model for `task`, in eval mode, with the checkpoint's weights. The output_* flags
     are the defaults of its forward's arguments (as transformers' from_pretrained(..., output_attentions=True))."""
     task = canonical_task(task)
-    directory = resolve_checkpoint(path_or_hub_id)
+    return reference_from_checkpoint(resolve_checkpoint(path_or_hub_id), task,
+                                     output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+
+
+def reference_from_checkpoint(directory: Path, task: str, *, output_hidden_states: bool = False,
+                              output_attentions: bool = False) -> AlbertForTask:
+    """from_pretrained for a checkpoint directory already resolved and a task name already canonical."""
     config = load_config(directory)
     check_fits_in_memory(config, str(directory))
     state = normalize_keys(load_state_dict(directory))

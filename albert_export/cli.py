@@ -18,9 +18,8 @@ import warnings
 from graphs.profiles import PROFILE_NAMES
 from runtime import __version__
 from runtime.extras import missing_module_line
-from runtime.taskspec import TASKS
+from runtime.taskspec import TASKS, UnknownTaskError
 
-from .config import TaskDetectionError
 from .progress import LOGGER, configure
 
 DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled or kept as a Loop, weights once)."
@@ -128,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def export_options(args: argparse.Namespace) -> dict:
     """argparse namespace -> keyword arguments of albert_export.export (same names, underscores)."""
     return {
+        "output_dir": args.output,
         "layers": args.layers,
         "opset": args.opset,
         "validate": args.validate,
@@ -145,6 +145,7 @@ def export_options(args: argparse.Namespace) -> dict:
         "ort_format": args.ort_format,
         "output_hidden_states": args.output_hidden_states,
         "output_attentions": args.output_attentions,
+        "triton": args.triton,
     }
 
 
@@ -173,38 +174,36 @@ def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     try:
-        from .export import check_options, export
+        from .export import ExportOptions, bundle_from_checkpoint
     except ModuleNotFoundError as exc:  # an install without the export extra
         return refuse_missing(exc)
-
-    options = export_options(args)
+    # export()'s two halves: whatever the option check raises is a usage error (exit 2), what follows exits 1
     try:
-        check_options(args.task, **options)
-    except Exception as exc:  # a value or combination of flags that cannot work: usage
-        if os.environ.get("ALBERT_EXPORT_DEBUG"):
-            raise
-        print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
-        return 2
+        options = ExportOptions.checked(args.task, **export_options(args))
+    except Exception as exc:  # an unknown task, a value or combination of flags that cannot work
+        return refuse(exc, 2)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning  # one line per warning, no source excerpt
-            path = export(args.model, args.task, args.output, **options)
-            if args.triton:
-                from .triton import write_repository
-
-                write_repository(path, args.triton)
-    except TaskDetectionError as exc:  # --task left out and config.json does not settle it: a usage error
-        print(f"albert-export: error: {exc}", file=sys.stderr)
-        return 2
+            path = bundle_from_checkpoint(args.model, options)
+    except UnknownTaskError as exc:  # --task left out and config.json does not settle it: a usage error
+        return refuse(exc, 2, debug=False)
     except ModuleNotFoundError as exc:  # e.g. onnxruntime (the cpu or gpu extra) missing for validation
         return refuse_missing(exc)
     except Exception as exc:  # one clear line, never a traceback (unless asked for)
-        if os.environ.get("ALBERT_EXPORT_DEBUG"):
-            raise
-        print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
-        return 1
+        return refuse(exc, 1)
     print(path)
     return 0
+
+
+def refuse(exc: Exception, status: int, debug: bool = True) -> int:
+    """One `albert-export: error:` line on stderr (with debug and ALBERT_EXPORT_DEBUG=1, the traceback)."""
+    if debug and os.environ.get("ALBERT_EXPORT_DEBUG"):
+        raise exc
+    # an unknown task names the valid ones: a usage error, worded for the user wherever it is raised
+    line = str(exc) if isinstance(exc, UnknownTaskError) else error_line(exc)
+    print(f"albert-export: error: {line}", file=sys.stderr)
+    return status
 
 
 def refuse_missing(exc: ModuleNotFoundError) -> int:
@@ -216,19 +215,15 @@ def refuse_missing(exc: ModuleNotFoundError) -> int:
     return 1
 
 
-OUR_PACKAGES = ("albert_export", "runtime", "graphs", "calibration")
+def written_to_be_read() -> tuple[type[BaseException], ...]:
+    """The bases of the errors each package raises on purpose (imported when a failure is shown: not at start-up)."""
+    from calibration import CalibrationError
+    from graphs.errors import GraphError
+    from runtime.errors import AlbertRuntimeError
 
+    from .errors import ExportError
 
-def package_of(module: str) -> str:
-    return module.split(".")[0]
-
-
-def raised_in(exc: BaseException) -> str:
-    """The module whose code raised `exc` (a ValueError of ours is written to be read, a library's may not be)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return ExportError, GraphError, CalibrationError, AlbertRuntimeError
 
 
 def error_line(exc: BaseException) -> str:
@@ -241,7 +236,7 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check the path and its permissions"
-    if message and (package_of(type(exc).__module__) in OUR_PACKAGES or package_of(raised_in(exc)) in OUR_PACKAGES):
+    if message and isinstance(exc, written_to_be_read()):
         return message
     return (f"unexpected failure: {message or type(exc).__name__.lower()}; run with ALBERT_EXPORT_DEBUG=1 for the "
             "traceback, and please report it")

@@ -9,11 +9,13 @@ from typing import Any
 
 from runtime.taskspec import TASKS, UnknownTaskError
 
+from .errors import ExportError
+
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish", "gelu_fast", "gelu_pytorch_tanh")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExportError, ValueError):
     """An ALBERT config that cannot describe a working model."""
 
 
@@ -250,7 +252,7 @@ ARCHITECTURE_TASKS = {
 }
 
 
-class TaskDetectionError(UnknownTaskError):
+class TaskDetectionError(UnknownTaskError, ExportError):
     """--task was left out and config.json's `architectures` name no single task."""
 
 

@@ -17,6 +17,7 @@ from runtime.bundle import EngineInfo
 from runtime.extras import install_command
 from runtime.taskspec import INPUT_NAMES
 
+from .errors import ExportError
 from .progress import LOGGER, bars_shown, log, stdout_to_stderr
 
 ENGINES = ("onnxruntime", "tensorrt")  # onnxruntime: the bundle's model.onnx alone; tensorrt: + engine.plan
@@ -25,7 +26,7 @@ DEFAULT_SHAPES = "1x1:8x128:32xP"  # P: the model's max_position_embeddings (mul
 DIMS = re.compile(r"^\d+(x\d+)+$")
 
 
-class EngineError(RuntimeError):
+class EngineError(ExportError, RuntimeError):
     """TensorRT is missing, refused the graph, or the requested shapes are inconsistent."""
 
 
@@ -52,11 +53,17 @@ def parse_shapes(text: str, rank: int = 2, max_positions: int | None = None) -> 
         raise EngineError(f"--shapes {text!r}: every dimension must be at least 1")
     if not all(a <= b <= c for a, b, c in zip(*dims)):
         raise EngineError(f"--shapes {text!r}: need MIN <= OPT <= MAX in every dimension")
-    if max_positions is not None and dims[2][-1] > max_positions:
+    profile = ShapeProfile(*dims)
+    return profile if max_positions is None else fitting_positions(profile, max_positions, text)
+
+
+def fitting_positions(profile: ShapeProfile, max_positions: int, text: str) -> ShapeProfile:
+    """The profile parsed from --shapes `text`, once the model's positions are known: its longest sequence fits."""
+    if profile.maximum[-1] > max_positions:
         raise EngineError(
-            f"--shapes {text!r}: a sequence of {dims[2][-1]} exceeds the model's {max_positions} positions"
+            f"--shapes {text!r}: a sequence of {profile.maximum[-1]} exceeds the model's {max_positions} positions"
         )
-    return ShapeProfile(*dims)
+    return profile
 
 
 def default_profile(rank: int, max_positions: int) -> ShapeProfile:

@@ -14,6 +14,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -22,20 +23,24 @@ from onnx import version_converter
 from torch import nn
 
 from calibration import load_examples
+from calibration.data import DEFAULT_MAX_LENGTH as CALIBRATION_MAX_LENGTH
 from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, dims_of, name_initializers
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
-from runtime.bundle import ENGINE, MODEL, TOKENIZER, Manifest, TensorSpec
+from runtime.bundle import ENGINE, MODEL, TOKENIZER, EngineInfo, Manifest, TensorSpec, TokenizerSettings, Validation
 from runtime.taskspec import (
     BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
     input_dims,
 )
 
-from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, check_output_dir, save_model
-from .checkpoint import from_pretrained, load_config, resolve_checkpoint
+from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, save_model
+from .checkpoint import load_config, reference_from_checkpoint, resolve_checkpoint
 from .config import task_from_architectures
-from .engine import ENGINES, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
+from .engine import (
+    ENGINES, ShapeProfile, default_profile, engine_from_onnx, fitting_positions, import_tensorrt, parse_shapes,
+)
+from .errors import ExportOptionError
 from .modeling import AlbertForTask
 from .opsets import DEFAULT_OPSET, MIN_OPSET, TRACE_MAX_OPSET
 from .ort_format import ort_from_onnx
@@ -43,16 +48,12 @@ from .progress import bar, log, stage
 from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, precision_from_options
 from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
-from .tolerances import tolerance_for
+from .tolerances import ANY_OUTPUT, tolerance_for
+from .triton import write_repository
 from .validate import validate_onnx
 
-PRECISION = "fp32"
 DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
-
-
-class ExportOptionError(ValueError):
-    """An export option with a value this exporter cannot honour."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -217,71 +218,83 @@ def albert_version() -> str:
     return __version__
 
 
-def manifest_for(task: str, layers: str, opset: int, tokenizer_settings, outputs: list[str] | None = None) -> Manifest:
-    spec = TASKS[task]
-    outputs = outputs or spec.outputs
-    return Manifest(
-        task=task,
-        layers=layers,
-        precision=PRECISION,
-        opset=opset,
-        inputs=[TensorSpec(name, "int64", list(input_dims(task))) for name in INPUT_NAMES],
-        outputs=[TensorSpec(name, "float32", list(dims)) for name, dims in zip(spec.outputs, spec.output_dims)
-                 if name in outputs],
-        tokenizer=tokenizer_settings,
-        files={},
-        producer={"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
-                  "onnx": onnx.__version__},
-    )
+@dataclass(frozen=True)
+class ExportOptions:
+    """export()'s keywords, checked alone and in combination before anything is read or traced: whatever
+    `checked` raises is a usage error (albert-export exits 2). task None: not known yet (read off config.json)."""
+
+    task: str | None = None  # canonical
+    output_dir: str | Path | None = None
+    layers: str = "unrolled"
+    opset: int = DEFAULT_OPSET
+    optimize: str = "none"
+    precision: str = "fp32"
+    calibration_data: str | Path | None = None
+    calibration_method: str = DEFAULT_METHOD
+    calibration_samples: int = DEFAULT_SAMPLES
+    engine: str = "onnxruntime"
+    shapes: str | None = None
+    validate: bool = True
+    atol: float | None = None
+    overwrite: bool = False
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    pooler_output: bool = False
+    ort_format: bool = False
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    triton: str | Path | None = None
+    input_dims: tuple[str, ...] = ()  # the task's
+    profile: ShapeProfile | None = None  # --shapes, parsed at the task's rank
+
+    @classmethod
+    def checked(cls, task: str | None = None, *, fp16: bool = False, int8: bool = False, **keywords) -> ExportOptions:
+        """From export()'s arguments (fp16 / int8 become `precision`), in the order the CLI reports them."""
+        name = canonical_task(task) if task is not None else None
+        options = cls(**keywords)
+        check_layers(options.layers)
+        check_opset(options.opset)
+        if options.optimize not in PROFILES:
+            raise ExportOptionError(f"unknown optimization profile {options.optimize!r}; "
+                                    f"use one of {', '.join(PROFILES)}")
+        precision = precision_from_options(fp16, int8, options.calibration_data, options.calibration_method,
+                                           options.calibration_samples)
+        tolerance_for(precision, ANY_OUTPUT, options.atol)
+        if options.atol is not None and not math.isfinite(options.atol):
+            raise ExportOptionError(f"--atol must be a finite number, got {options.atol!r}; leave it out for the "
+                                    "precision's table, or pass --no-validate to skip validation")
+        check_engine(options.engine, options.shapes, options.optimize)
+        options = replace(options, precision=precision)
+        if name is None:  # until the task is known, --shapes is read as BxS (the layout of all but multiple choice)
+            return replace(options, profile=parse_shapes(options.shapes) if options.shapes is not None else None)
+        return options.for_task(name)
+
+    def for_task(self, task: str) -> ExportOptions:
+        """With the (canonical) task: --shapes parsed at its rank, --pooler-output only where that output exists."""
+        dims = input_dims(task)
+        profile = parse_shapes(self.shapes, rank=len(dims)) if self.shapes is not None else None
+        if self.pooler_output and task != "feature-extraction":
+            raise ExportOptionError(f"--pooler-output adds feature-extraction's pooler_output; the {task} bundle has "
+                                    "no such output (leave the flag out, or use --task feature-extraction)")
+        return replace(self, task=task, input_dims=dims, profile=profile)
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """The task's outputs this bundle does not have (those written only when asked for)."""
+        return () if self.pooler_output else TASK_OUTPUTS_ON_REQUEST
 
 
-def optional_output_specs(graph: onnx.ModelProto) -> list[TensorSpec]:
-    """hidden_states / attentions as the graph declares them (layer counts fixed, the rest symbolic)."""
-    return [TensorSpec(output.name, "float32", dims_of(output)) for output in graph.graph.output
-            if output.name in OPTIONAL_OUTPUTS]
-
-
-def check_engine(engine: str, shapes: str | None, rank: int, optimize: str = "none") -> None:
-    """Before any tracing: the engine is known, --shapes goes with TensorRT and parses, the graph will be one
-    TensorRT can parse."""
+def check_engine(engine: str, shapes: str | None, optimize: str) -> None:
+    """The engine is known, --shapes goes with TensorRT, the graph will be one TensorRT can parse."""
     if engine not in ENGINES:
         raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
     if engine != "tensorrt":
         if shapes is not None:
             raise ExportOptionError("--shapes sets the TensorRT optimization profile; add --engine tensorrt")
-        return
-    if optimize.startswith("onnxruntime"):
+    elif optimize.startswith("onnxruntime"):
         # TensorRT's parser reads com.microsoft Attention as ONNX's own Attention op and refuses it
         raise ExportOptionError(f"--optimize {optimize} writes onnxruntime-only ops (com.microsoft Attention, "
                                 "FastGelu) that TensorRT cannot build; use --optimize portable or none with "
                                 "--engine tensorrt (TensorRT fuses attention itself)")
-    if shapes is not None:
-        parse_shapes(shapes, rank=rank)
-
-
-def check_options(task: str | None, *, layers: str = "unrolled", opset: int = DEFAULT_OPSET, optimize: str = "none",
-                  fp16: bool = False, int8: bool = False, calibration_data: str | Path | None = None,
-                  calibration_method: str = DEFAULT_METHOD, calibration_samples: int = DEFAULT_SAMPLES,
-                  engine: str = "onnxruntime", shapes: str | None = None, atol: float | None = None,
-                  pooler_output: bool = False, **_: object) -> tuple[str | None, str]:
-    """Every option alone and in combination, before anything is read or traced: (canonical task, precision).
-    Whatever this raises is a usage error (albert-export exits 2). task None: not known yet (auto-detected)."""
-    task = canonical_task(task) if task is not None else None
-    check_layers(layers)
-    check_opset(opset)
-    if optimize not in PROFILES:
-        raise ExportOptionError(f"unknown optimization profile {optimize!r}; use one of {', '.join(PROFILES)}")
-    precision = precision_from_options(fp16, int8, calibration_data, calibration_method, calibration_samples)
-    tolerance_for(precision, "*", atol)
-    if atol is not None and not math.isfinite(atol):
-        raise ExportOptionError(f"--atol must be a finite number, got {atol!r}; leave it out for the precision's "
-                                "table, or pass --no-validate to skip validation")
-    rank = len(input_dims(task)) if task is not None else 2
-    check_engine(engine, shapes, rank=rank, optimize=optimize)
-    if pooler_output and task not in (None, "feature-extraction"):
-        raise ExportOptionError(f"--pooler-output adds feature-extraction's pooler_output; the {task} bundle has "
-                                "no such output (leave the flag out, or use --task feature-extraction)")
-    return task, precision
 
 
 def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -> str:
@@ -296,7 +309,7 @@ def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -
     return task
 
 
-def default_output_dir(task: str, precision: str = PRECISION) -> Path:
+def default_output_dir(task: str, precision: str = "fp32") -> Path:
     return Path(f"albert-{task}-{precision}")
 
 
@@ -324,94 +337,152 @@ def export(
     ort_format: bool = False,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    triton: str | Path | None = None,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
     path_or_hub_id None is the embedded default model; task None is the task of the Albert* architecture its
     config.json names (fill-mask for the embedded model, which names none: its MLM head answers seed-style
-    `[MASK]` lines); output_dir None is ./albert-<task>-<precision>. Raises
-    (before any tracing) UnknownTaskError, ExportOptionError, OutputExistsError, CheckpointError, ConfigError,
-    TokenizerError; after it ValidationError. Nothing is left at output_dir unless the bundle is complete.
+    `[MASK]` lines); output_dir None is ./albert-<task>-<precision>; triton, a directory to write a Triton model
+    repository for the bundle into. Raises (before any tracing) UnknownTaskError, ExportOptionError,
+    OutputExistsError, CheckpointError, ConfigError, TokenizerError; after it ValidationError. Nothing is left at
+    output_dir unless the bundle is complete.
     """
+    options = ExportOptions.checked(
+        task, output_dir=output_dir, layers=layers, opset=opset, validate=validate, atol=atol, overwrite=overwrite,
+        external_data_threshold=external_data_threshold, fp16=fp16, int8=int8, calibration_data=calibration_data,
+        calibration_method=calibration_method, calibration_samples=calibration_samples, optimize=optimize,
+        engine=engine, shapes=shapes, pooler_output=pooler_output, ort_format=ort_format,
+        output_hidden_states=output_hidden_states, output_attentions=output_attentions, triton=triton)
+    return bundle_from_checkpoint(path_or_hub_id, options, log)
+
+
+def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOptions,
+                           log: Callable[[str], None] = log) -> Path:
+    """export() once its options are checked (albert-export calls the two halves: a usage error exits 2)."""
     started = time.perf_counter()
-    checks = dict(layers=layers, opset=opset, optimize=optimize, fp16=fp16, int8=int8,
-                  calibration_data=calibration_data, calibration_method=calibration_method,
-                  calibration_samples=calibration_samples, engine=engine, shapes=shapes, atol=atol,
-                  pooler_output=pooler_output)
-    task, precision = check_options(task, **checks)
-    if task is None:
-        task, _ = check_options(detect_task(path_or_hub_id, log), **checks)  # the checks that need the task
-    if engine == "tensorrt":
+    if options.task is None:
+        options = options.for_task(detect_task(path_or_hub_id, log))
+    if options.engine == "tensorrt":
         import_tensorrt()
-    output = check_output_dir(output_dir or default_output_dir(task, precision), overwrite)
-    if precision == "int8":
-        load_examples(calibration_data)  # a file that is empty or not text fails now, not after tracing
+    writer = BundleWriter(options.output_dir or default_output_dir(options.task, options.precision), options.overwrite)
+    if options.precision == "int8":
+        load_examples(options.calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
-    with stage("loaded", log) as done:
-        model = from_pretrained(checkpoint, task, output_hidden_states=output_hidden_states,
-                                output_attentions=output_attentions)
-        tokenizer, tokenizer_settings = tokenizer_from_pretrained(checkpoint)
-        tokenizer_settings = check_tokenizer_fits(tokenizer, tokenizer_settings, model.config, task)
-        done(f"{checkpoint} for {task}")
-    left_out = () if pooler_output else TASK_OUTPUTS_ON_REQUEST
-    outputs = [name for name in TASKS[task].outputs if name not in left_out]
-    with stage("traced", log) as done:
-        graph = onnx_from_reference(model, layers, opset, left_out)
-        done(f"embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {opset}")
-    optimize_report = {}
-    if optimize != "none":
-        with stage(f"optimized ({optimize}):", log) as done:
-            graph, optimize_report = optimize_graph(graph, optimize)
-            fused = {name: counts["fused"] for name, counts in optimize_report.items() if counts.get("fused")}
-            done(", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused")
+    model, tokenizer, settings = reference_and_tokenizer(checkpoint, options, log)
+    profile = engine_profile(options, model.config.max_position_embeddings)
+    graph, passes = optimized(traced(model, options, log), options.optimize, log)
     # precision last, after any graph optimization: fp16 (mixed) or calibrated INT8 QDQ
     graph, precision_extra, calibration_table = graph_at_precision(
-        graph, precision, task=task, tokenizer=tokenizer, layers=layers, vocab_size=model.config.vocab_size,
-        calibration_data=calibration_data,
-        calibration_method=calibration_method, calibration_samples=calibration_samples, log=log,
-        max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings, 384))
-    manifest = manifest_for(task, layers, opset, tokenizer_settings, outputs)
-    manifest.outputs += optional_output_specs(graph)
-    manifest.precision = precision
-    manifest.extra.update(precision_extra)
-    manifest.extra["optimize"] = {"profile": optimize, "passes": optimize_report}
-    stats = manifest.extra["graph"] = graph_stats(graph, model)
-    profile = None
-    if engine == "tensorrt":
-        rank, positions = len(input_dims(task)), model.config.max_position_embeddings
-        profile = (parse_shapes(shapes, rank=rank, max_positions=positions) if shapes
-                   else default_profile(rank, positions))
-    log(f"assembled {layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
+        graph, options.precision, task=options.task, tokenizer=tokenizer, layers=options.layers,
+        vocab_size=model.config.vocab_size, calibration_data=options.calibration_data,
+        calibration_method=options.calibration_method, calibration_samples=options.calibration_samples, log=log,
+        max_length=min(settings.max_length, CALIBRATION_MAX_LENGTH))
+    outputs, stats = output_specs(options, graph), graph_stats(graph, model)
+    log(f"assembled {options.layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")
-    with BundleWriter(output, overwrite) as bundle:
-        files = save_model(graph, bundle.path, external_data_threshold)
-        stats["model_bytes"] = sum(file.stat().st_size for file in files)
-        del graph
+    with writer as bundle:
+        files = save_model(graph, bundle.path, options.external_data_threshold)
+        del graph  # validation and the engine build read model.onnx; the proto's memory goes back now
+        sizes = {"model_bytes": sum(file.stat().st_size for file in files)}
         tokenizer.save(str(bundle.path / TOKENIZER))
-        write_tokenizer_files(checkpoint, bundle.path, tokenizer_settings,
-                              max_length=min(tokenizer_settings.max_length, model.config.max_position_embeddings))
+        write_tokenizer_files(checkpoint, bundle.path, settings, max_length=settings.max_length)
         model.config.save(bundle.path)
         if calibration_table is not None:
             calibration_table.save(bundle.path)
-        if validate:
-            with stage("validated", log) as done:
-                manifest.validation = validate_onnx(bundle.path / MODEL, model, task, precision=precision,
-                                                    atol=atol, progress=bar)
-                worst = ", ".join(f"{name} {diff:.2g}" for name, diff in manifest.validation.max_abs_diff.items())
-                done(f"on {len(manifest.validation.shapes)} shapes against the PyTorch reference (onnxruntime CPU): "
-                     f"max abs diff {worst}")
-        if ort_format:
-            ort_model, _ = ort_from_onnx(bundle.path / MODEL, bundle.path)
-            stats["ort_model_bytes"] = ort_model.stat().st_size
-            log(f"wrote {ort_model.name} ({stats['ort_model_bytes'] / stats['model_bytes']:.3f} x model.onnx) "
-                "and its required operators")
-        if profile is not None:
-            with stage(f"built {ENGINE}", log) as done:
-                plan, manifest.engine = engine_from_onnx(bundle.path / MODEL, profile, log=log)
-                (bundle.path / ENGINE).write_bytes(plan)
-                done(f"({len(plan) / 1e6:.1f} MB) for compute capabilities "
-                     f"{', '.join(manifest.engine.compute_capabilities)}")
-        path = bundle.commit(manifest)
+        validation = validated(bundle.path, model, options, log) if options.validate else None
+        if options.ort_format:
+            sizes["ort_model_bytes"] = ort_model_bytes(bundle.path, sizes["model_bytes"], log)
+        engine = built_engine(bundle.path, profile, log) if profile is not None else None
+        extra = {**precision_extra, "optimize": {"profile": options.optimize, "passes": passes},
+                 "graph": {**stats, **sizes}}
+        path = bundle.commit(manifest_for(options, settings, outputs, validation, engine, extra))
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    if options.triton:  # a second directory, written once the bundle is in place
+        write_repository(path, options.triton)
     return path
 
+
+def reference_and_tokenizer(checkpoint: Path, options: ExportOptions, log: Callable[[str], None]):
+    """(PyTorch reference model, tokenizer, its settings capped at the model's positions)."""
+    with stage("loaded", log) as done:
+        model = reference_from_checkpoint(checkpoint, options.task, output_hidden_states=options.output_hidden_states,
+                                          output_attentions=options.output_attentions)
+        tokenizer, settings = tokenizer_from_pretrained(checkpoint)
+        settings = check_tokenizer_fits(tokenizer, settings, model.config, options.task)
+        done(f"{checkpoint} for {options.task}")
+    return model, tokenizer, settings
+
+
+def engine_profile(options: ExportOptions, max_positions: int) -> ShapeProfile | None:
+    """TensorRT's optimization profile: --shapes within the model's positions, else the default one; None
+    without --engine tensorrt."""
+    if options.engine != "tensorrt":
+        return None
+    if options.profile is None:
+        return default_profile(len(options.input_dims), max_positions)
+    return fitting_positions(options.profile, max_positions, options.shapes)
+
+
+def traced(model: AlbertForTask, options: ExportOptions, log: Callable[[str], None]) -> onnx.ModelProto:
+    with stage("traced", log) as done:
+        graph = onnx_from_reference(model, options.layers, options.opset, options.left_out)
+        done(f"embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {options.opset}")
+    return graph
+
+
+def optimized(graph: onnx.ModelProto, profile: str, log: Callable[[str], None]) -> tuple[onnx.ModelProto, dict]:
+    """(graph after the profile's passes, the passes' report); the graph as it is for profile none."""
+    if profile == "none":
+        return graph, {}
+    with stage(f"optimized ({profile}):", log) as done:
+        graph, report = optimize_graph(graph, profile)
+        fused = {name: counts["fused"] for name, counts in report.items() if counts.get("fused")}
+        done(", ".join(f"{name} x{n}" for name, n in fused.items()) or "nothing fused")
+    return graph, report
+
+
+def output_specs(options: ExportOptions, graph: onnx.ModelProto) -> list[TensorSpec]:
+    """The task's outputs this bundle has, then hidden_states / attentions as the graph declares them (layer
+    counts fixed, the rest symbolic)."""
+    spec = TASKS[options.task]
+    return [TensorSpec(name, "float32", list(dims)) for name, dims in zip(spec.outputs, spec.output_dims)
+            if name not in options.left_out] + [
+        TensorSpec(output.name, "float32", dims_of(output)) for output in graph.graph.output
+        if output.name in OPTIONAL_OUTPUTS]
+
+
+def validated(bundle: Path, model: AlbertForTask, options: ExportOptions, log: Callable[[str], None]) -> Validation:
+    with stage("validated", log) as done:
+        validation = validate_onnx(bundle / MODEL, model, options.task, precision=options.precision,
+                                   atol=options.atol, progress=bar)
+        worst = ", ".join(f"{name} {diff:.2g}" for name, diff in validation.max_abs_diff.items())
+        done(f"on {len(validation.shapes)} shapes against the PyTorch reference (onnxruntime CPU): "
+             f"max abs diff {worst}")
+    return validation
+
+
+def ort_model_bytes(bundle: Path, model_bytes: int, log: Callable[[str], None]) -> int:
+    ort_model, _ = ort_from_onnx(bundle / MODEL, bundle)
+    size = ort_model.stat().st_size
+    log(f"wrote {ort_model.name} ({size / model_bytes:.3f} x model.onnx) and its required operators")
+    return size
+
+
+def built_engine(bundle: Path, profile: ShapeProfile, log: Callable[[str], None]) -> EngineInfo:
+    with stage(f"built {ENGINE}", log) as done:
+        plan, info = engine_from_onnx(bundle / MODEL, profile, log=log)
+        (bundle / ENGINE).write_bytes(plan)
+        done(f"({len(plan) / 1e6:.1f} MB) for compute capabilities {', '.join(info.compute_capabilities)}")
+    return info
+
+
+def manifest_for(options: ExportOptions, tokenizer: TokenizerSettings, outputs: list[TensorSpec],
+                 validation: Validation | None, engine: EngineInfo | None, extra: dict) -> Manifest:
+    """The manifest of what the stages produced; its files are checksummed by the writer's commit."""
+    producer = {"name": "albert-export", "version": albert_version(), "torch": torch.__version__,
+                "onnx": onnx.__version__}
+    inputs = [TensorSpec(name, "int64", list(options.input_dims)) for name in INPUT_NAMES]
+    return Manifest(task=options.task, layers=options.layers, precision=options.precision, opset=options.opset,
+                    inputs=inputs, outputs=outputs, tokenizer=tokenizer, files={}, producer=producer,
+                    validation=validation, optimize=options.optimize, engine=engine, extra=extra)

@@ -18,6 +18,11 @@ import torch
 from torch import nn
 
 from .config import AlbertConfig, ConfigError
+from .errors import ExportError
+
+
+class InputShapeError(ExportError, ValueError):
+    """The reference model was called with inputs of the wrong rank for its task."""
 
 
 def new_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -331,7 +336,7 @@ class AlbertForMultipleChoice(AlbertForTask):
         """hidden_states and attentions keep the choices folded into the batch (B*C), as transformers does."""
         if input_ids.dim() != 3:
             shape = tuple(input_ids.shape)
-            raise ValueError(f"multiple-choice inputs are (batch, choices, sequence); got shape {shape}")
+            raise InputShapeError(f"multiple-choice inputs are (batch, choices, sequence); got shape {shape}")
         choices = input_ids.shape[1]
         flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # noqa: E731
         outputs = super().forward(flat(input_ids), flat(attention_mask), flat(token_type_ids), output_hidden_states,

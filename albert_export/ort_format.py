@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import ExportError
+
 ORT_MODEL = "model.ort"
 REQUIRED_OPERATORS = "required_operators.config"
 DISABLED_OPTIMIZERS = ["ConstantFolding"]
 
 
-class OrtFormatError(RuntimeError):
+class OrtFormatError(ExportError, RuntimeError):
     """onnxruntime could not write the ORT format model."""
 
 

@@ -23,6 +23,7 @@ from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 from graphs.size import op_counts
 
+from .errors import ExportError
 from .progress import bar, log, stage
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -32,7 +33,7 @@ EVALUATION_SAMPLES = 64  # held-out examples for the INT8 accuracy report
 DEFAULT_METHOD = "percentile"
 
 
-class PrecisionOptionError(ValueError):
+class PrecisionOptionError(ExportError, ValueError):
     """Precision options that contradict each other or have impossible values."""
 
 

@@ -20,6 +20,8 @@ from tokenizers.models import Unigram
 from runtime.bundle import TOKENIZER, TokenizerSettings
 from runtime.tokenizer import ALBERT_SPECIAL_TOKENS
 
+from .errors import ExportError
+
 SPIECE = "spiece.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -31,7 +33,7 @@ _UNSET_MAX_LENGTH = 1 << 40
 _CONTROL, _USER_DEFINED = ModelProto.SentencePiece.CONTROL, ModelProto.SentencePiece.USER_DEFINED
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ExportError, ValueError):
     """A tokenizer directory or file that cannot be turned into the bundle's tokenizer."""
 
 

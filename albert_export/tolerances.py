@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ExportOptionError
+
 ANY_OUTPUT = "*"
 
 
@@ -44,10 +46,10 @@ def tolerance_for(precision: str, output: str, atol: float | None = None) -> Tol
     try:
         table = TOLERANCES[precision]
     except KeyError:
-        raise ValueError(f"no tolerances for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
+        raise ExportOptionError(f"no tolerances for precision {precision!r}; known: {', '.join(TOLERANCES)}") from None
     tolerance = table.get(output, table[ANY_OUTPUT])
     if atol is not None:
         if not atol >= 0:
-            raise ValueError(f"atol must be a non-negative number, got {atol!r}")
+            raise ExportOptionError(f"atol must be a non-negative number, got {atol!r}")
         tolerance = Tolerance(atol=float(atol), rtol=tolerance.rtol)
     return tolerance

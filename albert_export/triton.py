@@ -23,6 +23,8 @@ import onnx
 
 from runtime.bundle import ENGINE, MODEL, load_bundle
 
+from .errors import ExportError
+
 TRITON_TYPES = {
     onnx.TensorProto.INT64: "TYPE_INT64",
     onnx.TensorProto.INT32: "TYPE_INT32",
@@ -34,7 +36,7 @@ TRITON_TYPES = {
 BATCH_DIMS = ("batch", "batch_size")
 
 
-class TritonError(ValueError):
+class TritonError(ExportError, ValueError):
     pass
 
 

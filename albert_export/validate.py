@@ -18,10 +18,11 @@ import torch
 from runtime.bundle import Validation
 from runtime.taskspec import TASKS
 
+from .errors import ExportError
 from .tolerances import Tolerance, tolerance_for
 
 
-class ValidationError(Exception):
+class ValidationError(ExportError):
     """An output of the exported graph is further from the reference than its tolerance allows."""
 
     def __init__(self, output: str, max_abs_diff: float, max_rel_diff: float, atol: float, shape: tuple[int, ...]):

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import stat
+import sys
 
 import numpy as np
 import onnx
@@ -207,6 +208,68 @@ def test_interrupted_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export(directory, "features", tmp_path / "b", log=quiet)
     assert list(tmp_path.iterdir()) == []
+
+
+def calls_during(run, *functions) -> list[tuple[str, str]]:
+    """(function name, caller's file) for every call of `functions` while run() runs, nested calls included."""
+    watched = {function.__code__: function.__name__ for function in functions}
+    seen = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in watched:
+            seen.append((watched[frame.f_code], frame.f_back.f_code.co_filename))
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.parametrize("via", ["export", "cli"])
+def test_one_export_reads_the_task_once_and_checks_the_output_once(via, checkpoint, tmp_path, capsys):
+    """The options are checked once, into one value the stages read: the task's name is canonicalized once
+    (input_dims' own lookup inside taskspec aside), the output directory is checked once before tracing, then
+    once more by the commit, for what changed while the export ran."""
+    from albert_export import bundle_writer, cli
+    from runtime import taskspec
+
+    directory, _ = checkpoint("question-answering")
+    output = tmp_path / "bundle"
+    if via == "export":
+        def run():
+            export(directory, "qa", output, validate=False, log=quiet)
+    else:
+        def run():
+            assert cli.main(["--model", str(directory), "--task", "qa", "--output", str(output), "--no-validate",
+                             "--quiet"]) == 0
+
+    calls = calls_during(run, taskspec.canonical_task, bundle_writer.check_output_dir,
+                         bundle_writer.BundleWriter.__enter__)
+    names = [name for name, _ in calls]
+    canonicalized = [name for name, caller in calls if name == "canonical_task" and caller != taskspec.__file__]
+    assert canonicalized == ["canonical_task"]
+    checks = [index for index, name in enumerate(names) if name == "check_output_dir"]
+    assert len(checks) == 2 and checks[0] < names.index("__enter__") < checks[1]  # before tracing; at the commit
+    assert load_bundle(output).manifest.task == "question-answering"
+
+
+def test_the_manifest_names_the_optimization_profile_that_ran(checkpoint, tmp_path):
+    directory, _ = checkpoint("question-answering")
+    plain = export(directory, "qa", tmp_path / "plain", validate=False, log=quiet)
+    fused = export(directory, "qa", tmp_path / "fused", optimize="onnxruntime", validate=False, log=quiet)
+    assert load_bundle(plain).manifest.optimize == "none"
+    manifest = load_bundle(fused).manifest
+    assert manifest.optimize == manifest.extra["optimize"]["profile"] == "onnxruntime"
+
+
+def test_triton_repository_is_written_by_export_itself(checkpoint, tmp_path):
+    directory, _ = checkpoint("question-answering")
+    bundle = export(directory, "qa", tmp_path / "qa", validate=False, triton=tmp_path / "repo", log=quiet)
+    assert sorted(p.parent.name for p in (tmp_path / "repo").glob("*/config.pbtxt")) == [
+        "qa", "qa-onnx", "qa-postprocess", "qa-preprocess"]
+    assert (tmp_path / "repo" / "qa-onnx" / "1" / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
 
 
 @pytest.mark.parametrize("task, shapes", [("question-answering", "1x1:2x16:4x40"),

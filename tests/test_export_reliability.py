@@ -585,3 +585,19 @@ def test_error_lines_carry_no_exception_class_names():
     with pytest.raises(ValueError) as ours:  # a builtin exception raised by our code is written to be read
         tolerance_for("fp32", "*", -1.0)
     assert cli.error_line(ours.value) == "atol must be a non-negative number, got -1.0"
+
+
+def test_error_lines_decide_by_type_not_by_the_module_that_raised():
+    from calibration import CalibrationError
+    from graphs.errors import GraphError
+    from runtime.errors import AlbertRuntimeError
+
+    from albert_export.errors import ExportError
+
+    for base in (ExportError, GraphError, CalibrationError, AlbertRuntimeError):
+        assert cli.error_line(type("Raised", (base,), {})("the message; what to do")) == "the message; what to do"
+    import numpy as np
+
+    with pytest.raises(ValueError) as untyped:  # a builtin error from our own module: not one of the bases
+        validate_module.compare(np.zeros(2), np.zeros(3), tolerance_for("fp32", "*"))
+    assert cli.error_line(untyped.value).startswith("unexpected failure: shape (2,) where the reference has (3,); ")
