@@ -210,7 +210,7 @@ def openvino_candidates(candidates: list[Candidate], threads: int, refused: dict
         base = by_name.get(source)
         if base is None:
             continue
-        for precision in ("f32", "bf16") if bf16 and base.precision == "fp32" else ("f32",):
+        for precision in ("f32", "bf16") if bf16 else ("f32",):  # bf16: what int8 leaves in float, too
             name = f"openvino {source}" + (" bf16" if precision == "bf16" else "")
             try:
                 engine = OpenVINOBackend(base.path, threads=threads, precision=precision)
@@ -218,7 +218,8 @@ def openvino_candidates(candidates: list[Candidate], threads: int, refused: dict
                 log(f"{name}: {exc}")
                 refused[name] = str(exc)
                 continue
-            made.append(Candidate(name, "openvino", "bf16" if precision == "bf16" else base.precision, base.path,
+            row_precision = "bf16" if precision == "bf16" and base.precision == "fp32" else base.precision
+            made.append(Candidate(name, "openvino", row_precision, base.path,
                                   session=engine, ov_precision=precision, peer=base.peer or "",
                                   note=f"OpenVINO {openvino.__version__.split('-')[0]}, {precision}, LATENCY hint"))
     return made
@@ -353,7 +354,7 @@ def ratio_anchor(c: Candidate, by_name: dict[str, Candidate]) -> Candidate | Non
 
 def engine_of(c: Candidate) -> str:
     return {"onnx": "onnxruntime", "openvino": "openvino", "torch": "pytorch"}[c.kind] + (
-        " bf16" if c.precision == "bf16" else "")
+        " bf16" if c.ov_precision == "bf16" else "")
 
 
 def recommendation(by_name: dict[str, Candidate], shapes, cpu: dict) -> list[str]:
