@@ -200,9 +200,7 @@ def refuse(exc: Exception, status: int, debug: bool = True) -> int:
     """One `albert-export: error:` line on stderr (with debug and ALBERT_EXPORT_DEBUG=1, the traceback)."""
     if debug and os.environ.get("ALBERT_EXPORT_DEBUG"):
         raise exc
-    # an unknown task names the valid ones: a usage error, worded for the user wherever it is raised
-    line = str(exc) if isinstance(exc, UnknownTaskError) else error_line(exc)
-    print(f"albert-export: error: {line}", file=sys.stderr)
+    print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
     return status
 
 
