@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BackendError, OptionError
 from ..extras import install_command
+from .heap import release_freed_heap
 
 PRECISIONS = ("f32", "bf16")
 HINTS = ("latency", "throughput")
@@ -92,6 +93,7 @@ class OpenVINOBackend:
         except Exception as exc:
             raise BackendError(f"OpenVINO cannot compile {model_path}: {str(exc).strip().splitlines()[-1]}") from exc
         del model  # the compiled model holds what it needs; the frontend's copy of the weights can go
+        release_freed_heap()
         self.precision, self.hint, self.threads = precision, hint, threads
         # infer requests are reused: one per concurrent caller, created when a caller finds none idle
         self._idle = [self.compiled.create_infer_request()]
