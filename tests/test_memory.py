@@ -88,3 +88,41 @@ def test_a_loaded_bundle_holds_each_weight_once(bundles, handmade_bundle, task, 
     assert done.returncode == 0, done.stderr
     grown_mb = json.loads(done.stdout)
     assert grown_mb * 2**20 <= RESIDENT_BOUND * parameter_bytes(bundle), (grown_mb, parameter_bytes(bundle) / 2**20)
+
+
+OPENVINO_PROBE = """
+import json, sys
+import numpy as np
+import runtime.backends.openvino as openvino_backend
+
+def resident_mb():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+if sys.argv[3] == "0":  # as before the backend gave the freed heap back
+    openvino_backend.release_freed_heap = lambda: None
+feed = {"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4)), "token_type_ids": np.zeros((1, 4))}
+openvino_backend.OpenVINOBackend(sys.argv[2], threads=1).infer(feed)  # the bundle loaded before
+before = resident_mb()
+backend = openvino_backend.OpenVINOBackend(sys.argv[1], threads=1)
+backend.infer(feed)
+print(json.dumps(resident_mb() - before))
+"""
+ALBERT_BASE = dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
+                   num_attention_heads=12, intermediate_size=3072)
+
+
+def test_openvino_gives_back_the_heap_its_frontend_freed(tmp_path):
+    # a process that loads a bundle after another (albert-serve's models, a reload): glibc keeps the heap the first
+    # load's frontend freed unless it is trimmed; albert-base shape, as the test models' heap is too small to stay
+    save_checkpoint(tmp_path / "checkpoint", "fill-mask", **ALBERT_BASE)
+    model = export(tmp_path / "checkpoint", "fill-mask", tmp_path / "bundle", validate=False, log=lambda _: None)
+    model = model / "model.onnx"
+    grown = {}
+    for trim in ("1", "0"):
+        done = subprocess.run([sys.executable, "-c", OPENVINO_PROBE, str(model), str(model), trim],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        grown[trim] = json.loads(done.stdout) * 2**20 / parameter_bytes(model.parent)
+    # measured on an AVX512 EPYC: 2.20x trimmed, 2.96x not (OpenVINO keeps its own repacked copy of the weights)
+    assert grown["1"] <= 2.5 < grown["0"], grown
