@@ -4,7 +4,6 @@ what transformers computes, tokenized by AutoTokenizer from the same directory (
 length)."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -140,18 +139,14 @@ def test_ort_model_loads_the_bundle_and_computes_what_transformers_does(task, ex
         np.testing.assert_allclose(getattr(outputs, name).numpy(), expected, atol=1e-4, rtol=0, err_msg=name)
 
 
-def test_readme_optimum_example_runs_as_written(exported, tmp_path):
+def test_readme_optimum_example_runs_as_written(exported, tmp_path, monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Use the bundle from", 1)[1]
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     bundle, _ = exported("question-answering")
     (tmp_path / "albert-question-answering-fp32").symlink_to(bundle)
     namespace: dict = {}
-    previous = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        exec(example, namespace)  # noqa: S102 - the README's own example
-    finally:
-        os.chdir(previous)
+    monkeypatch.chdir(tmp_path)
+    exec(example, namespace)  # noqa: S102 - the README's own example
     assert type(namespace["model"]).__name__ == "ORTModelForQuestionAnswering"
     assert namespace["tokenizer"].model_max_length == 40

@@ -32,7 +32,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("readme")
 
 
-def test_usage_examples_run_as_written(workdir):
+def test_usage_examples_run_as_written(workdir, monkeypatch):
     shell, python = usage_blocks()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for line in shell:
@@ -43,12 +43,8 @@ def test_usage_examples_run_as_written(workdir):
             results = [json.loads(row) for row in done.stdout.splitlines()]
             assert len(results) == 1 and results[0], line
     namespace = {}
-    previous = Path.cwd()
-    os.chdir(workdir)
-    try:
-        exec(python, namespace)  # noqa: S102 - the README's own example
-    finally:
-        os.chdir(previous)
+    monkeypatch.chdir(workdir)
+    exec(python, namespace)  # noqa: S102 - the README's own example
     answers, fills = namespace["answers"], namespace["fills"]
     assert len(answers) == 2 and all(set(a) == {"score", "start", "end", "answer"} for a in answers)
     assert len(fills) == 2 and all(len(f) == 3 and set(f[0]) == {"score", "token", "token_str", "sequence"}
