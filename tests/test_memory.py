@@ -57,17 +57,19 @@ def test_tied_decoder_is_one_table_after_onnxruntime_optimizations(bundles, tmp_
     assert (tmp_path / "optimized.ort").stat().st_size < parameter_bytes(bundle) + table / 4
 
 
-RESIDENT_PROBE = """
+PROBE_SETUP = """
 import json, sys
 import numpy as np
-from runtime.backends.ort import OnnxRuntimeBackend
-from runtime.bundle import load_bundle
 
 def resident_mb():
     status = open("/proc/self/status").read()
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 feed = {"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4)), "token_type_ids": np.zeros((1, 4))}
+"""
+RESIDENT_PROBE = PROBE_SETUP + """
+from runtime.backends.ort import OnnxRuntimeBackend
+
 OnnxRuntimeBackend(sys.argv[2], threads=1).infer(feed)  # onnxruntime's one-time costs (thread pool, kernels)
 before = resident_mb()
 backend = OnnxRuntimeBackend(sys.argv[1], threads=1, low_memory=sys.argv[3] == "1")
@@ -90,18 +92,11 @@ def test_a_loaded_bundle_holds_each_weight_once(bundles, handmade_bundle, task, 
     assert grown_mb * 2**20 <= RESIDENT_BOUND * parameter_bytes(bundle), (grown_mb, parameter_bytes(bundle) / 2**20)
 
 
-OPENVINO_PROBE = """
-import json, sys
-import numpy as np
+OPENVINO_PROBE = PROBE_SETUP + """
 import runtime.backends.openvino as openvino_backend
-
-def resident_mb():
-    status = open("/proc/self/status").read()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 if sys.argv[3] == "0":  # as before the backend gave the freed heap back
     openvino_backend.release_freed_heap = lambda: None
-feed = {"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4)), "token_type_ids": np.zeros((1, 4))}
 openvino_backend.OpenVINOBackend(sys.argv[2], threads=1).infer(feed)  # the bundle loaded before
 before = resident_mb()
 backend = openvino_backend.OpenVINOBackend(sys.argv[1], threads=1)
