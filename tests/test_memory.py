@@ -103,6 +103,7 @@ backend = openvino_backend.OpenVINOBackend(sys.argv[1], threads=1)
 backend.infer(feed)
 print(json.dumps(resident_mb() - before))
 """
+TRIM_GIVES_BACK = 0.5  # x parameter bytes
 ALBERT_BASE = dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
                    num_attention_heads=12, intermediate_size=3072)
 
@@ -119,5 +120,6 @@ def test_openvino_gives_back_the_heap_its_frontend_freed(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         grown[trim] = json.loads(done.stdout) * 2**20 / parameter_bytes(model.parent)
-    # measured on an AVX512 EPYC: 2.20x trimmed, 2.96x not (OpenVINO keeps its own repacked copy of the weights)
-    assert grown["1"] <= 2.5 < grown["0"], grown
+    # the bound is the untrimmed load in the same run, as OpenVINO's own copy differs per CPU kind (README, Testing):
+    # trimming gives back at least half a parameter copy (measured 0.76x on AVX512 and 0.80x on AVX2 EPYCs)
+    assert grown["0"] - grown["1"] >= TRIM_GIVES_BACK, grown

@@ -49,3 +49,17 @@ def test_usage_examples_run_as_written(workdir, monkeypatch):
     assert len(answers) == 2 and all(set(a) == {"score", "start", "end", "answer"} for a in answers)
     assert len(fills) == 2 and all(len(f) == 3 and set(f[0]) == {"score", "token", "token_str", "sequence"}
                                    for f in fills)
+
+
+def test_the_test_counts_readme_gives_are_what_pytest_collects():
+    claimed = {path: int(count) for path, count in re.findall(r"`(tests/test_\w+\.py)` \((\d+)", README.read_text())}
+    assert len(claimed) >= 3, claimed
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *claimed],
+                          cwd=README.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    collected = {path: 0 for path in claimed}
+    for line in done.stdout.splitlines():
+        path = line.split("::", 1)[0]
+        if "::" in line and path in collected:
+            collected[path] += 1
+    assert collected == claimed
