@@ -335,6 +335,7 @@ def answers_from_windows(context: str, outputs: list[tuple[dict[str, np.ndarray]
     """HF's postprocess: collect span candidates from every window, merge case-insensitive duplicates, rank."""
     min_null_score: float = NULL_SCORE_START
     answers: list[dict[str, Any]] = []
+    by_text: dict[str, dict[str, Any]] = {}  # HF's get_answer scans every answer per candidate; a dict is linear
     pre_top_k = settings.top_k * 2 + 10 if settings.align_to_words else settings.top_k  # alignment may drop some
     for output, window in outputs:
         padded_length = window.p_mask.shape[1]
@@ -353,11 +354,12 @@ def answers_from_windows(context: str, outputs: list[tuple[dict[str, np.ndarray]
         for s, e, score in zip(starts, ends, scores):
             start_index, end_index = char_span(window.encoding, int(s), int(e), settings.align_to_words)
             text = context[start_index:end_index]
-            same = next((answer for answer in answers if answer["answer"].lower() == text.lower()), None)
+            same = by_text.get(text.lower())
             if same is not None:
                 same["score"] += score.item()
             else:
-                answers.append({"score": score.item(), "start": start_index, "end": end_index, "answer": text})
+                by_text[text.lower()] = {"score": score.item(), "start": start_index, "end": end_index, "answer": text}
+                answers.append(by_text[text.lower()])
 
     if settings.handle_impossible_answer:
         answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
