@@ -24,10 +24,11 @@ from torch import nn
 
 from calibration import load_examples
 from calibration.data import DEFAULT_MAX_LENGTH as CALIBRATION_MAX_LENGTH
-from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, dims_of, name_initializers
+from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, name_initializers
+from graphs.nodes import dims_of
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
-from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
+from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes, transposed_digest
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, EngineInfo, Manifest, TensorSpec, TokenizerSettings, Validation
 from runtime.taskspec import (
     BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
@@ -185,8 +186,9 @@ def parameter_names_by_digest(model: nn.Module) -> dict[str, str]:
     for name, parameter in model.named_parameters():  # tied parameters are listed once
         array = parameter.detach().cpu().numpy()
         names.setdefault(array_digest(array), name)
-        if array.ndim == 2:
-            names.setdefault(array_digest(array.T), name + ".T")
+        transposed = transposed_digest(array)
+        if transposed:
+            names.setdefault(transposed, name + ".T")
     return names
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 
+from graphs.nodes import dims_of
 from runtime.bundle import ENGINE, MODEL, load_bundle
 
 from .errors import ExportError
@@ -61,7 +62,7 @@ def model_tensors(model_path: Path) -> tuple[list[Tensor], list[Tensor], list[st
             if value.name in initializers:
                 continue
             tensor_type = value.type.tensor_type
-            dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else -1) for d in tensor_type.shape.dim]
+            dims = [-1 if dim is None else dim for dim in dims_of(value)]  # Triton's unknown dim is -1
             if not dims or dims[0] not in BATCH_DIMS:
                 left_out.append(value.name)
                 continue

@@ -5,11 +5,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from graphs.passes.qdq import int8_scale
+
 from .errors import CalibrationTableError
 
 CALIBRATION_TABLE = "calibration.json"
 TABLE_FORMAT = 1
-INT8_MAX = 127
 
 
 @dataclass
@@ -26,7 +27,8 @@ class CalibrationTable:
     def to_json(self) -> str:
         data = asdict(self)
         data["format"] = TABLE_FORMAT
-        data["tensors"] = {name: {"amax": value, "scale": value / INT8_MAX} for name, value in data.pop("amax").items()}
+        data["tensors"] = {name: {"amax": value, "scale": float(int8_scale(value))}
+                           for name, value in data.pop("amax").items()}
         return json.dumps(data, indent=1) + "\n"
 
     def save(self, path: str | Path) -> Path:

@@ -35,12 +35,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import GraphError
-from .names import rename_uses
+from .names import Names, rename_uses
+from .nodes import dims_of, opset_of
 from .passes.constant_nodes import constants_to_initializers
 from .passes.dedupe import dedupe_initializers
 from .passes.identities import remove_identities
 from .size import array_digest
-from .walk import all_graphs, subgraphs
+from .walk import subgraphs
 
 LAYER_MODES = ("unrolled", "loop")
 ATTENTION_BIAS = "attention_bias"
@@ -138,10 +139,6 @@ def check_pieces(pieces: Pieces) -> None:
     opsets = {opset_of(model) for model in [pieces.embed, *pieces.groups, pieces.head]}
     if len(opsets) != 1:
         raise AssemblyError(f"the pieces were traced at different opsets: {sorted(opsets)}")
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
 
 def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
@@ -285,11 +282,6 @@ def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: lis
     return inputs, mapping
 
 
-def dims_of(value: onnx.ValueInfoProto) -> list[str | int | None]:
-    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in
-            value.type.tensor_type.shape.dim]
-
-
 def flattened_batch(input_ids: onnx.ValueInfoProto) -> str:
     """The name of the (batch*choices) axis the multiple-choice encoder runs on."""
     batch, choices = dims_of(input_ids)[:2]
@@ -373,15 +365,12 @@ def loop_body(group: onnx.GraphProto, prefix: str, initializer_names: dict[str, 
 
 def name_initializers(model: onnx.ModelProto, names_by_digest: dict[str, str]) -> int:
     """Give initializers readable names (e.g. the checkpoint's parameter names) found by content digest."""
-    taken = {name for graph in all_graphs(model.graph) for node in graph.node for name in node.output}
-    taken |= {value.name for value in model.graph.input}
-    taken |= {tensor.name for tensor in model.graph.initializer}
+    names = Names(model)
     mapping = {}
     for tensor in model.graph.initializer:
         name = names_by_digest.get(array_digest(numpy_helper.to_array(tensor)))
-        if name and name not in taken:
+        if name and names.claim(name):
             mapping[tensor.name] = name
-            taken.add(name)
     for tensor in model.graph.initializer:
         tensor.name = mapping.get(tensor.name, tensor.name)
     rename_uses(model.graph, mapping)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .constants import constant_tensor
+from .nodes import constant_tensor, dims_of
 from .walk import scopes
 
 
@@ -36,8 +36,7 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     for name, value in inferred_values(model).items():
         tensor = value.type.tensor_type
         if tensor.HasField("shape"):
-            shapes[name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in tensor.shape.dim]
+            shapes[name] = dims_of(value)
     return shapes
 
 

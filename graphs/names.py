@@ -27,6 +27,13 @@ class Names:
         self.taken.add(name)
         return name
 
+    def claim(self, name: str) -> bool:
+        """Take `name` as it is if nothing in the model uses it yet."""
+        if name in self.taken:
+            return False
+        self.taken.add(name)
+        return True
+
 
 def rename_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     """Point every read of an old name (node inputs, graph outputs excepted) at the new one, bodies included."""

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .constants import constant_tensor
+from .nodes import constant_tensor
 from .walk import all_graphs, scopes
 
 
@@ -41,6 +41,11 @@ def array_digest(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}{shape}".encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def transposed_digest(array: np.ndarray) -> str | None:
+    """The digest a matrix's transpose has, to find a weight stored both ways; None for anything not a matrix."""
+    return array_digest(array.T) if array.ndim == 2 and array.size > 1 else None
 
 
 def stored_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
@@ -99,7 +104,7 @@ def storage_report(model: onnx.ModelProto, min_elements: int = 16) -> StorageRep
             matrices.append((where, array))
     transposed, pairs = [], set()
     for where, array in matrices:
-        original = first.get(array_digest(array.T))
+        original = first.get(transposed_digest(array))
         if original is not None and original != where and frozenset((where, original)) not in pairs:
             pairs.add(frozenset((where, original)))
             transposed.append((where, original))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .constants import constant_tensor
+from .nodes import constant_tensor
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from onnx import numpy_helper
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from calibration import (
@@ -15,6 +16,7 @@ from calibration import (
 )
 from calibration.data import DEFAULT_DATA
 from graphs.passes.qdq import quantization_targets
+from graphs.walk import all_graphs
 from runtime.tokenizer import load_tokenizer
 from tests.conftest import DATA
 from tests.precision_graphs import loop_graph, run, sample_inputs, tiny_model, unrolled_graph
@@ -193,6 +195,11 @@ def test_table_round_trip_and_accuracy_report(model, batches, tmp_path):
     assert saved.name == "calibration.json" and data["format"] == 1 and data["method"] == "entropy"
     name, entry = next(iter(data["tensors"].items()))
     assert entry["scale"] == pytest.approx(entry["amax"] / 127)
+    graphs = list(all_graphs(quantized.graph))
+    quantizer = next(node for graph in graphs for node in graph.node
+                     if node.op_type == "QuantizeLinear" and node.input[0] == name)
+    in_graph = next(t for graph in graphs for t in graph.initializer if t.name == quantizer.input[1])
+    assert entry["scale"] == float(numpy_helper.to_array(in_graph)), "the table records the scale the graph uses"
     assert CalibrationTable.load(tmp_path) == table
 
     report = accuracy_report(graph, quantized, batches, "question-answering")

@@ -21,8 +21,9 @@ from onnx import helper, numpy_helper
 
 from ..infer import value_shapes
 from ..names import Names
+from ..nodes import MS_DOMAIN, ensure_opset
 from ..walk import scopes
-from .fusion import MS_DOMAIN, Context, Fusion, Match, absorb_shape_reads, apply_fusion, ensure_opset, other_input
+from .fusion import Context, Fusion, Match, absorb_shape_reads, apply_fusion, other_input
 
 HEADS_FIRST = [0, 2, 1, 3]  # (B, S, N, D) -> (B, N, S, D)
 KEYS_TRANSPOSED = [0, 2, 3, 1]  # (B, S, N, D) -> (B, N, D, S)

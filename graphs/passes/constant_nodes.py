@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper
 
-from ..constants import constant_node_value
+from ..nodes import constant_node_value
 from ..walk import scopes
 
 

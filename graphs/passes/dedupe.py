@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..names import rename_uses
-from ..size import array_digest, tensor_nbytes
+from ..size import array_digest, tensor_nbytes, transposed_digest
 from ..walk import scopes
 
 
@@ -69,8 +69,5 @@ def transposed_original(tensor: onnx.TensorProto, *kept: dict) -> str | None:
     """The kept matrix whose transpose `tensor` holds, if any."""
     if len(tensor.dims) != 2 or tensor.data_location == onnx.TensorProto.EXTERNAL:
         return None
-    array = numpy_helper.to_array(tensor)
-    if array.size <= 1:
-        return None
-    digest = array_digest(array.T)
-    return next((names[digest] for names in kept if digest in names), None)
+    digest = transposed_digest(numpy_helper.to_array(tensor))
+    return next((names[digest] for names in kept if digest in names), None) if digest else None

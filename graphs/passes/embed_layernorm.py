@@ -15,7 +15,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..infer import value_shapes
-from .fusion import MS_DOMAIN, Fusion, Match, apply_fusion, ensure_opset
+from ..nodes import MS_DOMAIN, ensure_opset
+from .fusion import Fusion, Match, apply_fusion
 
 
 @dataclass

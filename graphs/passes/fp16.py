@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..constants import constant_tensor
 from ..infer import value_types
 from ..names import Names, rename_uses
+from ..nodes import MS_DOMAIN, ONNX_DOMAINS, constant_tensor
 from ..walk import Scope, scopes, subgraphs
 from .identities import remove_identities
 
@@ -120,7 +120,7 @@ def _decide(node: onnx.NodeProto, kinds: list, scope: Scope, fp16_ops: frozenset
         return None
     if any(True for _ in subgraphs(node)):
         return FP32  # Loop / If keep their float interface; their bodies are decided on their own
-    if node.domain not in ("", "ai.onnx", "com.microsoft"):
+    if node.domain not in (*ONNX_DOMAINS, MS_DOMAIN):
         return FP32
     if op in fp16_ops:
         return FP16

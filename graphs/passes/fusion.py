@@ -2,7 +2,7 @@
 
 A pattern returns a typed Match (a dataclass per fusion). Every check ends the same way: the values the
 pattern computes must be read only inside it (`Context.read_outside`), or they could not disappear with it.
-The helpers the fusions share (`other_input`, `single_reader`, `MS_DOMAIN`, `ensure_opset`) live here.
+The helpers the fusions share (`other_input`, `single_reader`) live here; domains and opsets in graphs/nodes.py.
 
 `apply_fusion` visits every graph, Loop bodies included, so a fusion applies in every unrolled layer and in
 the body alike. A rewrite adds a fused node that takes over the name of the pattern's last output and marks the
@@ -20,14 +20,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..constants import ONNX_DOMAINS, Constants
+from ..constants import Constants
 from ..infer import inferred_values
 from ..names import Names
+from ..nodes import ONNX_DOMAINS, opset_of
 from ..order import toposort
 from ..walk import Scope, consumers, producers, scopes, use_counts
 from .dead_code import remove_dead
 
-MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
 
 
 def other_input(node: onnx.NodeProto, name: str) -> str | None:
@@ -35,11 +35,6 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     if len(node.input) != 2 or name not in node.input:
         return None
     return node.input[1] if node.input[0] == name else node.input[0]
-
-
-def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
-    if not any(entry.domain == domain for entry in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(domain, version))
 
 
 @dataclass
@@ -142,10 +137,7 @@ class Context:
         return deepest or self.scope
 
     def opset(self, domain: str = "") -> int:
-        for entry in self.model.opset_import:
-            if entry.domain == domain or (domain == "" and entry.domain == "ai.onnx"):
-                return entry.version
-        return 0
+        return opset_of(self.model, domain)
 
 
 SHAPE_ARITHMETIC = {"Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast", "Mul", "Div", "Add",

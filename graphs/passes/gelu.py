@@ -16,7 +16,8 @@ import onnx
 from onnx import helper
 
 from ..errors import GraphError
-from .fusion import MS_DOMAIN, Context, Fusion, Match, apply_fusion, ensure_opset, other_input
+from ..nodes import MS_DOMAIN, ensure_opset
+from .fusion import Context, Fusion, Match, apply_fusion, other_input
 
 SQRT_2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

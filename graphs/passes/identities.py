@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import onnx
 
-from ..constants import ONNX_DOMAINS
 from ..names import rename_uses
+from ..nodes import ONNX_DOMAINS
 from ..walk import scopes
 
 

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import GraphError
 from ..infer import value_types
 from ..names import Names
+from ..nodes import opset_of
 from ..walk import Scope, scopes, use_counts
 from .identities import remove_identities
 
@@ -82,10 +83,14 @@ def _channel_axis(node: onnx.NodeProto) -> int:
     return 1
 
 
+def int8_scale(amax: float | np.ndarray) -> np.ndarray:
+    """The symmetric int8 scale of a range: amax maps to 127 (a zero range to a tiny scale, never a zero one)."""
+    return (np.maximum(np.asarray(amax, dtype=np.float64), 1e-12) / INT8_MAX).astype(np.float32)
+
+
 def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-channel int8: (int8 values, float32 scale per channel along `axis`)."""
-    amax = np.abs(weight).max(axis=1 - axis)
-    scale = (np.maximum(amax, 1e-12) / INT8_MAX).astype(np.float32)
+    scale = int8_scale(np.abs(weight).max(axis=1 - axis))
     shape = [1, 1]
     shape[axis] = -1
     values = np.clip(np.rint(weight / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
@@ -113,7 +118,7 @@ def insert_qdq(model: onnx.ModelProto, amax: dict[str, float], per_channel: bool
     weight_dq (one per distinct weight), tables, weight_bytes_saved.
     Raises QDQError when an activation has no amax (calibrate first) or the opset is too old.
     """
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = opset_of(model)
     if opset < MIN_QDQ_OPSET:
         raise QDQError(f"QDQ needs opset >= {MIN_QDQ_OPSET} (per-channel DequantizeLinear); the model has {opset}. "
                        "Re-export with --opset 13 or newer")
@@ -187,9 +192,9 @@ def _int8_weight(array: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nd
     """Symmetric int8 per channel along `axis`, or per tensor when axis is None: (values, float32 scale)."""
     if axis is not None:
         return quantize_weight(array, axis)
-    scale = np.float32(max(float(np.abs(array).max()), 1e-12) / INT8_MAX)
+    scale = int8_scale(np.abs(array).max())
     values = np.clip(np.rint(array / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    return values, np.asarray(scale, dtype=np.float32)
+    return values, scale
 
 
 def _drop_float_weights(model: onnx.ModelProto, quantized: set[str]) -> int:
@@ -309,7 +314,7 @@ def _rewrite_scope(scope: Scope, amax: dict[str, float], weight_dq: dict[str, st
                 key = (name, index) if per_reader else name
                 if key not in qdq_of:
                     if key not in scale_of:  # per reader: own scale tensors, or CSE passes merge the Qs again
-                        scale = np.asarray(max(float(amax[name]), 1e-12) / INT8_MAX, dtype=np.float32)
+                        scale = int8_scale(amax[name])
                         scale_of[key] = names.fresh(f"{name}_scale"), names.fresh(f"{name}_zero_point")
                         graph.initializer.extend([numpy_helper.from_array(scale, scale_of[key][0]),
                                                   _activation_zero_point(unsigned_activations, scale_of[key][1])])

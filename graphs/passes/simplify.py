@@ -17,9 +17,10 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..constants import ONNX_DOMAINS, Constants
+from ..constants import Constants
 from ..infer import static_shapes
 from ..names import rename_uses
+from ..nodes import ONNX_DOMAINS
 from ..order import toposort
 from ..size import tensor_nbytes
 from ..walk import Scope, scopes, subgraphs, use_counts

@@ -13,7 +13,8 @@ import onnx
 from onnx import helper
 
 from ..infer import value_shapes
-from .fusion import MS_DOMAIN, Fusion, Match, apply_fusion, ensure_opset, other_input
+from ..nodes import MS_DOMAIN, ensure_opset
+from .fusion import Fusion, Match, apply_fusion, other_input
 
 
 @dataclass
