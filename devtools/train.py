@@ -54,7 +54,7 @@ MODEL_SHAPE = dict(
 
 
 def tiny_config(vocab_size: int, max_length: int, **overrides) -> AlbertConfig:
-    """The default model's shape: one shared layer group used 4 times, factorized embeddings 128 -> 256."""
+    """The default model's shape: one shared layer group used 4 times, embeddings and hidden states of width 128."""
     return AlbertConfig(vocab_size=vocab_size, max_position_embeddings=max_length, **{**MODEL_SHAPE, **overrides})
 
 

@@ -1,11 +1,11 @@
-"""Torch-free ALBERT runtime: bundle -> tokenizer -> backend (onnxruntime | TensorRT) -> HF-identical heads.
+"""Torch-free ALBERT runtime: bundle -> tokenizer -> backend (onnxruntime | OpenVINO | TensorRT) -> HF-identical heads.
 
     from runtime import pipeline
     fill = pipeline("albert-fill-mask-fp32/")
     fill("Plants create [MASK] through photosynthesis.")
 
-Imports numpy and tokenizers; onnxruntime is imported when a pipeline is created, tensorrt and cuda-python
-only for the tensorrt backend.
+Imports numpy and tokenizers; each engine is imported when a pipeline on it is created (onnxruntime, openvino,
+tensorrt and cuda-python).
 """
 from __future__ import annotations
 

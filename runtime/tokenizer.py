@@ -1,12 +1,13 @@
 """Encoding helpers over `tokenizers.Tokenizer`, with the semantics HF's fast tokenizers give the pipelines.
 
-The bundle's tokenizer.json is loaded with truncation and padding off; truncation is switched on only for the
-duration of one `encode` call (under a lock), so one Tokenizer can serve every head. An `Encoding` keeps what
+The bundle's tokenizer.json is loaded with truncation and padding off and never mutated: truncation runs on a
+private copy per setting (`truncating_copy`), so one Tokenizer can serve every head and thread. An `Encoding` keeps what
 the heads need: `ids`, `type_ids`, `attention_mask`, `offsets` (character spans in the original text),
 `word_ids`, `sequence_ids` (None for special tokens, 0 for the text, 1 for the pair) and `overflowing`.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -151,12 +152,18 @@ def special_token_id(tokenizer: Tokenizer, special_tokens: dict[str, str], role:
 
 MAX_CACHED = 8  # tokenizers, and truncation settings per tokenizer, kept configured
 _TRUNCATING_COPIES: dict[int, tuple[Tokenizer, dict[tuple, Tokenizer]]] = {}
+_COPIES_LOCK = threading.Lock()  # the server tokenizes on several threads; a clear between two reads would lose a copy
 
 
 def truncating_copy(tokenizer: Tokenizer, max_length: int | None, stride: int = 0,
                     strategy: str = "longest_first") -> Tokenizer:
     """A private copy of `tokenizer` with this truncation (None: none) and no padding, cached per (tokenizer,
     settings): the shared tokenizer is never mutated."""
+    with _COPIES_LOCK:
+        return _truncating_copy(tokenizer, max_length, stride, strategy)
+
+
+def _truncating_copy(tokenizer: Tokenizer, max_length: int | None, stride: int, strategy: str) -> Tokenizer:
     owner, copies = _TRUNCATING_COPIES.get(id(tokenizer), (None, {}))
     if owner is not tokenizer:  # a new tokenizer, or another one reusing a freed id
         if len(_TRUNCATING_COPIES) >= MAX_CACHED:

@@ -9,7 +9,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def handmade_bundle(tmp_path_factory):
     """handmade_bundle(task, **albert_config) -> Path of a complete bundle (tiny random HF model exported with
-    torch.onnx.export, opset 17, DESIGN.md's I/O names, real sha256 sums); cached per task and config.
+    torch.onnx.export, opset 17, ../shared/DESIGN.md's I/O names, real sha256 sums); cached per task and config.
     Treat it as read-only: copy it (shutil.copytree) before damaging it."""
     from tests.handmade import make_bundle
 

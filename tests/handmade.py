@@ -2,7 +2,7 @@
 
 `tiny_model(task)` builds the transformers model for a task on the shared SentencePiece tokenizer;
 `make_bundle(directory, task)` exports it with torch.onnx.export (TorchScript exporter, opset 17, the ONNX
-names of DESIGN.md) and writes tokenizer.json, config.json and manifest.json with real sha256 sums.
+names of ../shared/DESIGN.md) and writes tokenizer.json, config.json and manifest.json with real sha256 sums.
 `TorchBackend` runs the HF model behind the runtime's Backend protocol, so the heads can be checked against the
 HF pipelines on identical numbers.
 """

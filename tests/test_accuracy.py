@@ -1,5 +1,5 @@
 """The accuracy oracle on bundles of the default model: written here by hand with torch.onnx.export (the
-manifest/ONNX contract of DESIGN.md), and, when albert_export.export is there, by the exporter."""
+manifest/ONNX contract of ../shared/DESIGN.md), and, when albert_export.export is there, by the exporter."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md, read from every import statement in the packages."""
+"""The dependency direction of ../shared/DESIGN.md, read from every import statement in the packages."""
 import ast
 from pathlib import Path
 

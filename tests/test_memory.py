@@ -19,7 +19,7 @@ from tests.export_helpers import save_checkpoint
 # the word embeddings dominate the parameters, so a second copy of them cannot hide in the slack
 TABLE_HEAVY = dict(vocab_size=30000, embedding_size=128, hidden_size=64, num_hidden_layers=2, num_hidden_groups=1,
                    num_attention_heads=4, intermediate_size=128)
-RESIDENT_BOUND = 1.3  # x parameter bytes (DESIGN.md: weights once, in memory too)
+RESIDENT_BOUND = 1.3  # x parameter bytes (../shared/DESIGN.md: weights once, in memory too)
 
 
 @pytest.fixture(scope="module")

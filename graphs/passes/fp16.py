@@ -141,11 +141,11 @@ def _to_fp16(array: np.ndarray) -> np.ndarray:
     return np.clip(array, -FP16_MAX, FP16_MAX).astype(np.float16)
 
 
-def _plan_constants(scopes: list[Scope], plan: _Plan, names: Names) -> dict[tuple[str, int], str]:
+def _plan_constants(graph_scopes: list[Scope], plan: _Plan, names: Names) -> dict[tuple[str, int], str]:
     """Which float constants are stored in fp16, and {(constant, dtype): name to read} for the readers whose
     precision differs from the stored one (a Cast of an initializer, or an fp16 copy of a Constant)."""
     reads_as: dict[tuple[str, int], str] = {}
-    for scope in scopes:
+    for scope in graph_scopes:
         for tensor in scope.graph.initializer:
             wanted = plan.requests.get(tensor.name)
             if tensor.data_type != FP32 or not wanted:
@@ -205,7 +205,7 @@ def set_value_type(graph: onnx.GraphProto, name: str, elem_type: int) -> None:
 
 
 def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
-             constant_casts: dict[tuple[str, int], str], counts: dict) -> None:
+             reads_as: dict[tuple[str, int], str], counts: dict) -> None:
     graph = scope.graph
     cast_of: dict[tuple[str, int], str] = {}
     nodes: list[onnx.NodeProto] = []
@@ -217,7 +217,7 @@ def _rewrite(scope: Scope, plan: _Plan, types: dict[str, int], names: Names,
                     continue
                 if scope.is_constant(name):
                     if _stored_dtype(plan, name) != precision:
-                        node.input[index] = constant_casts[(name, precision)]
+                        node.input[index] = reads_as[(name, precision)]
                     continue
                 if plan.dtype.get(name, FP32) == precision:
                     continue

@@ -2,7 +2,7 @@
 
 `OnnxRuntimeBackend` (runtime.backends.ort) runs model.onnx on CPU, CUDA or the TensorRT execution provider;
 `OpenVINOBackend` (runtime.backends.openvino) runs model.onnx with OpenVINO on the CPU; `TensorRTBackend`
-(runtime.backends.trt) runs engine.plan with tensorrt / tensorrt_rtx and cuda-python. Both import their packages
+(runtime.backends.trt) runs engine.plan with tensorrt / tensorrt_rtx and cuda-python. Each imports its package
 only when they are created.
 """
 from __future__ import annotations
