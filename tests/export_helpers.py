@@ -16,6 +16,10 @@ TINY = dict(vocab_size=1004, embedding_size=16, hidden_size=32, num_hidden_layer
 LABELS = {"text-classification": 3, "token-classification": 5}
 
 
+def quiet(message: str) -> None:
+    """The export's progress callback, printing nothing."""
+
+
 def hf_class(task: str):
     import transformers
 

@@ -22,13 +22,9 @@ from albert_export.tokenizer import tokenizer_from_pretrained
 from albert_export.validate import ValidationError, onnx_session, validation_inputs
 from runtime.bundle import load_bundle
 from runtime.taskspec import TASKS
-from tests.export_helpers import hf_outputs, save_checkpoint
+from tests.export_helpers import hf_outputs, quiet, save_checkpoint
 
 torch.set_num_threads(1)
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

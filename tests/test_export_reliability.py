@@ -23,13 +23,9 @@ from albert_export.bundle_writer import MARKER, OutputExistsError, signals_defer
 from albert_export.export import export
 from albert_export.tolerances import tolerance_for
 from runtime.bundle import load_bundle
-from tests.export_helpers import save_checkpoint
+from tests.export_helpers import quiet, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

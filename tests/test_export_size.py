@@ -15,16 +15,12 @@ from albert_export.validate import onnx_session, reference_outputs, validation_i
 from graphs.size import array_digest, stored_tensors, storage_report
 from onnx import numpy_helper
 from runtime.bundle import load_bundle
-from tests.export_helpers import save_checkpoint
+from tests.export_helpers import quiet, save_checkpoint
 
 torch.set_num_threads(1)
 
 BASE_V2_SHAPE = dict(vocab_size=1004, embedding_size=128, hidden_size=768, num_hidden_layers=12,
                      num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 def unique_parameter_bytes(model: torch.nn.Module) -> int:

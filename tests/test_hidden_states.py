@@ -27,7 +27,7 @@ from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError
 from runtime.taskspec import TASK_OUTPUTS_ON_REQUEST, TASKS
-from tests.export_helpers import save_checkpoint
+from tests.export_helpers import quiet, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -37,10 +37,6 @@ GROUPED = dict(num_hidden_layers=LAYERS, num_hidden_groups=GROUPS, inner_group_n
 HIDDEN, HEADS = 32, 4  # tests.export_helpers.TINY
 BOTH = dict(output_hidden_states=True, output_attentions=True)
 TEXTS = ["Plants create energy through photosynthesis.", "Hi.", "The quick brown fox jumps over the lazy dog twice."]
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from albert_export.export import export
 from runtime import pipeline
 from runtime.tokenizer import load_tokenizer
-from tests.export_helpers import save_checkpoint
+from tests.export_helpers import quiet, save_checkpoint
 
 torch.set_num_threads(1)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
@@ -35,10 +35,6 @@ SHORT_QUESTIONS = [  # at most 15 context tokens: transformers.js has no max_ans
     {"question": "Where is the café?", "context": "The café is in Paris, by the sea."},
     {"question": "What do plants make?", "context": "Plants make it in the sun."},
 ]
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from albert_export.cli import main as cli_main
 from albert_export.export import export
 from runtime.bundle import load_bundle
 from runtime.taskspec import TASKS
-from tests.export_helpers import hf_outputs, save_checkpoint
+from tests.export_helpers import hf_outputs, quiet, save_checkpoint
 
 torch.set_num_threads(1)
 OPTIMUM_TASKS = ["fill-mask", "text-classification", "token-classification", "question-answering", "multiple-choice",
@@ -32,10 +32,6 @@ ORT_CLASS = {"fill-mask": "ORTModelForMaskedLM", "text-classification": "ORTMode
 TEXTS = ["Plants create energy through photosynthesis.", "word " * 80]  # the second is longer than the model
 PAIRS = ["Who makes energy?", "And what else?"]
 FIXED = {"vocab": 1004, "labels": None, "hidden": 32}  # non-dynamic dims, as ints in model.onnx
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,9 @@ from albert_export.validate import onnx_session, validation_inputs
 from runtime import pipeline
 from runtime.bundle import load_bundle, sha256_file
 from runtime.taskspec import TASKS
+from tests.export_helpers import quiet
 
 WEIGHTS_ONCE = 1.03  # .ort bytes / .onnx bytes: the flatbuffer's own overhead; a second embedding copy is 1.7x
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -312,7 +312,7 @@ def test_a_question_too_long_for_the_windows_is_cut_as_hf_cuts_it_to_max_questio
     max_question_len tokens. Ours cuts it to that, and further until each window keeps more than doc_stride
     context tokens: the answer is HF's for the cut question."""
     question = " ".join(["Who threw the narrator out of the window"] * 10)
-    with pytest.raises(BaseException):
+    with pytest.raises(Exception, match="Sequence to truncate too short to respect the provided max_length"):
         hf_qa(question=question, context=long_context(), max_seq_len=48, doc_stride=16)
     with pytest.warns(UserWarning, match="cut to 28"):  # 48 - 3 special tokens - 16 stride - 1
         ours = call_head(qa, ctx, question=question, context=long_context(), max_seq_len=48, doc_stride=16)

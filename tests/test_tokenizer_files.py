@@ -13,16 +13,12 @@ from albert_export.export import export
 from albert_export.tokenizer_files import tokenizer_config
 from runtime.bundle import TokenizerSettings, load_bundle, sha256_file
 from runtime.tokenizer import load_tokenizer
-from tests.export_helpers import TINY, save_checkpoint
+from tests.export_helpers import TINY, quiet, save_checkpoint
 
 torch.set_num_threads(1)
 TEXTS = [("Hello world, ALBERT!", None), ("Plants create [MASK] through photosynthesis.", None),
          ("Who wrote it?", "It was written in 1999, by Émile."), ("naïve café  spaces", "9, 10,")]
 ALBERT_SPECIAL = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
