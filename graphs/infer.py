@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .nodes import constant_tensor, dims_of
+from .nodes import attribute_value, constant_tensor, dims_of
 from .walk import scopes
 
 
@@ -57,7 +57,7 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
             if tensor is not None:
                 types[node.output[0]] = tensor.data_type
             elif node.op_type == "Cast":
-                types[node.output[0]] = next(a.i for a in node.attribute if a.name == "to")
+                types[node.output[0]] = attribute_value(node, "to")
     return types
 
 

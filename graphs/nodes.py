@@ -24,6 +24,15 @@ def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
         model.opset_import.append(onnx.helper.make_opsetid(domain, version))
 
 
+def attribute_value(node: onnx.NodeProto, name: str, default=None):
+    """A node's attribute value (ints as a list, strings as str), or `default` when the node does not set it."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            value = onnx.helper.get_attribute_value(attribute)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
 def dims_of(value: onnx.ValueInfoProto) -> list[int | str | None]:
     """A value's dims: an int when static, the symbol's name when symbolic, None when unknown."""
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)

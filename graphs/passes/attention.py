@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..infer import value_shapes
 from ..names import Names
-from ..nodes import MS_DOMAIN, ensure_opset
+from ..nodes import MS_DOMAIN, attribute_value, ensure_opset
 from ..walk import scopes
 from .fusion import Context, Fusion, Match, absorb_shape_reads, apply_fusion, other_input
 
@@ -63,10 +63,6 @@ class AttentionMatch(Match):
         return [self.query.bias, self.key.bias, self.value.bias]
 
 
-def perm_of(node: onnx.NodeProto) -> list[int] | None:
-    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-
-
 class AttentionFusion(Fusion):
     name = "attention"
     anchor = "Softmax"
@@ -86,12 +82,12 @@ class AttentionFusion(Fusion):
     def projection(self, ctx, name, perms):
         """x, weight, bias, Reshape for Transpose(Reshape(Add(MatMul(x, W), b), shape), perm in perms)."""
         transpose = ctx.producer(name, "Transpose")
-        if transpose is None or perm_of(transpose) not in perms:
+        if transpose is None or attribute_value(transpose, "perm") not in perms:
             return None
         transposes = [transpose]
-        if perm_of(transpose) == [0, 1, 3, 2]:  # keys as Transpose(Transpose(k, 0 2 1 3), 0 1 3 2)
+        if attribute_value(transpose, "perm") == [0, 1, 3, 2]:  # keys as Transpose(Transpose(k, 0 2 1 3), 0 1 3 2)
             transpose = ctx.producer(transpose.input[0], "Transpose")
-            if transpose is None or perm_of(transpose) != HEADS_FIRST:
+            if transpose is None or attribute_value(transpose, "perm") != HEADS_FIRST:
                 return None
             transposes.append(transpose)
         reshape = ctx.producer(transpose.input[0], "Reshape")
@@ -177,10 +173,10 @@ class AttentionFusion(Fusion):
         softmax = match.nodes[0]
         if ctx.read_outside([softmax.output[0]], [match.context]):
             return "the softmax is also read outside the attention (an attentions output); Attention hides it"
-        axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
+        axis = attribute_value(softmax, "axis", -1)
         if axis not in (-1, 3):
             return f"Softmax over axis {axis}, not the key axis"
-        if perm_of(match.merge) != HEADS_FIRST:
+        if attribute_value(match.merge, "perm") != HEADS_FIRST:
             return "the heads are not merged back as (B, S, N, D)"
         weights = [ctx.constants.value(name) for name in match.weights]
         biases = [ctx.constants.value(name) for name in match.biases]

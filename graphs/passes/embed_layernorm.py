@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..infer import value_shapes
-from ..nodes import MS_DOMAIN, ensure_opset
+from ..nodes import MS_DOMAIN, attribute_value, ensure_opset
 from .fusion import Fusion, Match, apply_fusion
 
 
@@ -81,7 +81,7 @@ class EmbedLayerNormFusion(Fusion):
         unsqueeze = ctx.producer(name, "Unsqueeze")
         if unsqueeze is None:
             return None
-        axes = next((list(a.ints) for a in unsqueeze.attribute if a.name == "axes"), None)
+        axes = attribute_value(unsqueeze, "axes")
         if axes is None and len(unsqueeze.input) > 1:
             value = ctx.constants.value(unsqueeze.input[1])
             axes = None if value is None else [int(v) for v in value.reshape(-1)]
@@ -104,14 +104,14 @@ class EmbedLayerNormFusion(Fusion):
 
     def check(self, ctx, match):
         norm = match.norm
-        axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
+        axis = attribute_value(norm, "axis", -1)
         if axis != -1 or len(norm.input) < 3:
             return "the LayerNormalization is not over the last axis with scale and shift"
         gathers = match.gathers
         tables = [ctx.constants.value(g.input[0]) for g in gathers]
         if any(t.ndim != 2 for t in tables) or len({t.shape[1] for t in tables}) != 1:
             return f"embedding tables of shapes {[list(t.shape) for t in tables]} do not share one width"
-        if any(next((a.i for a in g.attribute if a.name == "axis"), 0) != 0 for g in gathers):
+        if any(attribute_value(g, "axis", 0) != 0 for g in gathers):
             return "an embedding lookup does not gather rows"
         for name in (norm.input[1], norm.input[2]):
             value = ctx.constants.value(name)
@@ -133,7 +133,7 @@ class EmbedLayerNormFusion(Fusion):
 
     def rewrite(self, ctx, match):
         norm = match.norm
-        epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        epsilon = attribute_value(norm, "epsilon", 1e-5)
 
         def as_int32(name: str) -> str:
             def build(fresh):

@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from ..errors import GraphError
-from ..nodes import MS_DOMAIN, ensure_opset
+from ..nodes import MS_DOMAIN, attribute_value, ensure_opset
 from .fusion import Context, Fusion, Match, apply_fusion, other_input
 
 SQRT_2 = math.sqrt(2.0)
@@ -55,7 +55,7 @@ class GeluFusion(Fusion):
         if anchor.op_type == "Gelu":
             if self.profile != "onnxruntime":
                 return None
-            approximate = next((a.s.decode() for a in anchor.attribute if a.name == "approximate"), "none")
+            approximate = attribute_value(anchor, "approximate", "none")
             match = self.with_bias(ctx, GeluMatch(last=anchor.output[0], x=anchor.input[0], nodes=[anchor],
                                                   approximate=approximate))
             return match if match.bias or approximate == "tanh" else None  # ORT runs ONNX Gelu as is

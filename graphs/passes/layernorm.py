@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..nodes import attribute_value
 from .fusion import Context, Fusion, FusionReport, Match, apply_fusion, other_input
 
 
@@ -37,9 +38,9 @@ class LayerNormMatch(Match):
 
 
 def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
-    for attribute in node.attribute:
-        if attribute.name == "axes":
-            return list(attribute.ints)
+    axes = attribute_value(node, "axes")
+    if axes is not None:
+        return axes
     if len(node.input) > 1 and node.input[1]:
         value = ctx.constants.value(node.input[1])
         return None if value is None else [int(axis) for axis in value.reshape(-1)]
@@ -47,7 +48,7 @@ def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
 
 
 def keeps_dims(node: onnx.NodeProto) -> bool:
-    return next((a.i for a in node.attribute if a.name == "keepdims"), 1) == 1
+    return attribute_value(node, "keepdims", 1) == 1
 
 
 class LayerNormFusion(Fusion):

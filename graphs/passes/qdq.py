@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import GraphError
 from ..infer import value_types
 from ..names import Names
-from ..nodes import opset_of
+from ..nodes import attribute_value, opset_of
 from ..walk import Scope, scopes, use_counts
 from .identities import remove_identities
 
@@ -78,7 +78,7 @@ def quantization_targets(model: onnx.ModelProto, exclude: frozenset[str] = froze
 def _channel_axis(node: onnx.NodeProto) -> int:
     """The weight axis of output channels: B is (K, N) for MatMul and Gemm, (N, K) for Gemm with transB."""
     if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        trans_b = attribute_value(node, "transB", 0)
         return 0 if trans_b else 1
     return 1
 
@@ -244,7 +244,7 @@ def quantize_tables(model: onnx.ModelProto, names: Names | None = None,
                 continue
             gathered = gather_int8_rows and all(
                 node.op_type == "Gather" and position == 0
-                and next((a.i for a in node.attribute if a.name == "axis"), 0) == 0 for _, node, position in uses)
+                and attribute_value(node, "axis", 0) == 0 for _, node, position in uses)
             array = numpy_helper.to_array(tensor)
             values, scale = quantize_weight(array, axis=0)  # per row: one scale per token
             int8_name = names.fresh(f"{tensor.name}_int8")

@@ -20,7 +20,7 @@ from onnx.reference import ReferenceEvaluator
 from ..constants import Constants
 from ..infer import static_shapes
 from ..names import rename_uses
-from ..nodes import ONNX_DOMAINS
+from ..nodes import ONNX_DOMAINS, attribute_value
 from ..order import toposort
 from ..size import tensor_nbytes
 from ..walk import Scope, scopes, subgraphs, use_counts
@@ -76,7 +76,7 @@ def merge_common_subexpressions(model: onnx.ModelProto) -> int:
 
 def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.ModelProto) -> list[np.ndarray]:
     if node.op_type == "Transpose" and node.domain in ONNX_DOMAINS:
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        perm = attribute_value(node, "perm")
         return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
     names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
     single = onnx.helper.make_node(node.op_type, names, [f"out{i}" for i in range(len(node.output))],
@@ -136,8 +136,8 @@ class Folder:
         dims = self.shapes.get(node.input[0])
         if dims is None:
             return None
-        start = next((a.i for a in node.attribute if a.name == "start"), 0)
-        end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
+        start = attribute_value(node, "start", 0)
+        end = attribute_value(node, "end", len(dims))
         return dims[slice(start, end)]
 
     def static_inputs(self, node, constants: Constants, partial) -> list[np.ndarray | None] | None:

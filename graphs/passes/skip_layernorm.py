@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from ..infer import value_shapes
-from ..nodes import MS_DOMAIN, ensure_opset
+from ..nodes import MS_DOMAIN, attribute_value, ensure_opset
 from .fusion import Fusion, Match, apply_fusion, other_input
 
 
@@ -56,7 +56,7 @@ class SkipLayerNormFusion(Fusion):
 
     def check(self, ctx, match):
         norm = match.norm
-        axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
+        axis = attribute_value(norm, "axis", -1)
         if axis != -1:
             return f"LayerNormalization over axis {axis}, not the last axis"
         if len(norm.output) > 1 and any(norm.output[1:]):
@@ -82,7 +82,7 @@ class SkipLayerNormFusion(Fusion):
 
     def rewrite(self, ctx, match):
         norm, total = match.norm, match.total
-        epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        epsilon = attribute_value(norm, "epsilon", 1e-5)
         beta = norm.input[2] if len(norm.input) > 2 else ""
         inputs = [match.input, match.skip, norm.input[1], beta] + ([match.bias] if match.bias else [])
         summed = total.output[0]
