@@ -104,6 +104,7 @@ backend.infer(feed)
 print(json.dumps(resident_mb() - before))
 """
 TRIM_GIVES_BACK = 0.5  # x parameter bytes
+PROBES = 3
 ALBERT_BASE = dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
                    num_attention_heads=12, intermediate_size=3072)
 
@@ -114,12 +115,16 @@ def test_openvino_gives_back_the_heap_its_frontend_freed(tmp_path):
     save_checkpoint(tmp_path / "checkpoint", "fill-mask", **ALBERT_BASE)
     model = export(tmp_path / "checkpoint", "fill-mask", tmp_path / "bundle", validate=False, log=lambda _: None)
     model = model / "model.onnx"
-    grown = {}
-    for trim in ("1", "0"):
-        done = subprocess.run([sys.executable, "-c", OPENVINO_PROBE, str(model), str(model), trim],
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        grown[trim] = json.loads(done.stdout) * 2**20 / parameter_bytes(model.parent)
+    grown = {"1": [], "0": []}
+    for _ in range(PROBES):
+        for trim in grown:
+            done = subprocess.run([sys.executable, "-c", OPENVINO_PROBE, str(model), str(model), trim],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            grown[trim].append(json.loads(done.stdout) * 2**20 / parameter_bytes(model.parent))
+    # a load's growth is bimodal (2.20x or 2.55x trimmed, 2.95x or 3.34x untrimmed, 1 run in 8 high here): the
+    # lowest of a few runs is each mode's steady figure
+    grown = {trim: min(figures) for trim, figures in grown.items()}
     # the bound is the untrimmed load in the same run, as OpenVINO's own copy differs per CPU kind (README, Testing):
     # trimming gives back at least half a parameter copy (measured 0.76x on AVX512 and 0.80x on AVX2 EPYCs)
     assert grown["0"] - grown["1"] >= TRIM_GIVES_BACK, grown
