@@ -32,6 +32,7 @@ JSONL_FIELDS = ("text", "text_pair", "question", "context", "prompt", "choices",
 
 @dataclass(frozen=True)
 class Example:
+    """One calibration example: a text, a pair, a question and context, or a prompt and its choices."""
     text: str
     text_pair: str | None = None  # the second segment; for question answering, the context
     choices: tuple[str, ...] = ()  # multiple choice: `text` is the prompt

@@ -39,6 +39,7 @@ class Histogram:
         self.zeros = 0  # values seen while every value so far was 0 (no width yet)
 
     def add(self, values: np.ndarray) -> None:
+        """Count |values| into the bins, doubling the bin width when they exceed the range."""
         values = np.abs(values.astype(np.float32, copy=False)).ravel()
         if values.size == 0:
             return
@@ -66,6 +67,7 @@ class Histogram:
         self.counts += np.bincount(index, minlength=len(self.counts))
 
     def percentile(self, percent: float) -> float:
+        """The amax below which `percent` of the counted values lie."""
         total = self.counts.sum()
         if total == 0 or self.width == 0.0:
             return self.amax
@@ -102,6 +104,7 @@ class Histogram:
 
 
 def amax_from(histogram: Histogram, method: str, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """The amax `method` (minmax, percentile or entropy) chooses from one tensor's histogram."""
     if method == "minmax":
         return histogram.amax
     if method == "percentile":
@@ -156,6 +159,7 @@ def expose(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelPr
 
 
 def calibration_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session for collecting activations: basic optimizations only, so no tensor is fused away."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
@@ -191,6 +195,7 @@ def examples_in(batch: dict[str, np.ndarray]) -> int:
 
 
 def ranges(histograms: dict[str, Histogram], method: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+    """Tensor -> amax for every histogram, by `method`."""
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     return {tensor: amax_from(histogram, method, percentile) for tensor, histogram in histograms.items()}

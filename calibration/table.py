@@ -15,6 +15,7 @@ TABLE_FORMAT = 1
 
 @dataclass
 class CalibrationTable:
+    """The ranges calibration chose and how: written to the bundle as calibration.json."""
     method: str
     percentile: float | None
     samples: int  # examples calibrated on
@@ -25,6 +26,7 @@ class CalibrationTable:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The table as calibration.json holds it, with each tensor's int8 scale beside its amax."""
         data = asdict(self)
         data["format"] = TABLE_FORMAT
         data["tensors"] = {name: {"amax": value, "scale": float(int8_scale(value))}
@@ -32,6 +34,7 @@ class CalibrationTable:
         return json.dumps(data, indent=1) + "\n"
 
     def save(self, path: str | Path) -> Path:
+        """Write the table to `path` (a directory gets calibration.json); the path written."""
         path = Path(path)
         if path.is_dir():
             path = path / CALIBRATION_TABLE
@@ -40,6 +43,7 @@ class CalibrationTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "CalibrationTable":
+        """Read a table `save` wrote (a directory: its calibration.json), or raise CalibrationTableError."""
         path = Path(path)
         if path.is_dir():
             path = path / CALIBRATION_TABLE

@@ -56,6 +56,7 @@ class AssemblyError(GraphError):
 
 @dataclass
 class Pieces:
+    """The traced parts `assemble` joins: embeddings, one graph per layer group, the task head."""
     embed: onnx.ModelProto  # (input_ids, attention_mask, token_type_ids) -> (hidden, attention bias)
     groups: list[onnx.ModelProto]  # one per layer group: (hidden, attention bias) -> hidden
     head: onnx.ModelProto  # hidden -> task outputs
@@ -89,6 +90,7 @@ def copy_nodes(graph: onnx.GraphProto, rename: Callable[[str], str], prefix: str
 
 
 def rename_node(node: onnx.NodeProto, rename: Callable[[str], str]) -> None:
+    """Rename a node's inputs and outputs, and every value of its bodies, through `rename`."""
     node.input[:] = [rename(name) if name else name for name in node.input]
     node.output[:] = [rename(name) if name else name for name in node.output]
     for sub in subgraphs(node):
@@ -101,6 +103,7 @@ def rename_node(node: onnx.NodeProto, rename: Callable[[str], str]) -> None:
 
 
 def renamer(prefix: str, fixed: dict[str, str], initializers: dict[str, str]) -> Callable[[str], str]:
+    """The rename of one piece: fixed names kept, initializers to their merged names, the rest prefixed."""
     def rename(name: str) -> str:
         if name in fixed:
             return fixed[name]
@@ -112,6 +115,7 @@ def renamer(prefix: str, fixed: dict[str, str], initializers: dict[str, str]) ->
 
 
 def value_info(name: str, like: onnx.ValueInfoProto, dims: Iterable[str | int] | None = None) -> onnx.ValueInfoProto:
+    """A value info named `name` with the element type of `like` and its dims (or `dims`)."""
     elem_type = like.type.tensor_type.elem_type
     if dims is None:
         dims = dims_of(like)
@@ -119,6 +123,7 @@ def value_info(name: str, like: onnx.ValueInfoProto, dims: Iterable[str | int] |
 
 
 def check_pieces(pieces: Pieces) -> None:
+    """Raise AssemblyError unless the pieces' inputs, outputs, layer groups and opsets fit together."""
     def io(model):
         return len(model.graph.input), len(model.graph.output)
 

@@ -19,6 +19,7 @@ class Constants:
         return self.value(name) is not None
 
     def value(self, name: str) -> np.ndarray | None:
+        """The constant's value as an array, or None when `name` is not a constant here."""
         if not name:
             return None
         if name not in self._cache:

@@ -21,6 +21,7 @@ class Names:
                 self.taken.add(node.name)
 
     def fresh(self, base: str) -> str:
+        """`base`, or `base_1`, `base_2`... the first that nothing in the model uses; taken from then on."""
         name, index = base, 1
         while name in self.taken:
             name, index = f"{base}_{index}", index + 1

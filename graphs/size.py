@@ -20,6 +20,7 @@ from .walk import all_graphs, scopes
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes the tensor's values take (dims x item size), wherever they are stored."""
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
@@ -60,6 +61,7 @@ def stored_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorPro
 
 
 def node_count(model: onnx.ModelProto, recursive: bool = True) -> int:
+    """Nodes of the main graph, and with `recursive` of every Loop/If body too."""
     if not recursive:
         return len(model.graph.node)
     return sum(len(graph.node) for graph in all_graphs(model.graph))
@@ -67,6 +69,7 @@ def node_count(model: onnx.ModelProto, recursive: bool = True) -> int:
 
 @dataclass
 class StorageReport:
+    """What `storage_report` found: stored and distinct bytes, and each tensor stored twice."""
     tensor_bytes: int  # bytes of every stored tensor
     unique_bytes: int  # bytes of distinct tensors (by content)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (copy, original) with equal content
@@ -74,6 +77,7 @@ class StorageReport:
 
     @property
     def weights_once(self) -> bool:
+        """True when no tensor is stored twice, neither as is nor transposed."""
         return not self.duplicates and not self.transposed_duplicates
 
 

@@ -16,6 +16,7 @@ from .nodes import constant_tensor
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (a Loop's body, an If's branches)."""
     for attribute in node.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
             yield attribute.g
@@ -45,12 +46,14 @@ class Scope:
         self.refresh()
 
     def refresh(self) -> None:
+        """Re-read the graph's initializers and Constant nodes after a pass changed them."""
         self.initializers = {tensor.name: tensor for tensor in self.graph.initializer}
         self.constant_nodes = {node.output[0]: node for node in self.graph.node
                                if node.output and constant_tensor(node) is not None}
 
     @property
     def chain(self) -> Iterator[Scope]:
+        """This scope and each enclosing one, innermost first."""
         scope: Scope | None = self
         while scope is not None:
             yield scope
@@ -58,10 +61,12 @@ class Scope:
 
     @property
     def depth(self) -> int:
+        """0 for the main graph, 1 for a body in it, and so on."""
         return sum(1 for _ in self.chain) - 1
 
     @property
     def root(self) -> Scope:
+        """The main graph's scope."""
         return list(self.chain)[-1]
 
     def owner_of(self, name: str) -> Scope | None:
@@ -72,6 +77,7 @@ class Scope:
         return None
 
     def initializer(self, name: str) -> onnx.TensorProto | None:
+        """The initializer `name` of this graph or an enclosing one, else None."""
         owner = self.owner_of(name)
         return None if owner is None else owner.initializers[name]
 
@@ -80,10 +86,12 @@ class Scope:
         return any(name in scope.initializers or name in scope.constant_nodes for scope in self.chain)
 
     def add_initializer(self, tensor: onnx.TensorProto) -> None:
+        """Store `tensor` in this graph and index it."""
         self.graph.initializer.append(tensor)
         self.initializers[tensor.name] = self.graph.initializer[-1]
 
     def remove_initializers(self, names: set[str]) -> None:
+        """Drop the named initializers from this graph."""
         kept = [tensor for tensor in self.graph.initializer if tensor.name not in names]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
@@ -121,6 +129,7 @@ def use_counts(graph: onnx.GraphProto) -> Counter:
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The node of this graph that writes each value name."""
     return {name: node for node in graph.node for name in node.output if name}
 
 

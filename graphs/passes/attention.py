@@ -42,6 +42,7 @@ class Projection:
 
 @dataclass
 class AttentionMatch(Match):
+    """The projections, scores, mask, softmax and head merge of one self-attention block."""
     query: Projection
     key: Projection
     value: Projection
@@ -56,14 +57,17 @@ class AttentionMatch(Match):
 
     @property
     def weights(self) -> list[str]:
+        """The query, key and value weight names."""
         return [self.query.weight, self.key.weight, self.value.weight]
 
     @property
     def biases(self) -> list[str | None]:
+        """The query, key and value bias names (None where there is none)."""
         return [self.query.bias, self.key.bias, self.value.bias]
 
 
 class AttentionFusion(Fusion):
+    """Self-attention -> com.microsoft Attention with one QKV weight shared by every layer."""
     name = "attention"
     anchor = "Softmax"
 
@@ -167,6 +171,7 @@ class AttentionFusion(Fusion):
         return None
 
     def check_structure(self, ctx, match):
+        """Why the matched nodes are not the attention the fused op computes, else None."""
         query, key, value = match.query, match.key, match.value
         if not query.x == key.x == value.x:
             return "query, key and value are projections of different inputs (not self-attention)"

@@ -21,6 +21,7 @@ from .fusion import Fusion, Match, apply_fusion
 
 @dataclass
 class EmbedMatch(Match):
+    """The three embedding Gathers, the Adds summing them and the LayerNorm after them."""
     norm: onnx.NodeProto
     adds: list[onnx.NodeProto]  # the tree of Adds summing the lookups
     word: onnx.NodeProto  # Gather(W, ids)
@@ -32,10 +33,12 @@ class EmbedMatch(Match):
 
     @property
     def gathers(self) -> list[onnx.NodeProto]:
+        """The word, position and (when there) segment lookups."""
         return [self.word, self.position] + ([self.segment] if self.segment else [])
 
 
 class EmbedLayerNormFusion(Fusion):
+    """Gathers + sum + LayerNormalization -> com.microsoft EmbedLayerNormalization."""
     name = "embed_layernorm"
     anchor = "LayerNormalization"
 

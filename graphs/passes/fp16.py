@@ -199,6 +199,7 @@ def _stored_dtype(plan: _Plan, name: str) -> int:
 
 
 def set_value_type(graph: onnx.GraphProto, name: str, elem_type: int) -> None:
+    """Set the element type of value `name` wherever the graph declares it."""
     for value in (*graph.input, *graph.output, *graph.value_info):
         if value.name == name and value.type.HasField("tensor_type"):
             value.type.tensor_type.elem_type = elem_type

@@ -46,10 +46,12 @@ class Match:
 
 @dataclass
 class FusionReport:
+    """How many candidates a fusion rewrote, and how many each reason stopped."""
     fused: int = 0
     refused: Counter = field(default_factory=Counter)  # reason -> how many candidates it stopped
 
     def as_dict(self) -> dict:
+        """The report as the optimizer's JSON counts."""
         return {"fused": self.fused, "refused": dict(self.refused)}
 
 
@@ -70,12 +72,14 @@ class Context:
         self.added: list[onnx.NodeProto] = []
 
     def producer(self, name: str, op_type: str | None = None) -> onnx.NodeProto | None:
+        """The node writing `name` (of `op_type`, an ONNX op, when given), else None."""
         node = self.producers.get(name)
         if node is None or (op_type is not None and (node.op_type != op_type or node.domain not in ONNX_DOMAINS)):
             return None
         return node
 
     def readers_of(self, name: str) -> list[onnx.NodeProto]:
+        """The nodes of this graph reading `name`."""
         return self.readers.get(name, [])
 
     def single_reader(self, name: str, op_type: str) -> onnx.NodeProto | None:
@@ -120,6 +124,7 @@ class Context:
         return self._shared[key]
 
     def home_of(self, initializers: list[str]) -> Scope:
+        """The innermost graph holding all these initializers: where weights derived from them go."""
         owners = [owner for owner in (self.scope.owner_of(name) for name in initializers) if owner is not None]
         return max(owners, key=lambda owner: owner.depth) if owners else self.scope
 
@@ -137,6 +142,7 @@ class Context:
         return deepest or self.scope
 
     def opset(self, domain: str = "") -> int:
+        """The model's opset version for `domain`."""
         return opset_of(self.model, domain)
 
 
@@ -186,6 +192,7 @@ class Fusion:
         return None
 
     def rewrite(self, ctx: Context, match: Match) -> None:
+        """Add the fused node (taking `match.last`'s name) and mark the replaced outputs."""
         raise NotImplementedError
 
 

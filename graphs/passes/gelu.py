@@ -25,16 +25,19 @@ KAPPA = 0.044715
 
 
 def close(value: float | None, expected: float, rel: float = 1e-4) -> bool:
+    """`value` is known and within `rel` of `expected`."""
     return value is not None and abs(value - expected) <= rel * abs(expected)
 
 
 def constant_operand(ctx: Context, node: onnx.NodeProto, name: str) -> float | None:
+    """The scalar constant a binary node combines with `name`, else None."""
     other = other_input(node, name)
     return None if other is None else ctx.constants.scalar(other)
 
 
 @dataclass
 class GeluMatch(Match):
+    """The nodes of one GELU (erf or tanh form) and its input, with the bias Add before it."""
     x: str
     nodes: list[onnx.NodeProto]
     approximate: str  # "none" (erf) | "tanh"
@@ -43,6 +46,7 @@ class GeluMatch(Match):
 
 
 class GeluFusion(Fusion):
+    """GELU decompositions -> Gelu (portable, opset >= 20) or FastGelu / BiasGelu / Gelu (onnxruntime)."""
     name = "gelu"
     anchor = ("Erf", "Tanh", "Gelu")
 
@@ -114,6 +118,7 @@ class GeluFusion(Fusion):
         return None
 
     def cube_nodes(self, ctx, name, x):
+        """The nodes computing x**3 as Pow(x, 3) or x * x * x, else None."""
         power = ctx.producer(name, "Pow")
         if power is not None and power.input[0] == x and ctx.constants.scalar(power.input[1]) == 3.0:
             return [power]

@@ -17,6 +17,7 @@ from .fusion import Context, Fusion, FusionReport, Match, apply_fusion, other_in
 
 @dataclass
 class LayerNormMatch(Match):
+    """The nodes of a decomposed LayerNorm: mean, variance, normalization, scale and bias."""
     x: str
     div: onnx.NodeProto
     sub: onnx.NodeProto
@@ -33,11 +34,13 @@ class LayerNormMatch(Match):
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
+        """Every node the fused LayerNormalization replaces."""
         core = [self.sub, self.mean, self.square, self.variance, self.add_eps, self.sqrt, self.div]
         return core + [node for node in (self.mul, self.add) if node is not None]
 
 
 def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
+    """A Reduce node's axes, from its attribute or its constant second input; None when unknown."""
     axes = attribute_value(node, "axes")
     if axes is not None:
         return axes
@@ -48,10 +51,12 @@ def reduce_axes(ctx: Context, node: onnx.NodeProto) -> list[int] | None:
 
 
 def keeps_dims(node: onnx.NodeProto) -> bool:
+    """The Reduce node keeps the reduced axes (keepdims, default 1)."""
     return attribute_value(node, "keepdims", 1) == 1
 
 
 class LayerNormFusion(Fusion):
+    """A decomposed LayerNorm -> LayerNormalization (opset >= 17)."""
     name = "layernorm"
     anchor = "Div"
 

@@ -38,6 +38,7 @@ SMALL_BYTES = 1024  # a folded result this small is always worth storing (shape 
 
 
 def node_key(node: onnx.NodeProto) -> tuple | None:
+    """What makes two nodes compute the same value (op, inputs, attributes); None for nodes never merged."""
     if node.op_type in NOT_FOLDED or any(True for _ in subgraphs(node)):
         return None
     attributes = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
@@ -75,6 +76,7 @@ def merge_common_subexpressions(model: onnx.ModelProto) -> int:
 
 
 def evaluate(node: onnx.NodeProto, inputs: list[np.ndarray | None], model: onnx.ModelProto) -> list[np.ndarray]:
+    """The node's outputs for these constant inputs, computed by onnx's reference evaluator."""
     if node.op_type == "Transpose" and node.domain in ONNX_DOMAINS:
         perm = attribute_value(node, "perm")
         return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
@@ -103,12 +105,14 @@ class Folder:
         self.shapes = static_shapes(model)
 
     def run(self) -> int:
+        """Fold every graph once; the number of nodes folded."""
         before = self.folded
         for scope in scopes(self.model):
             self.fold_graph(scope)
         return self.folded - before
 
     def fold_graph(self, scope: Scope) -> None:
+        """Replace the nodes of one graph whose inputs are all constant (or shapes known) by initializers."""
         graph = scope.graph
         outputs = {value.name for value in graph.output}
         partial: dict[str, list[int | None]] = {}  # Shape outputs with some static dims
@@ -133,6 +137,7 @@ class Folder:
             graph.node.extend(kept)
 
     def shape_of(self, node: onnx.NodeProto) -> list[int | None] | None:
+        """The dims a Shape node reads (its start/end slice), when shape inference knows them all."""
         dims = self.shapes.get(node.input[0])
         if dims is None:
             return None
@@ -166,6 +171,8 @@ class Folder:
         return values
 
     def store(self, node: onnx.NodeProto, values: list[np.ndarray | None], scope: Scope) -> bool:
+        """Store the node's outputs as initializers where its inputs live; False when it cannot be evaluated or the
+        result would take more bytes than folding frees."""
         if node.op_type == "Shape":
             results = [np.array(self.shape_of(node), dtype=np.int64)]
         else:

@@ -19,6 +19,7 @@ from .fusion import Fusion, Match, apply_fusion, other_input
 
 @dataclass
 class SkipMatch(Match):
+    """The residual Add (and its bias Add) feeding a LayerNorm."""
     norm: onnx.NodeProto
     total: onnx.NodeProto  # Add(input, skip), the residual sum
     input: str
@@ -28,6 +29,7 @@ class SkipMatch(Match):
 
 
 class SkipLayerNormFusion(Fusion):
+    """Add(input, skip [+ bias]) + LayerNormalization -> com.microsoft SkipLayerNormalization."""
     name = "skip_layernorm"
     anchor = "LayerNormalization"
 
