@@ -33,7 +33,7 @@ from .tasks.common import check_option_values, is_stream, stream_items
 from .tokenizer import ALBERT_SPECIAL_TOKENS, PipelineTokenizer, load_tokenizer, special_token_id
 
 HEAD_MODULES = task_table(lambda spec: [(spec.name, spec.head)])  # task -> its runtime.tasks module (TaskConfig.head)
-HF_TASK_ALIASES = {"sentiment-analysis": "text-classification"}  # transformers' aliases that are not ours
+HF_TASK_ALIASES = task_table(lambda spec: [(alias, spec.name) for alias in spec.hf_aliases])  # transformers' own
 CALL_OPTIONS = frozenset({"batch_size", "num_workers"})  # HF's Pipeline.__call__ takes them for every task
 AUTO = "auto"  # backend="auto": runtime.cpu.auto_backend picks per CPU kind
 logger = logging.getLogger(__name__)

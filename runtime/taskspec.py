@@ -43,6 +43,7 @@ class TaskConfig:
     pairs: bool = False  # takes text pairs: the tokenizer must give the pair's second token type
     calibration: str = "text"  # how a calibration example becomes tokenizer input: calibration.data.ENCODINGS
     accuracy: str | None = "top1"  # the INT8 report's metric (calibration.quantize.METRICS); None: max abs diff only
+    hf_aliases: tuple[str, ...] = ()  # transformers' pipeline() names of the task that are not albert-export's
 
     @property
     def multiple_choice(self) -> bool:
@@ -76,7 +77,7 @@ TASKS: dict[str, TaskConfig] = {
         TaskConfig(
             "text-classification", ("sequence-classification", "cls"), ("logits",), ((BATCH, "labels"),),
             head="text_classification", torch_head="AlbertForSequenceClassification",
-            architectures=("AlbertForSequenceClassification",), pairs=True,
+            architectures=("AlbertForSequenceClassification",), pairs=True, hf_aliases=("sentiment-analysis",),
             parameters=frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation", "max_length",
                                    "padding"}),
         ),
