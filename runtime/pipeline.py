@@ -178,8 +178,9 @@ class Pipeline:
         self.defaults = defaults
         options = dict(device=device, threads=threads, providers=providers,
                        graph_optimization_level=graph_optimization_level, backend_options=backend_options)
+        self.backend_reason = "asked for"  # backend="auto": why it picked self.backend_name
         if engine is not None:
-            self.backend_name = type(engine).__name__
+            self.backend_name, self.backend_reason = type(engine).__name__, "the engine given"
             self.context = context_from_bundle(self.bundle, self.task, engine, batch_size=batch_size, backend=backend,
                                                **options)
         else:
@@ -196,14 +197,16 @@ class Pipeline:
         if backend != AUTO:
             return backend, context_from_bundle(self.bundle, self.task, batch_size=batch_size, backend=backend, **options)
         manifest = self.bundle.manifest
-        backend, why = auto_backend(manifest.precision, device=options["device"], providers=options["providers"],
-                                    backend_options=options["backend_options"])
-        logger.info("backend='auto' picked %s for this %s bundle: %s", backend, manifest.precision, why)
+        backend, self.backend_reason = auto_backend(manifest.precision, device=options["device"],
+                                                    providers=options["providers"],
+                                                    backend_options=options["backend_options"])
+        logger.info("backend='auto' picked %s for this %s bundle: %s", backend, manifest.precision, self.backend_reason)
         try:
             return backend, context_from_bundle(self.bundle, self.task, batch_size=batch_size, backend=backend, **options)
         except BackendError as exc:
             if backend == "onnxruntime" or options["backend_options"]:
                 raise
+            self.backend_reason = f"{self.backend_reason}; but {backend} cannot run this bundle ({exc})"
             logger.info("backend='auto': %s cannot run this bundle (%s); using onnxruntime", backend, exc)
             return "onnxruntime", context_from_bundle(self.bundle, self.task, batch_size=batch_size,
                                                       backend="onnxruntime", **options)
@@ -334,6 +337,11 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline(task={self.task!r}, bundle={str(self.bundle.root)!r}, backend={type(self.backend).__name__})"
 
+    @property
+    def backend_choice(self) -> str:
+        """Which engine runs the bundle and why (backend="auto" says what it read of the CPU)."""
+        return f"{self.backend_name}: {self.backend_reason}"
+
 
 class ResultStream(Iterator):
     """The results of a streamed input, computed a batch at a time as they are read (HF's PipelineIterator)."""
@@ -394,7 +402,8 @@ def pipeline(*args: Any, task: str | None = None, model: str | Path | Bundle | N
     left out (the manifest's); given, it must be the bundle's task (any alias, or transformers' own). A bundle
     carries its tokenizer: `tokenizer=` may only name the bundle itself.
 
-    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt"), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
+    Runtime options: backend ("onnxruntime" | "openvino" | "tensorrt" | "auto": picked per CPU kind, and
+    `pipe.backend_choice` says which and why), device ("cpu" | "cuda" | "cuda:N" | N, -1 the CPU;
     an int runs on the CPU when there is no GPU, as transformers does), batch_size (8), num_workers (accepted
     as HF does, no effect), threads, providers (onnxruntime execution providers), graph_optimization_level
     ("disable" | "basic" | "extended" | "all"), backend_options (onnxruntime: {"low_memory": bool};
