@@ -1,5 +1,7 @@
-"""The range of every numeric option of every entry point, in one table, and the argparse types the command lines
-share (albert-run, albert-serve, albert-export): each refuses a bad value in one line.
+"""The range of every numeric option of the runtime's entry points (pipeline(), the backends, albert-run,
+albert-serve), in one table, and the argparse pieces the command lines share (albert-export's too): each refuses a
+bad value in one line. (albert-export's --opset, --calibration-samples and --atol are checked by the export's
+options, whose bounds depend on the installed onnx/onnxruntime and the precision.)
 
 `check_number(name, value)` checks a Python value (pipeline(), the backends; OptionError); `number(name)` is the
 argparse type of the same entry (the command lines then exit 2 with argparse's one line). A number is finite;
@@ -17,6 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import OptionError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line, `PROG: error: ... (see PROG --help)`, exit 2 (argparse would print
+    its usage block first): albert-run, albert-serve and albert-export say it alike."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def cpu_count() -> int:
@@ -86,10 +96,6 @@ RANGES: dict[str, Range] = {
     "max_input_chars": Range(int, 1),
     "max_inputs": Range(int, 1),
     "max_header_bytes": Range(int, 1024),
-    # albert-export (the opset's upper bound is what the installed onnx and onnxruntime run: export.check_opset)
-    "opset": Range(int, 1),
-    "calibration_samples": Range(int, 1),
-    "atol": Range(float, 0),
 }
 
 
