@@ -17,8 +17,9 @@ import warnings
 
 from graphs.profiles import PROFILE_NAMES
 from runtime import __version__
+from runtime.arguments import Parser
 from runtime.extras import missing_module_line
-from runtime.taskspec import TASKS, UnknownTaskError
+from runtime.taskspec import TASKS, UnknownTaskError, canonical_task, input_dims
 
 from .progress import LOGGER, configure
 
@@ -28,12 +29,6 @@ DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled o
 def task_help() -> str:
     return ", ".join(f"{spec.name} ({', '.join(spec.aliases)})" if spec.aliases else spec.name
                      for spec in TASKS.values())
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line, as every other failure (argparse would print the usage first); exit 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -170,9 +165,29 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The flag checks that need no torch, made before it is imported (seconds): the task's name, the precision
+    flags, --shapes with its engine. ExportOptions.checked makes them again, with the rest, by the same functions."""
+    from .engine import check_engine, parse_shapes
+    from .precision import precision_from_options
+
+    task = canonical_task(args.task) if args.task is not None else None
+    precision_from_options(args.fp16, args.int8, args.calibration_data, args.calibration_method,
+                           args.calibration_samples)
+    check_engine(args.engine, args.shapes, args.optimize)
+    if args.shapes is not None:
+        parse_shapes(args.shapes, rank=len(input_dims(task)) if task is not None else 2)
+
+
 def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
+    try:
+        check_flags(args)
+    except ModuleNotFoundError as exc:  # an install without the export extra
+        return refuse_missing(exc)
+    except Exception as exc:  # a usage error, said before torch is loaded
+        return refuse(exc, 2)
     try:
         from .export import ExportOptions, bundle_from_checkpoint
     except ModuleNotFoundError as exc:  # an install without the export extra

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -200,20 +201,30 @@ class AlbertConfig:
         return path
 
 
+LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" and "٣" are digits to str.isdigit()/int(), not label ids
+
+
 def labels_by_id(id2label: Any) -> dict[int, str]:
     """id2label as config.json holds it (string keys) -> {int: str}; ConfigError for anything else."""
     if not isinstance(id2label, dict):
         raise ConfigError(f"invalid ALBERT config: id2label must be an object of id -> label name, got "
                           f"{type(id2label).__name__}")
-    labels = {}
+    labels, keys = {}, {}
     for key, value in id2label.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(f"invalid ALBERT config: id2label key {key!r} is not a label id (0, 1, ...)") from None
+        if isinstance(key, int) and not isinstance(key, bool) and key >= 0:  # built in Python, not read from JSON
+            key = str(key)
+        if not (isinstance(key, str) and LABEL_ID.fullmatch(key)):
+            raise ConfigError(f"invalid ALBERT config: id2label key {key!r} is not a label id (0, 1, ...)")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"invalid ALBERT config: id2label[{key!r}] must be a label name, got {value!r}")
-        labels[index] = str(value)
+        if int(key) in labels:
+            raise ConfigError(f"invalid ALBERT config: id2label keys {keys[int(key)]!r} and {key!r} name the same "
+                              f"label id {int(key)}; keep one")
+        labels[int(key)], keys[int(key)] = str(value), key
+    if sorted(labels) != list(range(len(labels))):
+        missing = sorted(set(range(max(labels) + 1)) - set(labels))
+        raise ConfigError(f"invalid ALBERT config: id2label has no label {missing[0]} (its ids must be 0 to "
+                          f"{len(labels) - 1}, one per logit)")
     return labels
 
 
@@ -252,7 +263,9 @@ class TaskDetectionError(UnknownTaskError, ExportError):
 def task_from_architectures(config: AlbertConfig, source: str | Path) -> str:
     """The task of the one Albert* head class config.json names, or TaskDetectionError naming the choices."""
     named = config.extra.get("architectures") or []
-    named = [name for name in named if isinstance(name, str)] if isinstance(named, list) else []
+    if not isinstance(named, list) or not all(isinstance(name, str) for name in named):
+        raise ConfigError(f"invalid ALBERT config: {Path(source) / 'config.json'}'s architectures must be a list of "
+                          f"class names (e.g. [\"AlbertForMaskedLM\"]), got {json.dumps(named)}; fix it, or pass --task")
     tasks = list(dict.fromkeys(ARCHITECTURE_TASKS[name] for name in named if name in ARCHITECTURE_TASKS))
     if len(tasks) == 1:
         return tasks[0]

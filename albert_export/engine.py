@@ -17,7 +17,7 @@ from runtime.bundle import EngineInfo
 from runtime.extras import install_command
 from runtime.taskspec import INPUT_NAMES
 
-from .errors import ExportError
+from .errors import ExportError, ExportOptionError
 from .progress import LOGGER, bars_shown, log, stdout_to_stderr
 
 ENGINES = ("onnxruntime", "tensorrt")  # onnxruntime: the bundle's model.onnx alone; tensorrt: + engine.plan
@@ -38,6 +38,20 @@ class ShapeProfile:
 
     def as_lists(self) -> list[list[int]]:
         return [list(self.minimum), list(self.optimum), list(self.maximum)]
+
+
+def check_engine(engine: str, shapes: str | None, optimize: str) -> None:
+    """The engine is known, --shapes goes with TensorRT, the graph will be one TensorRT can parse."""
+    if engine not in ENGINES:
+        raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
+    if engine != "tensorrt":
+        if shapes is not None:
+            raise ExportOptionError("--shapes sets the TensorRT optimization profile; add --engine tensorrt")
+    elif optimize.startswith("onnxruntime"):
+        # TensorRT's parser reads com.microsoft Attention as ONNX's own Attention op and refuses it
+        raise ExportOptionError(f"--optimize {optimize} writes onnxruntime-only ops (com.microsoft Attention, "
+                                "FastGelu) that TensorRT cannot build; use --optimize portable or none with "
+                                "--engine tensorrt (TensorRT fuses attention itself)")
 
 
 def parse_shapes(text: str, rank: int = 2, max_positions: int | None = None) -> ShapeProfile:

@@ -39,7 +39,8 @@ from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, save_model
 from .checkpoint import load_config, reference_from_checkpoint, resolve_checkpoint
 from .config import task_from_architectures
 from .engine import (
-    ENGINES, ShapeProfile, default_profile, engine_from_onnx, fitting_positions, import_tensorrt, parse_shapes,
+    ENGINES, ShapeProfile, check_engine, default_profile, engine_from_onnx, fitting_positions, import_tensorrt,
+    parse_shapes,
 )
 from .errors import ExportOptionError
 from .modeling import AlbertForTask
@@ -284,20 +285,6 @@ class ExportOptions:
     def left_out(self) -> tuple[str, ...]:
         """The task's outputs this bundle does not have (those written only when asked for)."""
         return () if self.pooler_output else TASK_OUTPUTS_ON_REQUEST
-
-
-def check_engine(engine: str, shapes: str | None, optimize: str) -> None:
-    """The engine is known, --shapes goes with TensorRT, the graph will be one TensorRT can parse."""
-    if engine not in ENGINES:
-        raise ExportOptionError(f"--engine {engine!r} is not an engine; choose {' or '.join(ENGINES)}")
-    if engine != "tensorrt":
-        if shapes is not None:
-            raise ExportOptionError("--shapes sets the TensorRT optimization profile; add --engine tensorrt")
-    elif optimize.startswith("onnxruntime"):
-        # TensorRT's parser reads com.microsoft Attention as ONNX's own Attention op and refuses it
-        raise ExportOptionError(f"--optimize {optimize} writes onnxruntime-only ops (com.microsoft Attention, "
-                                "FastGelu) that TensorRT cannot build; use --optimize portable or none with "
-                                "--engine tensorrt (TensorRT fuses attention itself)")
 
 
 def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -> str:

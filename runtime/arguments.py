@@ -1,21 +1,139 @@
-"""argparse types the two command lines share (albert-run, albert-serve): each refuses a bad value in one line."""
+"""The range of every numeric option of the runtime's entry points (pipeline(), the backends, albert-run,
+albert-serve), in one table, and the argparse pieces the command lines share (albert-export's too): each refuses a
+bad value in one line. (albert-export's --opset, --calibration-samples and --atol are checked by the export's
+options, whose bounds depend on the installed onnx/onnxruntime and the precision.)
+
+`check_number(name, value)` checks a Python value (pipeline(), the backends; OptionError); `number(name)` is the
+argparse type of the same entry (the command lines then exit 2 with argparse's one line). A number is finite;
+an integer option takes an int (numpy's too), never a bool, a float or a string; an upper bound is a constant
+or, for threads, the CPUs this process may run on (more threads than CPUs only slows a run down, and each is an
+OS thread: 10**6 of them take minutes to start).
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from .backends import parse_device
 from .errors import OptionError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line, `PROG: error: ... (see PROG --help)`, exit 2 (argparse would print
+    its usage block first): albert-run, albert-serve and albert-export say it alike."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, as a container's cpuset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """kind int: an integer; kind float: any finite number. maximum: a bound, or a function giving it now."""
+
+    kind: type
+    minimum: float
+    maximum: float | Callable[[], float] | None = None
+    maximum_is: str = ""  # what the maximum is, where that is not obvious ("the CPUs this process may use")
+
+    def bound(self) -> float | None:
+        return self.maximum() if callable(self.maximum) else self.maximum
+
+    def describe(self) -> str:
+        what, maximum = ("an integer" if self.kind is int else "a finite number"), self.bound()
+        if maximum is not None:
+            why = f" ({self.maximum_is})" if self.maximum_is else ""
+            return f"{what} from {_show(self.minimum)} to {_show(maximum)}{why}"
+        if self.kind is int and self.minimum in (0, 1):
+            return "a non-negative integer" if self.minimum == 0 else "a positive integer"
+        return f"{what} of at least {_show(self.minimum)}"
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if not math.isfinite(value) or value < self.minimum:
+            return False
+        maximum = self.bound()
+        return maximum is None or value <= maximum
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+RANGES: dict[str, Range] = {
+    # pipeline() and the backends
+    "threads": Range(int, 1, cpu_count, "the CPUs this process may use"),
+    "batch_size": Range(int, 1),
+    "num_workers": Range(int, 0),
+    # albert-run's task options (the heads check their values again, with HF's messages)
+    "top_k": Range(int, 1),
+    "doc_stride": Range(int, 0),
+    "stride": Range(int, 0),
+    "max_seq_len": Range(int, 1),
+    "max_question_len": Range(int, 1),
+    "max_answer_len": Range(int, 1),
+    # albert-serve
+    "port": Range(int, 0, 65535),
+    "max_batch_size": Range(int, 1),
+    "max_delay_ms": Range(float, 0, 60_000, "one minute"),
+    "max_queue": Range(int, 1),
+    "timeout_s": Range(float, 0.001, 86_400, "one day"),
+    "shutdown_timeout_s": Range(float, 0, 3_600, "one hour"),
+    "max_request_bytes": Range(int, 1),
+    "max_input_chars": Range(int, 1),
+    "max_inputs": Range(int, 1),
+    "max_header_bytes": Range(int, 1024),
+}
+
+
+def check_number(name: str, value: Any) -> Any:
+    """`value` when it is in RANGES[name], else OptionError: "threads must be an integer from 1 to 2 (...), got 3"."""
+    entry = RANGES[name]
+    if not entry.holds(value):
+        raise OptionError(f"{name} must be {entry.describe()}, got {value!r}")
+    return int(value) if entry.kind is int else value
+
+
+def number(name: str) -> Callable[[str], float]:
+    """The argparse type of RANGES[name]: argparse then says `argument --NAME: must be ..., got '...'`, exit 2."""
+    entry = RANGES[name]
+
+    def parse(text: str):
+        try:
+            value = entry.kind(text)
+        except ValueError:
+            value = None
+        if value is None or not entry.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {entry.describe()}, got {text!r}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """A number of `kind` (int or float) no smaller than `minimum`."""
+    """A finite number of `kind` (int or float) no smaller than `minimum` (the options RANGES does not name)."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < minimum:
             bound = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
             raise argparse.ArgumentTypeError(f"{text} {bound}")
@@ -33,6 +151,8 @@ def comma_list(text: str) -> list[str]:
 
 def device_argument(text: str) -> str:
     """--device: cpu, cuda or cuda:N."""
+    from .backends import parse_device  # here: the backends check their threads with this module's table
+
     try:
         return str(parse_device(text))
     except OptionError:

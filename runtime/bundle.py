@@ -31,6 +31,7 @@ TOKENIZER = "tokenizer.json"
 CONFIG = "config.json"
 ENGINE = "engine.plan"
 READ_BY_RUNTIME = (MODEL, TOKENIZER, CONFIG, ENGINE)
+LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit() but not to int()
 
 
 @dataclass
@@ -221,11 +222,17 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     except (OSError, ValueError, RecursionError) as exc:
         raise BundleError(f"{root / CONFIG} cannot be read ({_reason(exc)}); re-export the bundle") from None
     id2label = config.get("id2label", {}) if isinstance(config, dict) else None
-    if not isinstance(id2label, dict) or not all(str(k).isdigit() and isinstance(v, str) for k, v in id2label.items()):
+    if not isinstance(id2label, dict) or not all(LABEL_ID.fullmatch(k) and isinstance(v, str) for k, v in id2label.items()):
         raise BundleError(
             f"{root / CONFIG} is not an HF config (a JSON object, id2label a map of label ids to names); "
             "re-export the bundle"
         )
+    ids = sorted(int(k) for k in id2label)
+    if ids != list(range(len(id2label))):
+        problem = (f"two keys name label {next(a for a, b in zip(ids, ids[1:]) if a == b)}" if len(set(ids)) < len(ids)
+                   else f"it has no label {min(set(range(len(ids))) - set(ids))}")
+        raise BundleError(f"{root / CONFIG}'s id2label must name labels 0 to {len(ids) - 1} once each, but {problem}; "
+                          "fix id2label or re-export the bundle")
     return Bundle(root=root, manifest=manifest, config=config)
 
 

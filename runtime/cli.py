@@ -35,7 +35,7 @@ import warnings
 from typing import Any
 
 from . import __version__
-from .arguments import at_least, comma_list, device_argument
+from .arguments import Parser, comma_list, device_argument, number
 from .backends import BACKENDS
 from .errors import (AlbertRuntimeError, OptionError, UnknownParameterError, UnknownTaskError, UsageError, error_line,
                      is_failure)
@@ -46,7 +46,7 @@ PROG = "albert-run"
 
 def parser() -> argparse.ArgumentParser:
     """Every option says what it does and its default; task options left out keep the HF pipeline's default."""
-    p = argparse.ArgumentParser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.",
+    p = Parser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.",
                                 epilog="Task options that are left out keep the Hugging Face pipeline's default "
                                        "(as shown); one that does not apply to the bundle's task is an error.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -59,13 +59,13 @@ def parser() -> argparse.ArgumentParser:
                              "(default: onnxruntime)")
     engine.add_argument("--device", type=device_argument, default=None,
                         help="cpu, cuda or cuda:N, the N-th GPU (default: cpu; cuda for tensorrt)")
-    engine.add_argument("--batch-size", type=at_least(1), default=8, metavar="N",
+    engine.add_argument("--batch-size", type=number("batch_size"), default=8, metavar="N",
                         help="inputs run through the model together (default: 8)")
     engine.add_argument("--keep-going", action="store_true",
                         help="report a bad input line as {\"error\", \"line\"} and go on; the exit status is still 1 "
                              "(default: stop at the first bad line)")
     task = p.add_argument_group("task options")
-    task.add_argument("--top-k", type=at_least(1), metavar="K",
+    task.add_argument("--top-k", type=number("top_k"), metavar="K",
                       help="answers per input (default: fill-mask/pretraining 5, question-answering 1, "
                            "text-classification the best label only, multiple-choice all choices)")
     task.add_argument("--targets", type=comma_list, metavar="W,...",
@@ -78,18 +78,18 @@ def parser() -> argparse.ArgumentParser:
                       help="token-classification: how sub-word tokens are grouped into entities (default: none)")
     task.add_argument("--ignore-labels", type=comma_list, metavar="L,...",
                       help="token-classification: labels left out of the answer, comma-separated (default: O)")
-    task.add_argument("--doc-stride", type=at_least(0), metavar="N",
+    task.add_argument("--doc-stride", type=number("doc_stride"), metavar="N",
                       help="question-answering: tokens shared by consecutive windows of a long context "
                            "(default: 128)")
-    task.add_argument("--stride", type=at_least(0), metavar="N",
+    task.add_argument("--stride", type=number("stride"), metavar="N",
                       help="token-classification: split long texts into chunks overlapping by N tokens; needs "
                            "--aggregation-strategy other than none (default: no chunks, long texts truncated)")
-    task.add_argument("--max-seq-len", type=at_least(1), metavar="N",
+    task.add_argument("--max-seq-len", type=number("max_seq_len"), metavar="N",
                       help="question-answering: tokens per window, question included "
                            "(default: 384, or the model's maximum if smaller)")
-    task.add_argument("--max-question-len", type=at_least(1), metavar="N",
+    task.add_argument("--max-question-len", type=number("max_question_len"), metavar="N",
                       help="question-answering: tokens kept of the question (default: 64)")
-    task.add_argument("--max-answer-len", type=at_least(1), metavar="N",
+    task.add_argument("--max-answer-len", type=number("max_answer_len"), metavar="N",
                       help="question-answering: longest answer span, in tokens (default: 15)")
     task.add_argument("--handle-impossible-answer", action="store_true",
                       help="question-answering: allow the empty answer (SQuAD 2.0) (default: off)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AlbertRuntimeError", "BundleError", "UnknownTaskError", "InputError", "OptionError", "BackendError",
-    "UsageError", "CallError", "InputKeyError", "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError",
+    "UsageError", "CallError", "TensorError", "InputKeyError", "TruncationWarning", "PipelineException", "NoMaskTokenError", "UnknownChoiceError",
     "UnknownParameterError", "one_line", "is_failure", "error_line",
 ]
 
@@ -30,6 +30,15 @@ class UnknownTaskError(KeyError, ValueError, AlbertRuntimeError):
 
 class InputError(ValueError, AlbertRuntimeError):
     """One input cannot be processed: empty text, no mask token, a JSON object with the wrong keys, ..."""
+
+
+class TensorError(InputError):
+    """A model input tensor that the bundle's model cannot take (name, dtype, rank, dims or a value out of range);
+    `tensor` names it."""
+
+    def __init__(self, tensor: str, message: str):
+        super().__init__(message)
+        self.tensor = tensor
 
 
 class OptionError(ValueError, AlbertRuntimeError):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import InputError, OptionError, error_line, is_failure, one_line
+from .errors import BackendError, InputError, OptionError, error_line, is_failure, one_line
 from .pipeline import head_for, split_outputs
 from .tasks.base import Features
 
@@ -79,6 +79,8 @@ def parse_line(line: str, task: str) -> Any:
         raise InputError(f"invalid JSON ({message} at column {exc.colno})") from None
     except RecursionError:
         raise InputError("invalid JSON: nested too deeply for this reader") from None
+    except ValueError:  # json's int() of a number past sys.get_int_max_str_digits()
+        raise InputError("invalid JSON: a number too long to read (more than 4300 digits)") from None
     if not isinstance(item, dict) or set(item) not in shapes:
         got = json.dumps(sorted(item)) if isinstance(item, dict) else f"a JSON {_json_kind(item)}"
         raise InputError(f"{task} takes a JSON object with keys {keys}; got {got}")
@@ -125,9 +127,9 @@ class LineRunner:
             result = next(answers) if error is None else error
             if not isinstance(result, BaseException):
                 try:
-                    self.out.write(json.dumps(result, ensure_ascii=False, default=json_value) + "\n")
+                    self.out.write(answer_json(result) + "\n")
                     continue
-                except (TypeError, ValueError) as exc:
+                except BackendError as exc:
                     result = exc
             if not self.report(number, result):
                 self.out.flush()
@@ -186,6 +188,18 @@ class LineRunner:
         if self.keep_going:
             self.out.write(json.dumps({"error": one_line(exc), "line": number}, ensure_ascii=False) + "\n")
         return self.keep_going
+
+
+def answer_json(result: Any) -> str:
+    """A result as one JSON text (albert-run's lines, albert-serve's answers): numpy values as JSON values, and
+    NaN or infinity refused (JSON has neither) with a BackendError, the same for both."""
+    try:
+        return json.dumps(result, ensure_ascii=False, allow_nan=False, default=json_value)
+    except ValueError:
+        raise BackendError("the answer holds a NaN or infinite score, which JSON cannot carry: the model's outputs "
+                           "are not finite (an fp16 overflow, a broken model); re-export the bundle") from None
+    except TypeError as exc:
+        raise BackendError(f"the answer cannot be written as JSON ({exc})") from None
 
 
 def json_value(value: Any) -> Any:

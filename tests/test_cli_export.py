@@ -190,3 +190,31 @@ def test_int8_without_the_attention_fusion_quantizes_every_matmul(capsys, tmp_pa
     assert len(inputs) - inputs.count({"DequantizeLinear"}) == 2 * 4  # attention's activation products stay float
     assert not [node for node in graph.node if node.op_type == "Attention"]
     assert [node for node in graph.node if node.op_type == "FastGelu"]  # the other onnxruntime fusions ran
+
+
+TASK_CHOICES = ("fill-mask (mlm), text-classification (sequence-classification, cls), token-classification (ner), "
+                "question-answering (qa), multiple-choice (mc), feature-extraction (features), pretraining")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "summarization"], f"unknown task 'summarization'; choose one of: {TASK_CHOICES}"),
+    (["--fp16", "--int8"], "--fp16 and --int8 exclude each other; pick one precision"),
+    (["--calibration-method", "entropy"], "--calibration-data/--calibration-method/--calibration-samples need --int8"),
+    (["--shapes", "1x1:2x8:4x16"], "--shapes sets the TensorRT optimization profile; add --engine tensorrt"),
+    (["--task", "mc", "--engine", "tensorrt", "--shapes", "1x2:2x2:3x3"],
+     "--shapes '1x2:2x2:3x3': each of MIN:OPT:MAX needs 3 dims (BxCxS) for this task"),
+    (["--engine", "tensorrt", "--optimize", "onnxruntime"],
+     "--optimize onnxruntime writes onnxruntime-only ops (com.microsoft Attention, FastGelu) that TensorRT cannot "
+     "build; use --optimize portable or none with --engine tensorrt (TensorRT fuses attention itself)"),
+])
+def test_flag_combination_errors_come_before_torch_is_imported(tmp_path, args, message):
+    """One line, exit 2, and torch never loaded (it takes seconds): the flags alone settle it."""
+    probe = ("import sys\nfrom albert_export import cli\nstatus = cli.main(sys.argv[1:])\n"
+             "print('torch' in sys.modules)\nsys.exit(status)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("ALBERT_EXPORT_DEBUG", None)
+    result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == "False\n"
+    assert result.stderr == f"albert-export: error: {message}\n"
+    assert list(tmp_path.iterdir()) == []

@@ -139,3 +139,28 @@ def test_group_of_layer_matches_transformers_formula():
     config = AlbertConfig(**{**SMALL, "num_hidden_layers": 12, "num_hidden_groups": 3})
     assert [config.group_of_layer(i) for i in range(12)] == [0] * 4 + [1] * 4 + [2] * 4
     assert config.head_size == 16
+
+
+@pytest.mark.parametrize("id2label, message", [
+    ({"0": "A", "00": "B"}, "id2label keys '0' and '00' name the same label id 0; keep one"),
+    ({"0": "A", "5": "B"}, "id2label has no label 1 (its ids must be 0 to 1, one per logit)"),
+    ({"0": "A", "²": "B"}, "id2label key '²' is not a label id (0, 1, ...)"),
+    ({"-1": "A"}, "id2label key '-1' is not a label id (0, 1, ...)"),
+])
+def test_id2label_keys_must_be_labels_0_to_n(id2label, message):
+    with pytest.raises(ConfigError) as refused:
+        AlbertConfig.from_dict({**SMALL, "id2label": id2label})
+    assert str(refused.value) == f"invalid ALBERT config: {message}"
+
+
+def test_architectures_that_are_not_class_names_are_one_config_error(tmp_path):
+    from albert_export.config import task_from_architectures
+
+    config = AlbertConfig.from_dict({**SMALL, "architectures": ["AlbertForMaskedLM", 5]})
+    with pytest.raises(ConfigError) as refused:
+        task_from_architectures(config, tmp_path)
+    assert str(refused.value) == (f"invalid ALBERT config: {tmp_path / 'config.json'}'s architectures must be a list "
+                                  "of class names (e.g. [\"AlbertForMaskedLM\"]), got [\"AlbertForMaskedLM\", 5]; fix "
+                                  "it, or pass --task")
+    assert task_from_architectures(AlbertConfig.from_dict({**SMALL, "architectures": ["AlbertModel"]}),
+                                   tmp_path) == "feature-extraction"

@@ -304,3 +304,47 @@ def test_validation_at_512_tokens_holds_a_few_copies_of_the_attentions(layers, t
     attention_bytes = 12 * 8 * 512 * 512 * 4
     assert int(growth) < 8 * attention_bytes, (int(growth) / attention_bytes, context, result.stderr[-2000:])
     assert float(worst) <= 1e-5
+
+
+@pytest.mark.parametrize("layers", ["loop", "unrolled"])
+def test_a_manifest_that_misdescribes_hidden_states_is_refused_at_load(bundles, tmp_path, layers):
+    """The outside tester's case: hidden_states' dims edited to batch-first, or its entry deleted, model unchanged:
+    refused at load naming both descriptions, never silently wrong features for hidden_state_layer 0/-1."""
+    import json
+    import shutil
+
+    from runtime import pipeline
+    from runtime.bundle import MANIFEST, BundleError
+
+    source = bundles("feature-extraction", layers)
+    manifest = json.loads((source / MANIFEST).read_text())
+    spec = next(t for t in manifest["outputs"] if t["name"] == "hidden_states")
+    assert spec["dims"] == [LAYERS + 1, "batch_size", "sequence_length", HIDDEN]
+    pipeline(source)  # as written: loads
+    edits = {
+        "batch-first": lambda m: next(t for t in m["outputs"] if t["name"] == "hidden_states").update(
+            dims=["batch_size", LAYERS + 1, "sequence_length", HIDDEN]),
+        "deleted": lambda m: m.update(outputs=[t for t in m["outputs"] if t["name"] != "hidden_states"]),
+    }
+    outputs = ", ".join(t["name"] for t in manifest["outputs"])
+    expected = {
+        "batch-first": f"manifest.json says output hidden_states is float32 [batch_size, {LAYERS + 1}, sequence_length, "
+                       f"{HIDDEN}], model.onnx has float32 [{LAYERS + 1}, batch_size, sequence_length, {HIDDEN}]; the "
+                       "manifest does not describe its model, re-export the bundle",
+        "deleted": f"manifest.json lists outputs {outputs.replace(', hidden_states', '')}, model.onnx has {outputs}; the "
+                   "manifest does not describe its model, re-export the bundle",
+    }
+    for name, edit in edits.items():
+        target = tmp_path / name
+        shutil.copytree(source, target)
+        edited = json.loads((target / MANIFEST).read_text())
+        edit(edited)
+        (target / MANIFEST).write_text(json.dumps(edited))
+        for backend in ("onnxruntime", "openvino"):
+            with pytest.raises(BundleError) as refused:
+                pipeline(target, backend=backend)
+            message = expected[name] if backend == "onnxruntime" else None
+            if message is None:  # OpenVINO reads dynamic dims without their names
+                message = expected[name].replace("model.onnx has", "model.onnx (as OpenVINO reads it) has")
+                message = message.replace(f"[{LAYERS + 1}, batch_size, sequence_length", f"[{LAYERS + 1}, ?, ?")
+            assert str(refused.value) == message, backend

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from runtime import pipeline
@@ -73,6 +74,7 @@ def test_blank_and_whitespace_lines_keep_output_aligned(monkeypatch, capsys, fil
         ('{"text": 5}\n', "takes a string; got int"),
         ('{"text": "a [MASK]", "extra": 1}\n', 'keys ["text"]; got ["extra", "text"]'),
         ('{"text": "a", "text": "b [MASK]"]\n', "invalid JSON (Expecting ',' delimiter at column 33)"),
+        ('{"text": ' + "9" * 5000 + "}\n", "invalid JSON: a number too long to read (more than 4300 digits)"),
     ],
 )
 def test_bad_json_lines_get_one_line_each(monkeypatch, capsys, fill_mask_bundle, line, message):
@@ -231,3 +233,26 @@ def test_option_values_of_the_wrong_type_or_range_are_one_option_error(handmade_
     assert "Error" not in str(refused.value)
     with pytest.raises(OptionError, match=message.replace("(", r"\(")):
         pipe.run_each([item], **options)
+
+
+def test_a_non_finite_answer_is_one_line_error_in_albert_run_as_in_albert_serve(monkeypatch, capsys, fill_mask_bundle):
+    """JSON has no NaN: albert-run does not print one (answer_json, albert-serve's rule too)."""
+    from runtime.lines import answer_json
+    from runtime.errors import BackendError
+
+    message = ("the answer holds a NaN or infinite score, which JSON cannot carry: the model's outputs are not finite "
+               "(an fp16 overflow, a broken model); re-export the bundle")
+    with pytest.raises(BackendError) as refused:
+        answer_json([{"score": float("nan")}])
+    assert str(refused.value) == message
+    assert answer_json({"score": np.float32(0.5), "ids": np.arange(2)}) == '{"score": 0.5, "ids": [0, 1]}'
+    import runtime.lines as lines_module
+
+    real = lines_module.LineRunner.answers
+    monkeypatch.setattr(lines_module.LineRunner, "answers",
+                        lambda self, items: [{"score": float("nan")} if "NaN" in item else answer
+                                             for item, answer in zip(items, real(self, items))])
+    code, lines, err = albert_run(monkeypatch, capsys, [fill_mask_bundle, "--keep-going"],
+                                  f"{SEED}\nNaN [MASK].\n{SEED}\n".encode())
+    assert code == 1 and len(lines) == 3 and errors(lines) == {2: message}
+    assert err == f"albert-run: line 2: {message}\n"

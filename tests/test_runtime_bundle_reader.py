@@ -9,7 +9,7 @@ import pytest
 
 from runtime import bundle as bundle_module
 from runtime import pipeline
-from runtime.bundle import ENGINE, MANIFEST, MODEL, BundleError, load_bundle, sha256_file
+from runtime.bundle import CONFIG, ENGINE, MANIFEST, MODEL, BundleError, load_bundle, sha256_file
 
 
 @pytest.fixture()
@@ -167,9 +167,10 @@ def test_a_model_of_another_task_rehashed_into_the_bundle_names_expected_and_fou
     shutil.copytree(handmade_bundle("question-answering"), target)
     shutil.copy(handmade_bundle("text-classification") / MODEL, target / MODEL)
     rehash(target, MODEL)
-    with pytest.raises(Exception, match=r"the model gives logits \(2\) per input, a question-answering model gives "
-                                        r"start_logits \(sequence_length\), end_logits \(sequence_length\)"):
+    with pytest.raises(BundleError) as refused:  # the engine's own outputs, before any run
         pipeline(target)
+    assert str(refused.value) == ("manifest.json lists outputs start_logits, end_logits, model.onnx has logits; the "
+                                  "manifest does not describe its model, re-export the bundle")
 
 
 def test_an_id2label_that_does_not_name_every_logit_is_refused_at_load(handmade_bundle, tmp_path):
@@ -187,3 +188,22 @@ def test_an_id2label_that_does_not_name_every_logit_is_refused_at_load(handmade_
     rehash(target, "config.json")
     with pytest.raises(BundleError, match="id2label a map of label ids to names"):
         pipeline(target)
+
+
+@pytest.mark.parametrize("id2label, problem", [
+    ({"0": "A", "00": "B"}, "'s id2label must name labels 0 to 1 once each, but two keys name label 0"),
+    ({"0": "A", "5": "B"}, "'s id2label must name labels 0 to 1 once each, but it has no label 1"),
+    ({"1": "A", "2": "B"}, "'s id2label must name labels 0 to 1 once each, but it has no label 0"),
+    ({"0": "A", "²": "B"}, " is not an HF config (a JSON object, id2label a map of label ids to names)"),
+])
+def test_id2label_keys_that_are_not_labels_0_to_n_are_refused_at_load(handmade_bundle, tmp_path, id2label, problem):
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("text-classification"), target)
+    config = json.loads((target / CONFIG).read_text())
+    config["id2label"] = id2label
+    (target / CONFIG).write_text(json.dumps(config))
+    rehash(target, CONFIG)
+    with pytest.raises(BundleError) as refused:
+        load_bundle(target)
+    assert str(refused.value) == f"{target / CONFIG}{problem}; " + (
+        "re-export the bundle" if "HF config" in problem else "fix id2label or re-export the bundle")

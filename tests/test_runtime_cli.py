@@ -116,12 +116,22 @@ def test_bad_bundles_exit_1(monkeypatch, capsys, fill_mask_bundle, tmp_path):
     assert code == 1 and "no engine.plan" in err
 
 
-def test_usage_errors_are_argparse_exit_2(monkeypatch, capsys, fill_mask_bundle):
-    for argv in (["--top-k", "0"], ["--batch-size", "x"], ["--pooling", "max"], []):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(fill_mask_bundle), *argv] if argv else argv)
-        assert exit_info.value.code == 2
-    assert "usage: albert-run" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--top-k", "0"], "argument --top-k: must be a positive integer, got '0'"),
+    (["--batch-size", "x"], "argument --batch-size: must be a positive integer, got 'x'"),
+    (["--batch-size", "True"], "argument --batch-size: must be a positive integer, got 'True'"),
+    (["--doc-stride", "-1"], "argument --doc-stride: must be a non-negative integer, got '-1'"),
+    (["--max-seq-len", "1e9"], "argument --max-seq-len: must be a positive integer, got '1e9'"),
+    (["--pooling", "max"], "argument --pooling: invalid choice: 'max' (choose from 'cls', 'mean', 'none')"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (None, "the following arguments are required: bundle"),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, fill_mask_bundle, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([] if argv is None else [str(fill_mask_bundle), *argv])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"albert-run: error: {message} (see albert-run --help)\n"
 
 
 def test_truncation_warning_goes_to_stderr(monkeypatch, capsys, fill_mask_bundle):

@@ -51,6 +51,9 @@ def fake_tensorrt(name: str) -> types.ModuleType:
         def get_tensor_dtype(self, tensor):
             return dtypes[tensor]
 
+        def get_tensor_shape(self, tensor):
+            return (-1, -1) if tensor == "input_ids" else (-1, -1, 4)
+
         def create_execution_context(self):
             return Context()
 
@@ -115,6 +118,8 @@ def engine_bundle(handmade_bundle, tmp_path, flavour: str | None):
     (copy / ENGINE).write_bytes(b"a plan")
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"][ENGINE] = sha256_file(copy / ENGINE)
+    manifest["inputs"] = [{"name": "input_ids", "dtype": "int64", "dims": ["batch_size", "sequence_length"]}]
+    manifest["outputs"] = [{"name": "logits", "dtype": "float32", "dims": ["batch_size", "sequence_length", 4]}]
     if flavour is not None:
         manifest["engine"] = {"flavour": flavour, "version": "1.0", "profiles": [], "compute_capabilities": ["8.6"]}
     (copy / MANIFEST).write_text(json.dumps(manifest))

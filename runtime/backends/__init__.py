@@ -3,7 +3,8 @@
 `OnnxRuntimeBackend` (runtime.backends.ort) runs model.onnx on CPU, CUDA or the TensorRT execution provider;
 `OpenVINOBackend` (runtime.backends.openvino) runs model.onnx with OpenVINO on the CPU; `TensorRTBackend`
 (runtime.backends.trt) runs engine.plan with tensorrt / tensorrt_rtx and cuda-python. Each imports its package
-only when they are created.
+only when it is created. They share runtime.backends.base: a backend built from a bundle has its model's inputs
+and outputs checked against the manifest, and every feed checked against the bundle before the engine sees it.
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import numpy as np
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
 from ..extras import GPU_SWITCH, missing_module_line
+from .base import BaseBackend, FeedCheck, check_feeds, checked_threads
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 DEVICES = ("cpu", "cuda")
-BACKEND_OPTIONS = {"onnxruntime": {"low_memory"}, "openvino": {"hint", "precision"}, "tensorrt": set()}
+BACKEND_OPTIONS = {"onnxruntime": {"low_memory", "spinning"}, "openvino": {"hint", "precision"}, "tensorrt": set()}
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,10 @@ def backend_from_bundle(
     graph_optimization_level: str = "all",
     backend_options: dict | None = None,
 ) -> Backend:
-    """backend_options: onnxruntime's `low_memory` (bool); the openvino backend's `hint` ("latency" | "throughput")
-    and `precision` ("f32" | "bf16")."""
+    """backend_options: onnxruntime's `low_memory` and `spinning` (bools); the openvino backend's `hint`
+    ("latency" | "throughput") and `precision` ("f32" | "bf16"). threads: an integer from 1 to the CPUs this
+    process may use. The engine's inputs and outputs must be the manifest's (else BundleError); its feeds are
+    checked against the bundle from then on (runtime.backends.base)."""
     if backend not in BACKENDS:
         raise OptionError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     parsed = _device_for(backend, device, providers)
@@ -79,10 +83,13 @@ def backend_from_bundle(
         raise OptionError(f"the {backend} backend takes no option(s) {', '.join(unknown)}; it takes "
                           f"{', '.join(sorted(BACKEND_OPTIONS[backend])) or 'none'}")
     if backend == "openvino":
-        return _openvino(bundle, parsed, threads, providers, options)
-    if backend == "tensorrt":
-        return _tensorrt(bundle, parsed, threads, providers)
-    return _onnxruntime(bundle, parsed, threads, providers, graph_optimization_level, options)
+        engine = _openvino(bundle, parsed, threads, providers, options)
+    elif backend == "tensorrt":
+        engine = _tensorrt(bundle, parsed, threads, providers)
+    else:
+        engine = _onnxruntime(bundle, parsed, threads, providers, graph_optimization_level, options)
+    engine.check_manifest(bundle)
+    return engine
 
 
 def _device_for(backend: str, device: Any, providers: list | None) -> Device:
@@ -109,6 +116,7 @@ def _openvino(bundle: Bundle, device: Device, threads: int | None, providers: li
         raise OptionError("the openvino backend runs on the CPU only; use --device cpu")
     if providers is not None:
         raise OptionError("providers are onnxruntime options; the openvino backend takes none")
+    threads = checked_threads(threads)  # before the import: openvino takes a second to load
     from .openvino import OpenVINOBackend
 
     return OpenVINOBackend(bundle.model_path, threads=threads, **options)
@@ -135,6 +143,7 @@ def _tensorrt(bundle: Bundle, device: Device, threads: int | None, providers: li
 
 def _onnxruntime(bundle: Bundle, device: Device, threads: int | None, providers: list | None,
                  graph_optimization_level: str, options: dict) -> Backend:
+    threads = checked_threads(threads)
     try:
         from .ort import OnnxRuntimeBackend
     except ModuleNotFoundError as exc:  # the engine is an extra (runtime.extras): say which one to add
@@ -146,4 +155,5 @@ def _onnxruntime(bundle: Bundle, device: Device, threads: int | None, providers:
                               threads=threads, graph_optimization_level=graph_optimization_level, **options)
 
 
-__all__ = ["Backend", "BackendError", "backend_from_bundle", "parse_device", "Device", "BACKENDS", "DEVICES"]
+__all__ = ["Backend", "BackendError", "BaseBackend", "FeedCheck", "backend_from_bundle", "check_feeds", "parse_device",
+           "Device", "BACKENDS", "DEVICES"]

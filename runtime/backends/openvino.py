@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BackendError, OptionError
 from ..extras import install_command
+from .base import BaseBackend, ModelTensor, checked_threads
 from .heap import release_freed_heap
 
 PRECISIONS = ("f32", "bf16")
@@ -51,7 +52,23 @@ def read_error(model_path: Path, exc: Exception) -> BackendError:
     return BackendError(f"OpenVINO cannot read {model_path}: {first}")
 
 
-class OpenVINOBackend:
+def _tensors(ports) -> list[ModelTensor]:
+    """What OpenVINO read of the model's inputs or outputs (its dynamic dims have no names: "")."""
+    tensors = []
+    for port in ports:
+        shape = port.get_partial_shape()
+        dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else "" for d in shape]
+        try:
+            dtype = np.dtype(port.get_element_type().to_dtype())
+        except Exception:  # an element type numpy has no name for
+            dtype = None
+        tensors.append(ModelTensor(port.get_any_name(), dtype, dims))
+    return tensors
+
+
+class OpenVINOBackend(BaseBackend):
+    source = "model.onnx (as OpenVINO reads it)"
+
     def __init__(
         self,
         model_path: str | Path,
@@ -66,8 +83,7 @@ class OpenVINOBackend:
             raise OptionError(f"openvino hint {hint!r} is not one of {', '.join(HINTS)}")
         if precision not in PRECISIONS:
             raise OptionError(f"openvino precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        if threads is not None and threads < 1:
-            raise OptionError(f"threads must be at least 1, got {threads}")
+        threads = checked_threads(threads)
         ov = _import_openvino()
         core = ov.Core()
         capabilities = cpu_capabilities(core)
@@ -82,9 +98,9 @@ class OpenVINOBackend:
         except Exception as exc:  # OpenVINO raises RuntimeError/OpConversionFailure with multi-line reports
             raise read_error(model_path, exc) from exc
         # names from the model as read: after compilation a port may answer to an inner tensor's name
-        self.input_names = [port.get_any_name() for port in model.inputs]
-        self.output_names = [port.get_any_name() for port in model.outputs]
-        self._input_dtypes = {port.get_any_name(): port.get_element_type().to_dtype() for port in model.inputs}
+        self.model_inputs, self.model_outputs = _tensors(model.inputs), _tensors(model.outputs)
+        self.input_names = [t.name for t in self.model_inputs]
+        self.output_names = [t.name for t in self.model_outputs]
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint.upper()}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -109,11 +125,7 @@ class OpenVINOBackend:
         with self._lock:
             self._idle.append(request)
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise BackendError(f"model has no input(s) {sorted(unknown)}; it takes {self.input_names}")
-        feeds = {name: np.ascontiguousarray(array, dtype=self._input_dtypes[name]) for name, array in inputs.items()}
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request = self._acquire()
         try:
             request.infer({i: feeds[name] for i, name in enumerate(self.input_names) if name in feeds})

@@ -8,6 +8,7 @@ import onnxruntime as ort
 
 from ..errors import BackendError, OptionError
 from ..extras import GPU_SWITCH
+from .base import BaseBackend, ModelTensor, checked_threads
 from .heap import release_freed_heap
 
 _ONNX_DTYPES = {
@@ -46,7 +47,62 @@ def default_providers(device: str, device_id: int = 0) -> list:
     return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
 
 
-class OnnxRuntimeBackend:
+def session_options(graph_optimization_level: str = "all", threads: int | None = None, low_memory: bool = False,
+                    spinning: bool = False) -> ort.SessionOptions:
+    """threads: intra-op threads (one inter-op thread); low_memory: no prepacked GEMM weights; spinning: let idle
+    intra-op threads spin for work (onnxruntime's default; off here: a waiting thread gives its CPU back)."""
+    if graph_optimization_level not in _LEVELS:
+        raise OptionError(
+            f"graph_optimization_level {graph_optimization_level!r} is not one of {', '.join(_LEVELS)}"
+        )
+    for name, value in (("low_memory", low_memory), ("spinning", spinning)):
+        if not isinstance(value, bool):
+            raise OptionError(f"the onnxruntime backend's {name} must be True or False, got {value!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _LEVELS[graph_optimization_level]
+    options.log_severity_level = 4  # fatal only: a failure reaches the caller as one BackendError line, not two
+    if low_memory:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def resolve_providers(device: str, device_id: int, providers: list | None) -> list:
+    """The execution providers to ask for: the device's default ones, or the caller's (aliases cpu, cuda,
+    tensorrt), each of which this onnxruntime must offer."""
+    if providers is None:
+        return default_providers(device, device_id)
+    providers = [_PROVIDER_ALIASES.get(p, p) if isinstance(p, str) else p for p in providers]
+    missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]
+    if missing:
+        raise BackendError(
+            f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+            f"(it offers {', '.join(ort.get_available_providers())})"
+        )
+    return providers
+
+
+def check_cuda_started(providers: list[str], device_id: int) -> None:
+    """onnxruntime falls back to the CPU when the CUDA libraries do not load; asked for cuda, say so instead."""
+    if providers[0] == "CPUExecutionProvider":
+        raise BackendError(
+            f"onnxruntime could not start CUDA on device {device_id} (it fell back to {', '.join(providers)}):"
+            " the CUDA and cuDNN libraries onnxruntime-gpu needs are missing or do not match; see onnxruntime's "
+            "CUDA requirements, or use the cpu device"
+        )
+
+
+def _tensors(args) -> list[ModelTensor]:
+    return [ModelTensor(a.name, np.dtype(_ONNX_DTYPES[a.type]) if a.type in _ONNX_DTYPES else None,
+                        None if a.shape is None else list(a.shape)) for a in args]
+
+
+class OnnxRuntimeBackend(BaseBackend):
+    source = "model.onnx"
+
     def __init__(
         self,
         model_path: str | Path,
@@ -58,67 +114,31 @@ class OnnxRuntimeBackend:
         graph_optimization_level: str = "all",
         io_binding: bool | None = None,
         low_memory: bool = False,
+        spinning: bool = False,
     ):
         """io_binding: bind inputs and outputs explicitly (None: on when the first provider is CUDA or TensorRT,
         where it saves a copy per run; it also works, without gain, on CPU). low_memory: no prepacked GEMM
         weights, so a weight also read by another op (the tied MLM decoder's word embeddings) is held once,
-        at some speed (docs/precision.md, "Memory")."""
-        if graph_optimization_level not in _LEVELS:
-            raise OptionError(
-                f"graph_optimization_level {graph_optimization_level!r} is not one of {', '.join(_LEVELS)}"
-            )
-        if threads is not None and threads < 1:
-            raise OptionError(f"threads must be at least 1, got {threads}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = _LEVELS[graph_optimization_level]
-        if low_memory:
-            options.add_session_config_entry("session.disable_prepacking", "1")
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        at some speed (docs/precision.md, "Memory"). spinning: session_options'."""
+        options = session_options(graph_optimization_level, checked_threads(threads), low_memory, spinning)
         cuda_asked = providers is None and device != "cpu"
-        if providers is None:
-            providers = default_providers(device, device_id)
-        else:
-            providers = [_PROVIDER_ALIASES.get(p, p) if isinstance(p, str) else p for p in providers]
-            missing = [p for p in providers if isinstance(p, str) and p not in ort.get_available_providers()]
-            if missing:
-                raise BackendError(
-                    f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-                    f"(it offers {', '.join(ort.get_available_providers())})"
-                )
+        providers = resolve_providers(device, device_id, providers)
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise BackendError(f"onnxruntime cannot load {model_path}: {exc}") from exc
         release_freed_heap()
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._input_dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        self.model_inputs, self.model_outputs = _tensors(self.session.get_inputs()), _tensors(self.session.get_outputs())
+        self.input_names = [t.name for t in self.model_inputs]
+        self.output_names = [t.name for t in self.model_outputs]
         self.providers = self.session.get_providers()
-        if cuda_asked and self.providers[0] == "CPUExecutionProvider":
-            # onnxruntime falls back to the CPU when the CUDA libraries do not load; asked for cuda, say so instead
-            raise BackendError(
-                f"onnxruntime could not start CUDA on device {device_id} (it fell back to {', '.join(self.providers)}):"
-                " the CUDA and cuDNN libraries onnxruntime-gpu needs are missing or do not match; see onnxruntime's "
-                "CUDA requirements, or use the cpu device"
-            )
+        if cuda_asked:
+            check_cuda_started(self.providers, device_id)
         if io_binding is None:
             io_binding = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self.io_binding = io_binding
 
-    def _feeds(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise BackendError(f"model has no input(s) {sorted(unknown)}; it takes {self.input_names}")
-        feeds = {}
-        for name, array in inputs.items():
-            dtype = self._input_dtypes[name]
-            feeds[name] = np.ascontiguousarray(array, dtype=dtype) if dtype is not None else array
-        return feeds
-
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = self._feeds(inputs)
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.io_binding:
             return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
         binding = self.session.io_binding()

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import BackendError
 from ..extras import install_command
+from .base import BaseBackend, ModelTensor
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")  # EngineInfo.flavour; without one recorded, tried in this order
 PACKAGE_OF_FLAVOUR = {"tensorrt": "`tensorrt` package (NVIDIA's index)", "tensorrt_rtx": "`tensorrt-rtx` package"}
@@ -61,7 +62,9 @@ def _check(result):
     return rest[0] if len(rest) == 1 else rest
 
 
-class TensorRTBackend:
+class TensorRTBackend(BaseBackend):
+    source = "engine.plan"
+
     def __init__(self, engine_path: str | Path, flavour: str | None = None):
         self.engine_path = Path(engine_path)
         self.trt = import_tensorrt(flavour)
@@ -89,6 +92,10 @@ class TensorRTBackend:
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         self._dtypes = {n: np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        tensors = [ModelTensor(n, self._dtypes[n], [d if d >= 0 else "" for d in self.engine.get_tensor_shape(n)])
+                   for n in names]
+        self.model_inputs = [t for t in tensors if is_input[t.name]]
+        self.model_outputs = [t for t in tensors if not is_input[t.name]]
         self.stream = _check(self.cudart.cudaStreamCreate())
         self.active = True
 
@@ -104,15 +111,12 @@ class TensorRTBackend:
             self._buffers[name] = (pointer, size)
         return pointer
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.active:
             raise BackendError("the TensorRT backend was deactivated; call activate() before infer()")
-        unknown = set(inputs) - set(self.input_names)
-        if unknown:
-            raise BackendError(f"engine has no input(s) {sorted(unknown)}; it takes {self.input_names}")
         cudart, stream = self.cudart, self.stream
         for name in self.input_names:
-            array = np.ascontiguousarray(inputs[name], dtype=self._dtypes[name])
+            array = feeds[name]
             pointer = self._device_buffer(name, array.nbytes)
             _check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, HOST_TO_DEVICE, stream))
             self.context.set_input_shape(name, array.shape)
@@ -139,15 +143,6 @@ class TensorRTBackend:
             self.cudart.cudaFree(pointer)
         self.cudart.cudaStreamDestroy(self.stream)
         self.stream = self.context = self.engine = None
-
-    close = deactivate
-
-    def __enter__(self) -> "TensorRTBackend":
-        self.activate()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.deactivate()
 
     def __del__(self) -> None:
         if getattr(self, "active", False):
