@@ -36,7 +36,9 @@ from runtime.taskspec import (
 )
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, save_model
-from .checkpoint import load_config, reference_from_checkpoint, resolve_checkpoint
+from .checkpoint import (
+    UnusedWeightsWarning, default_model_dir, load_config, reference_from_checkpoint, resolve_checkpoint,
+)
 from .config import task_from_architectures
 from .engine import (
     ENGINES, ShapeProfile, default_profile, engine_from_onnx, fitting_positions, import_tensorrt, parse_shapes,
@@ -413,7 +415,9 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
 
 def reference_and_tokenizer(checkpoint: Path, options: ExportOptions, log: Callable[[str], None]):
     """(PyTorch reference model, tokenizer, its settings capped at the model's positions)."""
-    with stage("loaded", log) as done:
+    with stage("loaded", log) as done, warnings.catch_warnings():
+        if checkpoint == default_model_dir():  # a pretraining checkpoint: the heads a task leaves out are expected
+            warnings.simplefilter("ignore", UnusedWeightsWarning)
         model = reference_from_checkpoint(checkpoint, options.task, output_hidden_states=options.output_hidden_states,
                                           output_attentions=options.output_attentions)
         tokenizer, settings = tokenizer_from_pretrained(checkpoint)

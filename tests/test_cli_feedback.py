@@ -131,8 +131,8 @@ def test_engine_export_stdout_is_exactly_the_path(tmp_path):
 def test_quiet_leaves_warnings_only(tmp_path):
     result = command("albert_export.cli", "--quiet", "--output", "q", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == f"{tmp_path / 'q'}\n"
-    lines = result.stderr.splitlines()
-    assert lines and all(line.startswith("albert-export: warning: ") for line in lines)  # unused SOP/pooler weights
+    # nothing the user could act on: the embedded pretraining checkpoint's SOP/pooler weights are unused by design
+    assert result.stderr == ""
 
 
 INT8 = ("albert_export.cli", "--int8", "--calibration-samples", "200", "--output", "i8")
