@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the onnxruntime-vs-PyTorch check (the manifest then has no validation)")
     checks.add_argument("--atol", type=float, default=None,
                         help="absolute tolerance for every output (default: the table for the precision)")
+    checks.add_argument("--min-agreement", type=float, default=None, metavar="SHARE",
+                        help="INT8: the share of held-out examples whose top-1 answers must equal fp32's, for each "
+                             "of the task's measures (default: the task's, e.g. 0.9 for labels)")
     output = parser.add_argument_group("output")
     output.add_argument("--output", default=None, metavar="DIR",
                         help="bundle directory (default ./albert-<task>-<precision>)")
@@ -127,6 +130,7 @@ def export_options(args: argparse.Namespace) -> dict:
         "opset": args.opset,
         "validate": args.validate,
         "atol": args.atol,
+        "min_agreement": args.min_agreement,
         "overwrite": args.overwrite,
         "optimize": args.optimize,
         "fp16": args.fp16,

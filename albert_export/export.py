@@ -23,6 +23,7 @@ from onnx import version_converter
 from torch import nn
 
 from calibration import load_examples
+from calibration.agreement import check_min_agreement
 from calibration.data import DEFAULT_MAX_LENGTH as CALIBRATION_MAX_LENGTH
 from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.nodes import dims_of
@@ -36,7 +37,9 @@ from runtime.taskspec import (
 )
 
 from .bundle_writer import EXTERNAL_DATA_THRESHOLD, BundleWriter, save_model
-from .checkpoint import load_config, reference_from_checkpoint, resolve_checkpoint
+from .checkpoint import (
+    UnusedWeightsWarning, default_model_dir, load_config, reference_from_checkpoint, resolve_checkpoint,
+)
 from .config import task_from_architectures
 from .engine import (
     ENGINES, ShapeProfile, check_engine, default_profile, engine_from_onnx, fitting_positions, import_tensorrt,
@@ -52,7 +55,7 @@ from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
 from .tolerances import ANY_OUTPUT, tolerance_for
 from .triton import write_repository
-from .validate import validate_onnx
+from .validate import validate_agreement, validate_onnx
 
 DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
 TRACE_SHAPE = (2, 5)  # batch, sequence: distinct sizes above 1 so nothing is specialized to a constant
@@ -239,6 +242,7 @@ class ExportOptions:
     shapes: str | None = None
     validate: bool = True
     atol: float | None = None
+    min_agreement: float | None = None  # INT8: the top-1 agreement with fp32 each task measure needs
     overwrite: bool = False
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     pooler_output: bool = False
@@ -265,6 +269,9 @@ class ExportOptions:
         if options.atol is not None and not math.isfinite(options.atol):
             raise ExportOptionError(f"--atol must be a finite number, got {options.atol!r}; leave it out for the "
                                     "precision's table, or pass --no-validate to skip validation")
+        if options.min_agreement is not None and precision != "int8":
+            raise ExportOptionError("--min-agreement sets the INT8 graph's required agreement with fp32; add --int8")
+        check_min_agreement(options.min_agreement)
         check_engine(options.engine, options.shapes, options.optimize)
         options = replace(options, precision=precision)
         if name is None:  # until the task is known, --shapes is read as BxS (the layout of all but multiple choice)
@@ -312,6 +319,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     atol: float | None = None,
+    min_agreement: float | None = None,
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     log: Callable[[str], None] = log,
@@ -339,7 +347,8 @@ def export(
     output_dir unless the bundle is complete.
     """
     options = ExportOptions.checked(
-        task, output_dir=output_dir, layers=layers, opset=opset, validate=validate, atol=atol, overwrite=overwrite,
+        task, output_dir=output_dir, layers=layers, opset=opset, validate=validate, atol=atol,
+        min_agreement=min_agreement, overwrite=overwrite,
         external_data_threshold=external_data_threshold, fp16=fp16, int8=int8, calibration_data=calibration_data,
         calibration_method=calibration_method, calibration_samples=calibration_samples, optimize=optimize,
         engine=engine, shapes=shapes, pooler_output=pooler_output, ort_format=ort_format,
@@ -380,7 +389,8 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
         model.config.save(bundle.path)
         if calibration_table is not None:
             calibration_table.save(bundle.path)
-        validation = validated(bundle.path, model, options, log) if options.validate else None
+        validation = (validated(bundle.path, model, options, log, precision_extra.get("accuracy_vs_fp32"))
+                      if options.validate else None)
         if options.ort_format:
             sizes["ort_model_bytes"] = ort_model_bytes(bundle.path, sizes["model_bytes"], log)
         engine = built_engine(bundle.path, profile, log) if profile is not None else None
@@ -395,7 +405,9 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
 
 def reference_and_tokenizer(checkpoint: Path, options: ExportOptions, log: Callable[[str], None]):
     """(PyTorch reference model, tokenizer, its settings capped at the model's positions)."""
-    with stage("loaded", log) as done:
+    with stage("loaded", log) as done, warnings.catch_warnings():
+        if checkpoint == default_model_dir():  # a pretraining checkpoint: the heads a task leaves out are expected
+            warnings.simplefilter("ignore", UnusedWeightsWarning)
         model = reference_from_checkpoint(checkpoint, options.task, output_hidden_states=options.output_hidden_states,
                                           output_attentions=options.output_attentions)
         tokenizer, settings = tokenizer_from_pretrained(checkpoint)
@@ -442,11 +454,18 @@ def output_specs(options: ExportOptions, graph: onnx.ModelProto) -> list[TensorS
         if output.name in OPTIONAL_OUTPUTS]
 
 
-def validated(bundle: Path, model: AlbertForTask, options: ExportOptions, log: Callable[[str], None]) -> Validation:
+def validated(bundle: Path, model: AlbertForTask, options: ExportOptions, log: Callable[[str], None],
+              accuracy: dict | None = None) -> Validation:
+    """Against the PyTorch reference within atol; INT8 (accuracy: its report against fp32 on held-out examples)
+    also gated on the task's top-1 agreement."""
     with stage("validated", log) as done:
         validation = validate_onnx(bundle / MODEL, model, options.task, precision=options.precision,
                                    atol=options.atol, progress=bar)
         worst = ", ".join(f"{name} {diff:.2g}" for name, diff in validation.max_abs_diff.items())
+        if accuracy is not None:
+            validation = validate_agreement(accuracy, options.task, validation, options.min_agreement)
+            worst += "".join(f", top-1 {name} {share:.1%} (>= {validation.min_agreement[name]:.0%})"
+                             for name, share in validation.agreement.items())
         done(f"on {len(validation.shapes)} shapes against the PyTorch reference (onnxruntime CPU): "
              f"max abs diff {worst}")
     return validation

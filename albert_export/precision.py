@@ -4,8 +4,9 @@ fp16   graphs.passes.fp16: weights and MatMuls in fp16, LayerNorm/Softmax/sums a
 int8   calibration: examples (--calibration-data, or the built-in default) tokenized with the bundle's
        tokenizer, activation ranges from onnxruntime on the fp32 graph, Q/DQ inserted with one DequantizeLinear
        per shared weight. The table goes into the bundle (calibration.json); the manifest gets the calibration
-       settings and an accuracy report of the INT8 graph against the fp32 graph on held-out examples of the data
-       (up to 64 not calibrated on; the calibration examples themselves when the data has no others).
+       settings and an accuracy report of the INT8 graph against the fp32 graph on 64 held-out examples, never
+       calibrated on (calibration.agreement: the data's others, topped up with built-in held-out text); the
+       export's validation gates on it (albert_export.validate.validate_agreement).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from calibration import (
     CALIBRATION_TABLE, DEFAULT_PERCENTILE, METHODS, CalibrationTable, accuracy_report, calibration_batches,
     int8_from_fp32, load_examples, select,
 )
+from calibration.agreement import HELD_OUT_SAMPLES, held_out_examples
 from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 from graphs.size import op_counts
@@ -27,7 +29,7 @@ from .errors import ExportError
 from .progress import bar, log, stage
 
 PRECISIONS = ("fp32", "fp16", "int8")
-EVALUATION_SAMPLES = 64  # held-out examples for the INT8 accuracy report
+EVALUATION_SAMPLES = HELD_OUT_SAMPLES  # held-out examples for the INT8 accuracy report and gate
 
 
 DEFAULT_METHOD = "percentile"
@@ -91,9 +93,7 @@ def graph_at_precision(
             "onnxruntime-without-attention to keep the other onnxruntime fusions")
     everything = load_examples(calibration_data)
     examples = select(everything, calibration_samples)
-    chosen = {id(example) for example in examples}
-    others = [example for example in everything if id(example) not in chosen]
-    held_out = select(others, EVALUATION_SAMPLES) if others else []
+    held_out, held_out_source = held_out_examples(everything, examples, task, EVALUATION_SAMPLES)
     encoder = Tokenizer.from_str(tokenizer.to_str())  # encoding toggles truncation; keep the bundle's copy as is
     batches = calibration_batches(encoder, task, examples, max_length=max_length)
     largest = max(int(batch["input_ids"].max()) for batch in batches)
@@ -110,13 +110,9 @@ def graph_at_precision(
         done(f"on {len(examples)} examples from {source}: {counts['activation_qdq']} activation Q/DQ pairs, "
              f"{counts['weight_dq']} int8 weights")
     with stage("int8: compared with fp32", log) as done:
-        if held_out:
-            evaluation = calibration_batches(encoder, task, held_out, max_length=max_length)
-            report = accuracy_report(graph, quantized, evaluation, task, progress=bar)
-            report["data"] = f"{len(held_out)} held-out examples of the calibration data (not calibrated on)"
-        else:
-            report = accuracy_report(graph, quantized, batches, task, progress=bar)
-            report["data"] = "the calibration examples themselves (the data has no others)"
+        evaluation = calibration_batches(encoder, task, held_out, max_length=max_length)
+        report = accuracy_report(graph, quantized, evaluation, task, progress=bar)
+        report["data"] = held_out_source
         done(f"on {report['data']}: {agreement_summary(report)}")
     extra = {
         "calibration": {

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.agreement import task_agreement, thresholds, worst_shortfall
 from runtime.bundle import Validation
 from runtime.taskspec import TASKS
 
@@ -46,6 +47,17 @@ class NonFiniteOutputError(ValidationError):
                  if source == "the PyTorch reference" else "the exported graph overflows where PyTorch does not")
         Exception.__init__(self, f"output {output!r}: {source} gives {nan} NaN and {inf} Inf among its {values.size} "
                                  f"values at input shape {list(shape)}; {cause}")
+
+
+class AgreementError(ValidationError):
+    """The INT8 graph's top-1 answers agree with the fp32 graph's less often than the task's threshold."""
+
+    def __init__(self, measure: str, agreement: float, minimum: float, examples: int):
+        self.measure, self.agreement, self.minimum, self.examples = measure, agreement, minimum, examples
+        Exception.__init__(
+            self, f"the INT8 graph's top-1 {measure} agrees with fp32 on {agreement:.1%} of {examples} held-out "
+                  f"examples, below the {minimum:.1%} required; calibrate on more or other data "
+                  "(--calibration-data, --calibration-method), or lower --min-agreement")
 
 
 @dataclass
@@ -153,3 +165,16 @@ def validate_onnx(
         shapes=[list(shape) for shape in shapes],
         reference="pytorch",
     )
+
+
+def validate_agreement(report: dict, task: str, validation: Validation, min_agreement: float | None = None,
+                       ) -> Validation:
+    """The INT8 gate: the task's top-1 agreement with fp32 on held-out examples (report: calibration's
+    accuracy_report on them) against its thresholds (calibration.agreement.MIN_AGREEMENT, or min_agreement for
+    each). Returns `validation` with both recorded; raises AgreementError for the measure furthest below."""
+    measured, minimum = task_agreement(report, task), thresholds(task, min_agreement)
+    failing = worst_shortfall(measured, minimum)
+    if failing is not None:
+        raise AgreementError(failing, measured[failing], minimum[failing], report["examples"])
+    validation.agreement, validation.min_agreement = measured, minimum
+    return validation

@@ -57,6 +57,9 @@ class Validation:
     max_rel_diff: dict[str, float] = field(default_factory=dict)
     shapes: list[list[int]] = field(default_factory=list)  # input shapes tried
     reference: str = "pytorch"
+    # INT8: task-level top-1 agreement with the fp32 graph on held-out examples, and the threshold each met
+    agreement: dict[str, float] = field(default_factory=dict)
+    min_agreement: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,6 +8,17 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
+# torch first, its CPU build: PyPI's Linux torch is the CUDA one (with ~20 nvidia packages, 3 GB). PyTorch's CPU
+# index serves it, as its install page says; a machine whose pip already finds a local CPU wheel of that version
+# (find-links; the project's CI machines, which reach PyPI only) takes that one, and this says so.
+TORCH=torch==2.13.0
+if python -m pip install -q --no-index --no-deps "$TORCH" 2>/dev/null; then
+    echo "setup: $TORCH from a local wheel ($(python -m pip show torch | sed -n 's/^Version: //p'), pip's find-links)"
+    python -m pip install -q "$TORCH"  # its dependencies, from the index
+else
+    python -m pip install -q "$TORCH" --index-url https://download.pytorch.org/whl/cpu
+fi
+python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" || {
+    echo "setup: error: torch is a CUDA build (3 GB); remove .venv and rerun for the CPU one" >&2; exit 1; }
 python -m pip install -q -e '.[export,cpu,test,tensorrt,openvino,bench,serve,ray,triton]'
 bash scripts/setup-node.sh

@@ -3,6 +3,7 @@ body tensors as scan outputs), the three methods, the table, the accuracy report
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from calibration import (
     CalibrationDataError, CalibrationError, CalibrationTable, Example, Histogram, accuracy_report,
     calibration_batches, collect_histograms, int8_from_fp32, load_examples, ranges, select,
 )
+from calibration.agreement import BUILTIN_HELD_OUT, HELD_OUT_SAMPLES, MIN_AGREEMENT, held_out_examples
 from calibration.data import DEFAULT_DATA
 from graphs.passes.qdq import quantization_targets
 from graphs.walk import all_graphs
@@ -254,14 +256,92 @@ def test_int8_export_writes_table_manifest_and_validates(qa_checkpoint, tmp_path
     table = CalibrationTable.load(path)
     assert table.layers == layers and table.samples == 10
     accuracy = manifest.extra["accuracy_vs_fp32"]
-    assert accuracy["examples"] == 4 and "4 held-out" in accuracy["data"]  # the 14 SQuAD questions minus 10
-    assert 0.5 <= accuracy["qa_span_agreement"] <= 1.0
+    # the 14 SQuAD questions minus the 10 calibrated on, topped up with built-in held-out sentences
+    assert accuracy["examples"] == 64
+    assert accuracy["data"] == ("4 held-out examples of the calibration data and 60 built-in held-out sentences "
+                                "(none calibrated on)")
+    # the gate's measures and thresholds are recorded with the validation they passed
+    assert manifest.validation.min_agreement == MIN_AGREEMENT["question-answering"]
+    assert manifest.validation.agreement == {"start_logits": accuracy["top1_agreement"]["start_logits"],
+                                             "end_logits": accuracy["top1_agreement"]["end_logits"],
+                                             "span": accuracy["qa_span_agreement"]}
+    assert all(manifest.validation.agreement[name] >= share for name, share in MIN_AGREEMENT["question-answering"].items())
     assert set(manifest.validation.max_abs_diff) == {"start_logits", "end_logits"}
     assert manifest.validation.tolerance["start_logits"] == 1.0
     assert manifest.extra["graph"]["tensor_bytes"] < 0.4 * manifest.extra["graph"]["parameter_bytes"]
 
 
+def shrunk_ranges(monkeypatch, factor: float = 10.0) -> None:
+    """A deliberately broken quantization: every activation range `factor` times too small (values clip)."""
+    import calibration.quantize
+
+    calibrated = calibration.quantize.ranges
+    monkeypatch.setattr(calibration.quantize, "ranges",
+                        lambda *args, **kwargs: {name: amax / factor for name, amax in calibrated(*args, **kwargs).items()})
+
+
+@pytest.mark.parametrize("layers", ["unrolled", "loop"])
+def test_a_broken_int8_graph_fails_the_agreement_gate(qa_checkpoint, tmp_path, capsys, monkeypatch, layers):
+    """However loose --atol is, answers that do not agree with fp32 fail: exit 1, one line, nothing written."""
+    from albert_export.cli import main
+
+    shrunk_ranges(monkeypatch)
+    status = main(["-q", "--model", str(qa_checkpoint), "--task", "qa", "--layers", layers, "--int8", "--atol", "100",
+                   "--output", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert len(err.splitlines()) == 1, err
+    assert re.fullmatch(r"albert-export: error: the INT8 graph's top-1 (start_logits|end_logits|span) agrees with "
+                        r"fp32 on \d+\.\d% of 64 held-out examples, below the \d+\.0% required; calibrate on more or "
+                        r"other data \(--calibration-data, --calibration-method\), or lower --min-agreement\n", err)
+    assert sorted(tmp_path.iterdir()) == []  # no bundle, no temporary sibling
+
+
+def test_min_agreement_overrides_the_gate_and_is_recorded(qa_checkpoint, tmp_path, monkeypatch):
+    from albert_export.export import export
+    from runtime.bundle import load_bundle
+
+    shrunk_ranges(monkeypatch)
+    path = export(qa_checkpoint, "qa", tmp_path / "bundle", int8=True, min_agreement=0.0, atol=100.0,
+                  log=lambda message: None)
+    validation = load_bundle(path).manifest.validation
+    assert validation.min_agreement == {"start_logits": 0.0, "end_logits": 0.0, "span": 0.0}
+    assert min(validation.agreement.values()) < min(MIN_AGREEMENT["question-answering"].values())  # really broken
+
+
+def test_the_default_model_passes_the_gate_on_built_in_held_out_text(tmp_path):
+    from albert_export.export import export
+    from runtime.bundle import load_bundle
+
+    manifest = load_bundle(export(None, None, tmp_path / "b", int8=True, log=lambda message: None)).manifest
+    assert manifest.extra["calibration"]["samples"] == 128 and manifest.extra["accuracy_vs_fp32"]["examples"] == 64
+    assert manifest.extra["accuracy_vs_fp32"]["data"] == "64 built-in held-out sentences (none calibrated on)"
+    assert manifest.validation.min_agreement == {"logits": 0.9}
+    assert manifest.validation.agreement["logits"] >= 0.9
+
+
+def test_held_out_examples_are_never_calibration_ones():
+    builtin = load_examples(BUILTIN_HELD_OUT)
+    default = load_examples()
+    assert len(default) == 128 and len(builtin) == HELD_OUT_SAMPLES and not set(default) & set(builtin)
+    # data with others: those first (spread), then built-in; an example calibrated on is never held out
+    data = [Example(f"sentence {i}") for i in range(100)]
+    calibrated = select(data, 90) + [builtin[1]]
+    held, where = held_out_examples(data, calibrated, "fill-mask")
+    assert len(held) == 64 and len(set(held)) == 64 and not set(held) & set(calibrated)
+    assert where == "10 held-out examples of the calibration data and 54 built-in held-out sentences (none calibrated on)"
+    with pytest.raises(CalibrationError, match="no held-out examples"):  # calibrated on the built-in ones
+        held_out_examples(builtin, builtin, "fill-mask")
+    # multiple choice: built-in sentences become 4-way choices, the sentence's own ending first
+    choices, _ = held_out_examples([], [], "multiple-choice")
+    words = builtin[0].text.split()
+    assert choices[0].text == " ".join(words[:len(words) // 2]) and len(choices[0].choices) == 4
+    assert choices[0].choices[0] == " ".join(words[len(words) // 2:])
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--min-agreement", "0.5"], "--min-agreement sets the INT8 graph's required agreement with fp32; add --int8"),
+    (["--int8", "--min-agreement", "1.5"], "--min-agreement must be a share between 0 and 1 (e.g. 0.9), got 1.5"),
     (["--fp16", "--int8"], "--fp16 and --int8 exclude each other"),
     (["--calibration-method", "entropy"], "need --int8"),
     (["--int8", "--calibration-samples", "0"], "must be a positive integer"),

@@ -131,8 +131,8 @@ def test_engine_export_stdout_is_exactly_the_path(tmp_path):
 def test_quiet_leaves_warnings_only(tmp_path):
     result = command("albert_export.cli", "--quiet", "--output", "q", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == f"{tmp_path / 'q'}\n"
-    lines = result.stderr.splitlines()
-    assert lines and all(line.startswith("albert-export: warning: ") for line in lines)  # unused SOP/pooler weights
+    # nothing the user could act on: the embedded pretraining checkpoint's SOP/pooler weights are unused by design
+    assert result.stderr == ""
 
 
 INT8 = ("albert_export.cli", "--int8", "--calibration-samples", "200", "--output", "i8")
@@ -180,4 +180,4 @@ def test_a_terminal_gets_bars_per_example_and_per_shape(tmp_path):
     # totals count examples (not batches of 8) and shapes; the last refresh may be skipped, so not n == total
     assert re.search(rf"calibrating: +\d+%.*\| *\d+/{examples} \[.*example", text)
     assert re.search(r"validating: +\d+%.*\| *\d/4 \[.*shape", text)
-    assert re.search(rf"accuracy: fp32: +\d+%.*\| *\d+/{examples} \[", text)
+    assert re.search(r"accuracy: fp32: +\d+%.*\| *\d+/64 \[", text)  # the held-out examples
