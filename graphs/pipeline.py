@@ -45,10 +45,8 @@ ONNXRUNTIME: list[Pass] = CLEANUP + [
     ("gelu", partial(fuse_gelu, profile="onnxruntime")),  # -> FastGelu / BiasGelu, bias Add taken in
     ("cleanup", simplify),  # merges the small constants the fusions added, drops the unread Q/K/V weights
 ]
-# Two fusions are left out of that profile because onnxruntime 1.32's CPU kernels are slower than what they
-# replace (one thread, measured here): SkipLayerNormalization 392 us against 66 us for Add + Add +
-# LayerNormalization at 1x128x768 (+9 ms on albert-base at 1x128), EmbedLayerNormalization 25 us against 18 us.
-# "onnxruntime-all" has them, for execution providers where the fused kernels may pay.
+# Two fusions are left out of that profile: onnxruntime's CPU kernels for them are slower than the ops they replace
+# (docs/measurements.md). "onnxruntime-all" has them, for execution providers where the fused kernels may pay.
 ONNXRUNTIME_ALL: list[Pass] = ONNXRUNTIME[:3] + [
     ("embed_layernorm", fuse_embed_layernorm),  # before skip_layernorm takes the embeddings' sum
     ("skip_layernorm", fuse_skip_layernorm),  # before attention: it proves the summed shapes equal by ONNX
