@@ -229,3 +229,13 @@ def test_session_options_spinning_off_unless_asked(handmade_bundle):
         pipeline(handmade_bundle("fill-mask"), backend_options={"spinning": "yes"})
     assert str(refused.value) == "the onnxruntime backend's spinning must be True or False, got 'yes'"
     assert pipeline(handmade_bundle("fill-mask"), backend_options={"spinning": True})("a [MASK].", top_k=1)
+
+
+@pytest.mark.parametrize("value", [True, 0, 2.0, "8", float("inf")])
+def test_batch_size_out_of_range_is_one_option_error(handmade_bundle, value):
+    with pytest.raises(OptionError) as refused:
+        pipeline(handmade_bundle("fill-mask"), batch_size=value)
+    assert str(refused.value) == f"batch_size must be a positive integer, got {value!r}"
+    with pytest.raises(OptionError) as refused:
+        pipeline(handmade_bundle("fill-mask"))("a [MASK].", batch_size=value)
+    assert str(refused.value) == f"batch_size must be a positive integer, got {value!r}"
