@@ -169,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    """The flag checks that need no torch, made before it is imported (seconds): the task's name, the precision
-    flags, --shapes with its engine. ExportOptions.checked makes them again, with the rest, by the same functions."""
+def check_flags(args: argparse.Namespace) -> str | None:
+    """The flag checks that need no torch, made before it is imported (seconds): the task's name (returned
+    canonical), the precision flags, --shapes with its engine. ExportOptions.checked makes the others, and these
+    again (the task's name apart), by the same functions."""
     from .engine import check_engine, parse_shapes
     from .precision import precision_from_options
 
@@ -181,13 +182,14 @@ def check_flags(args: argparse.Namespace) -> None:
     check_engine(args.engine, args.shapes, args.optimize)
     if args.shapes is not None:
         parse_shapes(args.shapes, rank=len(input_dims(task)) if task is not None else 2)
+    return task
 
 
 def run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     try:
-        check_flags(args)
+        task = check_flags(args)
     except ModuleNotFoundError as exc:  # an install without the export extra
         return refuse_missing(exc)
     except Exception as exc:  # a usage error, said before torch is loaded
@@ -198,7 +200,7 @@ def run(argv: list[str] | None) -> int:
         return refuse_missing(exc)
     # export()'s two halves: whatever the option check raises is a usage error (exit 2), what follows exits 1
     try:
-        options = ExportOptions.checked(args.task, **export_options(args))
+        options = ExportOptions.checked(task, **export_options(args))
     except Exception as exc:  # an unknown task, a value or combination of flags that cannot work
         return refuse(exc, 2)
     try:

@@ -256,7 +256,7 @@ class ExportOptions:
     @classmethod
     def checked(cls, task: str | None = None, *, fp16: bool = False, int8: bool = False, **keywords) -> ExportOptions:
         """From export()'s arguments (fp16 / int8 become `precision`), in the order the CLI reports them."""
-        name = canonical_task(task) if task is not None else None
+        name = task if task is None or task in TASKS else canonical_task(task)  # the CLI gives it canonical
         options = cls(**keywords)
         check_layers(options.layers)
         check_opset(options.opset)

@@ -11,6 +11,7 @@ weights are kept once in every file this project writes whatever form a future g
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .errors import ExportError
@@ -52,6 +53,8 @@ def ort_from_onnx(model_path: Path, directory: Path) -> list[Path]:
     """Write model.ort and required_operators.config into `directory`; returns their paths."""
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
+    # its logger is set to DEBUG and prints "[INFO] Created config in <temporary path>" past --quiet: warnings only
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     ort_model = save_optimized(model_path, directory / ORT_MODEL)
     config = directory / REQUIRED_OPERATORS
     create_config_from_models([ort_model], config, enable_type_reduction=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .arguments import check_number
 from .backends import Backend
 from .errors import BackendError, OptionError, is_failure, one_line
 from .taskspec import CHOICES, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS
@@ -31,8 +32,7 @@ class BatchRunner:
     folded_batch: frozenset[str] = frozenset()  # outputs whose batch axis is batch*choices
 
     def __post_init__(self):
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise OptionError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_number("batch_size", self.batch_size)  # bool refused too
 
     def with_batch_size(self, batch_size: int) -> "BatchRunner":
         return replace(self, batch_size=batch_size)

@@ -4,6 +4,7 @@ embeddings); the operator list is the optimized graph's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -85,3 +86,18 @@ def test_cli_ort_format_flag(capsys, tmp_path):
     assert captured.out.strip() == str(tmp_path / "b")
     files = json.loads((tmp_path / "b" / "manifest.json").read_text())["files"]
     assert {ORT_MODEL, REQUIRED_OPERATORS} <= set(files)
+
+
+def test_quiet_ort_format_prints_none_of_onnxruntimes_info_lines(tmp_path):
+    """onnxruntime's converter logs "[INFO] ... Created config in <temporary path>" at DEBUG level of its own."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "albert_export.cli", "--task", "fill-mask", "--ort-format", "-q",
+                           "--output", str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout == f"{tmp_path / 'b'}\n"
+    assert [line for line in done.stderr.splitlines() if not line.startswith("albert-export: warning: ")] == []

@@ -44,7 +44,7 @@ def test_threads_in_range_load(handmade_bundle):
     ("port", 99999, "port must be an integer from 0 to 65535, got 99999"),
     ("max_delay_ms", float("inf"), "max_delay_ms must be a finite number from 0 to 60000 (one minute), got inf"),
     ("timeout_s", float("nan"), "timeout_s must be a finite number from 0.001 to 86400 (one day), got nan"),
-    ("atol", True, "atol must be a finite number of at least 0, got True"),
+    ("shutdown_timeout_s", True, "shutdown_timeout_s must be a finite number from 0 to 3600 (one hour), got True"),
     ("max_header_bytes", 100, "max_header_bytes must be an integer of at least 1024, got 100"),
 ])
 def test_the_table_refuses_in_one_line(name, value, message):
@@ -205,3 +205,37 @@ def test_a_backend_without_a_bundle_checks_names_only(tmp_path):
     with pytest.raises(BackendError) as refused:
         backend.infer({})
     assert str(refused.value) == "model needs input(s) ['input_ids']; it takes ['input_ids']"
+
+
+def test_onnxruntime_prints_no_error_line_of_its_own(handmade_bundle, capfd):
+    """A run that fails inside onnxruntime (here: a backend without its bundle's feed check, fed an id past the
+    vocabulary) reaches the caller as an exception only; onnxruntime's red `[E:onnxruntime:...]` line is off."""
+    from runtime.backends.ort import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(load_bundle(handmade_bundle("fill-mask")).model_path, threads=1)
+    feeds = {"input_ids": np.array([[1, 5000]]), "attention_mask": np.ones((1, 2), np.int64),
+             "token_type_ids": np.zeros((1, 2), np.int64)}
+    with pytest.raises(Exception, match="Gather"):
+        backend.infer(feeds)
+    assert "[E:onnxruntime" not in capfd.readouterr().err
+
+
+def test_session_options_spinning_off_unless_asked(handmade_bundle):
+    from runtime.backends.ort import session_options
+
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(OptionError) as refused:
+        pipeline(handmade_bundle("fill-mask"), backend_options={"spinning": "yes"})
+    assert str(refused.value) == "the onnxruntime backend's spinning must be True or False, got 'yes'"
+    assert pipeline(handmade_bundle("fill-mask"), backend_options={"spinning": True})("a [MASK].", top_k=1)
+
+
+@pytest.mark.parametrize("value", [True, 0, 2.0, "8", float("inf")])
+def test_batch_size_out_of_range_is_one_option_error(handmade_bundle, value):
+    with pytest.raises(OptionError) as refused:
+        pipeline(handmade_bundle("fill-mask"), batch_size=value)
+    assert str(refused.value) == f"batch_size must be a positive integer, got {value!r}"
+    with pytest.raises(OptionError) as refused:
+        pipeline(handmade_bundle("fill-mask"))("a [MASK].", batch_size=value)
+    assert str(refused.value) == f"batch_size must be a positive integer, got {value!r}"

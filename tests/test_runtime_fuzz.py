@@ -4,7 +4,9 @@ Lines: random unicode and bytes, random JSON shapes, task-shaped objects with ra
 the answer to line k or {"error", "line": k}; never a traceback, and every answer is the one that line gets alone.
 Options: random values for every option of every task, from Python and from the CLI → a result or one clear
 OptionError/InputError line (no exception class names). Bundles: random truncations and bit flips of every file →
-refused before any inference (manifest.json, which no checksum covers: refused, or still answering).
+refused before any inference (manifest.json, which no checksum covers: refused, or still answering). Manifests:
+mutated inputs/outputs refused at load or answering exactly as before; config.json fields changed and re-hashed:
+one line of ours or an answer.
 """
 from __future__ import annotations
 
@@ -217,3 +219,95 @@ def test_truncated_or_bit_flipped_bundle_files_are_refused_before_any_inference(
 
     check()
     assert pipeline(damaged)(**GOOD["question-answering"]) == answer
+
+
+DIMS = st.sampled_from(["batch_size", "sequence_length", "num_choices", "hidden", "vocab", "batch", "sequence", 1, 2,
+                        32, 0, -1, None, True, "2"])
+TENSOR_EDITS = st.one_of(
+    st.tuples(st.just("name"), st.sampled_from(["input_ids", "attention_mask", "token_type_ids", "last_hidden_state",
+                                                "pooler_output", "logits", "hidden_states", ""])),
+    st.tuples(st.just("dtype"), st.sampled_from(["int64", "int32", "float32", "float16", "bool", "nonsense"])),
+    st.tuples(st.just("dims"), st.lists(DIMS, max_size=4)),
+    st.tuples(st.just("dim"), st.tuples(st.integers(0, 3), DIMS)),
+    st.tuples(st.just("swap"), st.just(None)),
+    st.tuples(st.just("delete"), st.just(None)),
+    st.tuples(st.just("duplicate"), st.just(None)),
+)
+
+
+def edit_tensors(manifest: dict, side: str, index: int, edit: tuple) -> None:
+    specs = manifest[side]
+    spec = specs[index % len(specs)]
+    kind, value = edit
+    if kind in ("name", "dtype", "dims"):
+        spec[kind] = value
+    elif kind == "dim":
+        if spec["dims"]:
+            spec["dims"][value[0] % len(spec["dims"])] = value[1]
+    elif kind == "swap":
+        spec["dims"] = spec["dims"][::-1]
+    elif kind == "delete":
+        specs.remove(spec)
+    else:
+        specs.append(dict(spec))
+
+
+def test_mutated_manifest_inputs_and_outputs_are_refused_or_answer_exactly_as_before(handmade_bundle, tmp_path):
+    """A manifest whose inputs/outputs were edited (the model unchanged; no checksum covers the manifest): refused
+    at load in one line naming the disagreement, or -- the edit changed nothing the model contradicts -- the very
+    same features as the intact bundle. Never silently different answers."""
+    import numpy as np
+
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("feature-extraction"), target)
+    intact = json.loads((target / MANIFEST).read_text())
+    text = GOOD["feature-extraction"]
+    expected = np.array(pipeline(target)(text))
+
+    @FUZZ
+    @given(side=st.sampled_from(["inputs", "outputs"]), index=st.integers(0, 2), edit=TENSOR_EDITS)
+    def check(side, index, edit):
+        manifest = json.loads(json.dumps(intact))
+        edit_tensors(manifest, side, index, edit)
+        (target / MANIFEST).write_text(json.dumps(manifest))
+        try:
+            result = pipeline(target)(text)
+        except (BundleError, OptionError, BackendError) as exc:
+            assert str(exc) and "\n" not in str(exc) and "Error" not in str(exc)
+        else:
+            np.testing.assert_array_equal(np.array(result), expected)
+
+    check()
+
+
+CONFIG_EDITS = st.sampled_from(["vocab_size", "type_vocab_size", "max_position_embeddings", "hidden_size",
+                                "id2label", "pad_token_id"])
+
+
+def test_mutated_config_fields_rehashed_are_refused_in_one_line_or_answer(handmade_bundle, tmp_path):
+    """config.json's fields the runtime reads (sizes, labels), changed and re-hashed into the manifest: one line
+    of ours at load, or an answer; never a raw error from numpy, the engine or int()."""
+    from runtime.bundle import CONFIG, sha256_file
+
+    target = tmp_path / "bundle"
+    shutil.copytree(handmade_bundle("text-classification"), target)
+    intact_config, intact_manifest = (target / CONFIG).read_text(), (target / MANIFEST).read_text()
+
+    @FUZZ
+    @given(field=CONFIG_EDITS, value=json_values)
+    def check(field, value):
+        config = json.loads(intact_config)
+        config[field] = value
+        (target / CONFIG).write_text(json.dumps(config))
+        manifest = json.loads(intact_manifest)
+        manifest["files"][CONFIG] = sha256_file(target / CONFIG)
+        manifest.get("sizes", {}).pop(CONFIG, None)
+        (target / MANIFEST).write_text(json.dumps(manifest))
+        try:
+            result = pipeline(target)({"text": "He said so.", "text_pair": "He did not."})
+        except (BundleError, OptionError, BackendError, InputError) as exc:
+            assert str(exc) and "\n" not in str(exc) and "Traceback" not in str(exc)
+        else:
+            assert isinstance(result, dict) and set(result) == {"label", "score"}
+
+    check()
