@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.taskspec import TASKS, UnknownTaskError
+from runtime.taskspec import TASKS, UnknownTaskError, task_table
 
 from .errors import ExportError
 
@@ -240,16 +240,9 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# optimum's TasksManager mapping (its `--task auto`): the head class a checkpoint was saved from -> the task
-ARCHITECTURE_TASKS = {
-    "AlbertForMaskedLM": "fill-mask",
-    "AlbertForSequenceClassification": "text-classification",
-    "AlbertForTokenClassification": "token-classification",
-    "AlbertForQuestionAnswering": "question-answering",
-    "AlbertForMultipleChoice": "multiple-choice",
-    "AlbertForPreTraining": "pretraining",
-    "AlbertModel": "feature-extraction",
-}
+# optimum's TasksManager mapping (its `--task auto`): the head class a checkpoint was saved from -> the task, as
+# each task's config names its classes (TaskConfig.architectures)
+ARCHITECTURE_TASKS = task_table(lambda spec: [(name, spec.name) for name in spec.architectures])
 
 
 class TaskDetectionError(UnknownTaskError, ExportError):

@@ -30,7 +30,7 @@ from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, EngineInfo, Manifest, TensorSpec, TokenizerSettings, Validation
 from runtime.taskspec import (
-    BATCH, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
+    BATCH, CHOICES, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
     input_dims,
 )
 
@@ -167,15 +167,15 @@ def pieces_from_torch(model: AlbertForTask, opset: int = DEFAULT_OPSET, left_out
         for group in model.albert.encoder.albert_layer_groups
     ]
     spec = TASKS[model.task]
-    # multiple choice: the head scores (B*C, 1); assembly reshapes them to the task's (B, C)
+    # a task with a choices axis: the head scores (B*C, 1), not one of the task's outputs; assembly reshapes them
     dims = dict(zip(spec.outputs, spec.output_dims))
-    output_axes = {name: dynamic_axes(dims[name]) if name in dims and not spec.multiple_choice else {0: BATCH}
-                   for name in head_outputs}
+    output_axes = {name: dynamic_axes(dims[name]) if name in dims else {0: BATCH} for name in head_outputs}
     head = onnx_from_torch(HeadPiece(model, head_outputs).eval(), (hidden,), ["hidden"], head_outputs,
                            {"hidden": tokens, **output_axes}, opset)
     model.eval()  # the exporter restores each wrapper's mode, recursively; a reference must stay in eval
     return Pieces(embed, groups, head, [config.group_of_layer(i) for i in range(config.num_hidden_layers)],
-                  multiple_choice=spec.multiple_choice, output_hidden_states=output_hidden_states,
+                  choices=(spec.outputs[0], CHOICES) if spec.multiple_choice else None,
+                  output_hidden_states=output_hidden_states,
                   output_attentions=output_attentions)
 
 
@@ -272,9 +272,10 @@ class ExportOptions:
         """With the (canonical) task: --shapes parsed at its rank, --pooler-output only where that output exists."""
         dims = input_dims(task)
         profile = parse_shapes(self.shapes, rank=len(dims)) if self.shapes is not None else None
-        if self.pooler_output and task != "feature-extraction":
-            raise ExportOptionError(f"--pooler-output adds feature-extraction's pooler_output; the {task} bundle has "
-                                    "no such output (leave the flag out, or use --task feature-extraction)")
+        with_pooler = [spec.name for spec in TASKS.values() if "pooler_output" in spec.outputs_on_request]
+        if self.pooler_output and task not in with_pooler:
+            raise ExportOptionError(f"--pooler-output adds {' or '.join(with_pooler)}'s pooler_output; the {task} "
+                                    f"bundle has no such output (leave the flag out, or use --task {with_pooler[0]})")
         return replace(self, task=task, input_dims=dims, profile=profile)
 
     @property

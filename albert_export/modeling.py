@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from runtime.taskspec import TASKS, task_table
+
 from .config import AlbertConfig, ConfigError
 from .errors import ExportError
 
@@ -207,7 +209,6 @@ class AlbertSOPHead(nn.Module):
 class AlbertForTask(nn.Module):
     """ALBERT with one task head. forward(ids, mask, types) -> {ONNX output name: tensor}."""
 
-    task: str = ""
     pooled = True  # whether the base model has (and the head uses) the pooler
     output_hidden_states = False  # defaults of forward's arguments of the same names
     output_attentions = False
@@ -216,6 +217,13 @@ class AlbertForTask(nn.Module):
         super().__init__()
         self.config = config
         self.albert = AlbertModel(config, add_pooling_layer=self.pooled)
+
+    @property
+    def task(self) -> str:
+        """The task this model serves: the one model_for_task built it for, else the first whose config names its
+        class (runtime.taskspec TaskConfig.torch_head)."""
+        return getattr(self, "_task", None) or next(
+            spec.name for spec in TASKS.values() if spec.torch_head == type(self).__name__)
 
     def head(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -245,15 +253,11 @@ class AlbertForTask(nn.Module):
 
 
 class AlbertForFeatureExtraction(AlbertForTask):
-    task = "feature-extraction"
-
     def head(self, hidden):
         return {"last_hidden_state": hidden, "pooler_output": self.albert.pool(hidden)}
 
 
 class AlbertForPreTraining(AlbertForTask):
-    task = "pretraining"
-
     def __init__(self, config):
         super().__init__(config)
         self.predictions = AlbertMLMHead(config)
@@ -268,7 +272,6 @@ class AlbertForPreTraining(AlbertForTask):
 
 
 class AlbertForMaskedLM(AlbertForTask):
-    task = "fill-mask"
     pooled = False
 
     def __init__(self, config):
@@ -281,8 +284,6 @@ class AlbertForMaskedLM(AlbertForTask):
 
 
 class AlbertForSequenceClassification(AlbertForTask):
-    task = "text-classification"
-
     def __init__(self, config):
         super().__init__(config)
         self.dropout = classifier_dropout(config)
@@ -293,7 +294,6 @@ class AlbertForSequenceClassification(AlbertForTask):
 
 
 class AlbertForTokenClassification(AlbertForTask):
-    task = "token-classification"
     pooled = False
 
     def __init__(self, config):
@@ -306,7 +306,6 @@ class AlbertForTokenClassification(AlbertForTask):
 
 
 class AlbertForQuestionAnswering(AlbertForTask):
-    task = "question-answering"
     pooled = False
 
     def __init__(self, config):
@@ -320,8 +319,6 @@ class AlbertForQuestionAnswering(AlbertForTask):
 
 class AlbertForMultipleChoice(AlbertForTask):
     """Inputs (B, C, S); the choices are folded into the batch and unfolded in the head."""
-
-    task = "multiple-choice"
 
     def __init__(self, config):
         super().__init__(config)
@@ -344,16 +341,13 @@ class AlbertForMultipleChoice(AlbertForTask):
         return {"logits": outputs.pop("choice_scores").reshape(-1, choices), **outputs}  # (B, C)
 
 
-TASK_MODELS: dict[str, type[AlbertForTask]] = {
-    cls.task: cls
-    for cls in (
-        AlbertForMaskedLM, AlbertForSequenceClassification, AlbertForTokenClassification,
-        AlbertForQuestionAnswering, AlbertForMultipleChoice, AlbertForFeatureExtraction, AlbertForPreTraining,
-    )
-}
+# task -> its reference class, as the task config names it (TaskConfig.torch_head)
+TASK_MODELS = task_table(lambda spec: [(spec.name, globals()[spec.torch_head])])
 
 
 def model_for_task(config: AlbertConfig, task: str) -> AlbertForTask:
     if task not in TASK_MODELS:
         raise ConfigError(f"no ALBERT head for task {task!r}")
-    return TASK_MODELS[task](config)
+    model = TASK_MODELS[task](config)
+    model._task = task
+    return model

@@ -18,6 +18,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import Unigram
 
 from runtime.bundle import TOKENIZER, TokenizerSettings
+from runtime.taskspec import TASKS
 from runtime.tokenizer import ALBERT_SPECIAL_TOKENS
 
 from .errors import ExportError
@@ -244,8 +245,6 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
 
 # --- does the tokenizer fit the model? (refused at export: the runtime would die in a Gather) --------------
 
-PAIR_TASKS = ("text-classification", "question-answering", "multiple-choice", "pretraining")
-
 
 def largest_token_id(tokenizer: Tokenizer) -> int:
     return max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
@@ -278,7 +277,7 @@ def check_tokenizer_fits(tokenizer: Tokenizer, settings: TokenizerSettings, conf
             f"the tokenizer has token ids up to {largest} but the model's vocabulary has {config.vocab_size} entries "
             "(vocab_size in config.json); export the checkpoint with the tokenizer it was trained with")
     types = largest_type_id(tokenizer)
-    if task in PAIR_TASKS and types >= config.type_vocab_size:
+    if TASKS[task].pairs and types >= config.type_vocab_size:
         raise TokenizerError(
             f"the tokenizer gives token type id {types} to a text pair but the model has type_vocab_size "
             f"{config.type_vocab_size}; {task} needs pairs, so export with a checkpoint that has "

@@ -1,7 +1,8 @@
 """The exported graph against the PyTorch reference: onnxruntime CPU on odd shapes, with padding.
 
-Shapes (optimum's habit): batch 1 and 3; sequence 1, 7, 33 and the model's maximum; rows of a batch of 3 are
-padded to different lengths. Multiple choice adds 3 choices at batch 1 and 2 at batch 3.
+Shapes (optimum's habit, the task config's validation_shapes): batch 1 and 3; sequence 1, 7, 33 and the model's
+maximum; rows of a batch of 3 are padded to different lengths. Multiple choice adds 3 choices at batch 1 and 2 at
+batch 3.
 
 Every output of the graph is compared, hidden_states and attentions included. Those are large (attentions:
 L x heads x S^2 floats per example, 151 MB for albert-base at 1 x 512), so outputs are compared one slice of
@@ -53,18 +54,6 @@ class Comparison:
     max_rel: float = 0.0
     worst_shape: tuple[int, ...] = ()
     passed: bool = True
-
-
-def validation_shapes(max_positions: int, multiple_choice: bool = False) -> list[tuple[int, ...]]:
-    sequences = [1, 7, 33, max_positions]
-    batches = [1, 3, 3, 1]
-    shapes = []
-    for batch, sequence in zip(batches, sequences):
-        sequence = min(sequence, max_positions)
-        shape = (batch, 3 if batch == 1 else 2, sequence) if multiple_choice else (batch, sequence)
-        if shape not in shapes:
-            shapes.append(shape)
-    return shapes
 
 
 def validation_inputs(shape: tuple[int, ...], vocab_size: int, type_vocab_size: int, seed: int = 0):
@@ -132,8 +121,7 @@ def validate_onnx(
     task's, then hidden_states / attentions when the graph has them); raise ValidationError for the worst failing
     output. progress: albert_export.progress.bar (or alike) to show a bar per shape."""
     config = reference.config
-    spec = TASKS[task]
-    shapes = shapes or validation_shapes(config.max_position_embeddings, spec.multiple_choice)
+    shapes = shapes or TASKS[task].validation_shapes(config.max_position_embeddings)
     session = onnx_session(model_path, threads)
     names = list(outputs or (output.name for output in session.get_outputs()))
     tolerances = {name: tolerance_for(precision, name, atol) for name in names}

@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from runtime.errors import InputError
+from runtime.taskspec import TASKS
 from runtime.tokenizer import encode, feature_from_encoding, stacked_feature
 
 from .errors import CalibrationDataError
@@ -144,20 +145,35 @@ def select(examples: list[Example], samples: int) -> list[Example]:
     return [examples[i] for i in picks]
 
 
-def _segments(example: Example, task: str) -> list[str | tuple[str, str]]:
-    """The tokenizer inputs (one, or one per choice) that `task` makes of `example`."""
-    if task == "multiple-choice":
-        if example.choices:
-            return [(example.text, choice) for choice in example.choices]
-        return [example.text if example.text_pair is None else (example.text, example.text_pair)]
-    if task == "question-answering":
-        if example.question:
-            return [(example.text, example.text_pair)]
-        context = example.text if example.text_pair is None else f"{example.text} {example.text_pair}"
-        return [(GENERIC_QUESTION, context)]
+def choice_segments(example: Example) -> list[str | tuple[str, str]]:
+    """(prompt, choice) per choice; an example without choices is one row."""
+    if example.choices:
+        return [(example.text, choice) for choice in example.choices]
+    return [example.text if example.text_pair is None else (example.text, example.text_pair)]
+
+
+def question_segments(example: Example) -> list[str | tuple[str, str]]:
+    """(question, context); a text becomes the context of a generic question."""
+    if example.question:
+        return [(example.text, example.text_pair)]
+    context = example.text if example.text_pair is None else f"{example.text} {example.text_pair}"
+    return [(GENERIC_QUESTION, context)]
+
+
+def text_segments(example: Example) -> list[str | tuple[str, str]]:
+    """The text, or the (text, text_pair) pair; a prompt with choices becomes (prompt, first choice)."""
     if example.choices:
         return [(example.text, example.choices[0])]
     return [example.text if example.text_pair is None else (example.text, example.text_pair)]
+
+
+# how an example becomes tokenizer input, by the task config's `calibration` (runtime.taskspec.TaskConfig)
+ENCODINGS = {"choices": choice_segments, "question": question_segments, "text": text_segments}
+
+
+def _segments(example: Example, task: str) -> list[str | tuple[str, str]]:
+    """The tokenizer inputs (one, or one per choice) that `task` makes of `example`."""
+    return ENCODINGS[TASKS[task].calibration](example)
 
 
 def _encode(tokenizer: Tokenizer, segments: list, max_length: int, question: bool):
@@ -187,14 +203,14 @@ def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example]
     (multiple choice: one example per batch, shaped (1, choices, sequence))."""
     if pad_token_id is None:
         pad_token_id = tokenizer.token_to_id("<pad>") or 0
-    features = []
+    spec, features = TASKS[task], []
     for example in examples:
         segments = _segments(example, task)
-        encodings = _encode(tokenizer, segments, max_length, question=task == "question-answering" and example.question)
-        if task == "multiple-choice":
+        encodings = _encode(tokenizer, segments, max_length, question=spec.calibration == "question" and example.question)
+        if spec.multiple_choice:
             features.append(stacked_feature(encodings, pad_token_id))
         else:
             features.append(feature_from_encoding(encodings[0]))
-    size = 1 if task == "multiple-choice" else batch_size
+    size = 1 if spec.multiple_choice else batch_size
     return [_pad_batch(features[i:i + size], pad_token_id) for i in range(0, len(features), size)]
 

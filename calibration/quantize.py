@@ -8,7 +8,7 @@ import onnx
 
 from graphs.passes.qdq import insert_qdq, quantization_targets
 from graphs.walk import all_graphs
-from runtime.taskspec import OPTIONAL_OUTPUTS
+from runtime.taskspec import OPTIONAL_OUTPUTS, TASKS
 
 from .errors import CalibrationError
 from .ranges import DEFAULT_PERCENTILE, METHODS, calibration_session, collect_histograms, examples_in, ranges
@@ -16,6 +16,10 @@ from .table import CalibrationTable
 
 ONNXRUNTIME_DOMAIN = "com.microsoft"
 QA_MAX_ANSWER_TOKENS = 15  # the QA pipeline's default max_answer_len
+# the INT8 report's metrics, by the task config's `accuracy`: "top1" the argmax agreement per logits output (over
+# unpadded tokens for token-level outputs), "span" that over each sequence plus the best span's agreement (the QA
+# head's pick), None max abs diff alone (features have no argmax)
+METRICS = ("top1", "span", None)
 
 
 def int8_from_fp32(model: onnx.ModelProto, batches: Sequence[dict[str, np.ndarray]], *, method: str = "percentile",
@@ -93,15 +97,18 @@ def accuracy_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
     actual = _run_all(candidate, batches, threads, progress, "accuracy: candidate")
     examples = int(sum(examples_in(b) for b in batches))
     report: dict = {"max_abs_diff": {}, "top1_agreement": {}, "examples": examples}
+    metric = TASKS[task].accuracy
+    if metric not in METRICS:
+        raise CalibrationError(f"the {task} task's accuracy metric {metric!r} is not one of {', '.join(map(str, METRICS))}")
     for name in expected[0]:
         report["max_abs_diff"][name] = float(max(np.abs(e[name] - a[name]).max() for e, a in zip(expected, actual)))
-        if task == "feature-extraction":
+        if metric is None:
             continue
         agree = total = 0
         for batch, e, a in zip(batches, expected, actual):
             x, y = e[name], a[name]
             mask = batch["attention_mask"].astype(bool)
-            if task == "question-answering":
+            if metric == "span":
                 x, y = np.where(mask, x, -np.inf), np.where(mask, y, -np.inf)
                 same = np.argmax(x, -1) == np.argmax(y, -1)
             elif x.ndim == 3 and mask.ndim == 2 and x.shape[:2] == mask.shape:  # token level: unpadded tokens
@@ -111,7 +118,7 @@ def accuracy_report(reference: onnx.ModelProto, candidate: onnx.ModelProto, batc
             agree += int(np.sum(same))
             total += int(np.size(same))
         report["top1_agreement"][name] = agree / max(total, 1)
-    if task == "question-answering":
+    if metric == "span":
         agree = total = 0
         for batch, e, a in zip(batches, expected, actual):
             mask = batch["attention_mask"]

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from devtools import bench_pipeline
+from runtime.cpu import cpu_description  # the CPU kind, as backend="auto" reads it
+
 ALBERT_BASE_V2 = dict(
     vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
     num_attention_heads=12, intermediate_size=3072, inner_group_num=1, hidden_act="gelu_new",
@@ -136,27 +139,6 @@ def ort_session(path: Path, threads: int):
     # one being timed (measured: anchor int8 at 1x128 22 ms alone, 119 ms interleaved with spinning pools)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def cpu_description() -> dict:
-    """The CPU model and the int8/bf16 features that decide which engine is fastest (lscpu's flags)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    features = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-                if f in flags]
-    int8 = "amx_int8" if "amx_int8" in flags else "vnni" if flags & {"avx512_vnni", "avx_vnni"} else "none"
-    bf16 = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "none"
-    return {"model": model, "features": features, "int8": int8, "bf16": bf16,
-            "kind": "AMX" if "amx_int8" in flags else "AVX512-VNNI" if "avx512_vnni" in flags
-            else "AVX2" + ("-VNNI" if "avx_vnni" in flags else "")}
 
 
 RESIDENT_PROBE = """
@@ -370,7 +352,9 @@ def recommendation(by_name: dict[str, Candidate], shapes, cpu: dict) -> list[str
     return lines
 
 
-def markdown(candidates: list[Candidate], shapes, by_name: dict[str, Candidate], meta: dict) -> str:
+def markdown(candidates: list[Candidate], shapes, by_name: dict[str, Candidate], meta: dict,
+             pipeline_lines: tuple[list[str], list[str]] = ([], [])) -> str:
+    """The table; pipeline_lines: (the end-to-end and long-input sections, the default-backend lines they give)."""
     label = lambda s: f"{s[0]}x{s[1]}"  # noqa: E731
     cpu = meta["cpu"]
     lines = [
@@ -407,9 +391,11 @@ def markdown(candidates: list[Candidate], shapes, by_name: dict[str, Candidate],
     lines += ["", f"Parameter bytes: {meta['parameter_bytes'] / 1e6:.2f} MB (fp32). Resident MB includes each "
               "engine's own libraries and buffers (OpenVINO's CPU plugin is ~50 MB of that on a tiny model).", "",
               "## Default backend on this CPU", ""]
-    lines += [f"- {line}" for line in recommendation(by_name, shapes, cpu)]
+    sections, advice = pipeline_lines
+    lines += [f"- {line}" for line in (advice or recommendation(by_name, shapes, cpu))]
     lines += ["", "## Targets", "", f"({TARGETS})", ""]
     lines += [f"- {line}" for line in target_lines(by_name, shapes, meta["parameter_bytes"])]
+    lines += sections
     return "\n".join(lines) + "\n"
 
 
@@ -504,9 +490,15 @@ def openvino_description() -> tuple[str, str]:
     return openvino.__version__.split("-")[0], ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict, reports: dict) -> None:
-    """bench.md (also printed), bench.json and bench.png in `output`."""
-    table = markdown(candidates, shapes, {c.name: c for c in candidates}, meta)
+def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict, reports: dict,
+                  end_to_end: tuple[list, list] = ([], [])) -> None:
+    """bench.md (also printed), bench.json and bench.png in `output`; end_to_end: (bench_pipeline's end-to-end
+    rows, its long-input rows)."""
+
+    rows, long_rows = end_to_end
+    sections = bench_pipeline.markdown(rows, long_rows, meta.get("e2e_examples", 0), meta.get("e2e_rounds", 0))
+    table = markdown(candidates, shapes, {c.name: c for c in candidates}, meta,
+                     (sections, bench_pipeline.recommendation(rows, meta["cpu"])))
     print(table)
     (output / "bench.md").write_text(table)
     (output / "bench.json").write_text(json.dumps({
@@ -515,7 +507,7 @@ def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict,
                         "resident_mb": c.resident_mb, "max_diff": c.max_diff, "int8_agreement": c.agreement,
                         "note": c.note, "median_ms": {f"{b}x{s}": median(c, (b, s)) for b, s in shapes}}
                        for c in candidates],
-        "ours": reports,
+        "ours": reports, **bench_pipeline.as_json(rows, long_rows),
     }, indent=1, default=str) + "\n")
     chart(candidates, shapes, output / "bench.png")
     log(f"wrote {output / 'bench.md'}, {output / 'bench.png'}, {output / 'bench.json'}")
@@ -536,9 +528,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-anchor", action="store_true", help="skip the transformers + ORT optimizer anchors")
     parser.add_argument("--output", default="docs", help="folder for bench.md, bench.png, bench.json (default docs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-end-to-end", action="store_true",
+                        help="skip the pipeline() rows (bundles exported, tokenization and postprocessing timed)")
+    parser.add_argument("--e2e-examples", type=int, default=None,
+                        help="SQuAD requests per end-to-end round (default 32; quick 8)")
+    parser.add_argument("--long-sizes", default=None, metavar="qa=N,..;ner=N,..",
+                        help="characters of the long-input rows (default qa=2000,20000,100000;ner=5000,50000; "
+                             "'' none)")
     parser.add_argument("--config", default=None, metavar="JSON",
                         help="override the model shape, e.g. '{\"num_hidden_layers\": 2}' (smoke tests)")
     return parser
+
+
+def pipeline_rows(args, work: Path, hf_model, shape: dict, samples: int, e2e: dict) -> tuple[list, list]:
+    """devtools.bench_pipeline's end-to-end rows and long-input rows, over bundles exported from the checkpoint."""
+    if args.no_end_to_end:
+        return [], []
+    checkpoint = bench_pipeline.checkpoint_with_tokenizer(work / "checkpoint")
+    bundles = bench_pipeline.export_bundles(checkpoint, work, samples, log)
+    rows = bench_pipeline.end_to_end_rows(bundles, hf_model, args.threads, log)
+    requests = bench_pipeline.squad_requests(e2e["examples"])
+    log(f"end to end: {len(rows)} rows, {len(requests)} SQuAD requests, {e2e['rounds']} rounds")
+    bench_pipeline.measure_end_to_end(rows, requests, e2e["rounds"], min(2, len(requests)), log)
+    long_rows = bench_pipeline.long_input_rows(e2e["long"], bundles["fp32"], hf_model, shape, args.seed, work,
+                                               args.threads, log)
+    return rows, long_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (5 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     samples = args.calibration_samples or (16 if args.quick else 64)
+    e2e = {"examples": args.e2e_examples or (8 if args.quick else 32), "rounds": 2 if args.quick else 5,
+           "long": bench_pipeline.parse_long_sizes(bench_pipeline.format_long_sizes(bench_pipeline.LONG_SIZES)
+                                                   if args.long_sizes is None else args.long_sizes)}
     import onnxruntime
     import torch
 
@@ -569,7 +586,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_anchor:
             log("anchor: torch.onnx.export + optimize_model(bert) + quantize_dynamic")
             candidates += build_anchor(hf_model, work, args.threads)
-        del hf_model
         log("ours: export, optimize, fp16, int8 (calibration)")
         ours, reports = build_ours(reference, calibration_tokenizer(), work, args.layers.split(","),
                                    args.precisions.split(","), samples)
@@ -584,14 +600,16 @@ def main(argv: list[str] | None = None) -> int:
         score(candidates, reference, inputs_for(shapes[0], seed=2), args.threads, squad)
         log(f"timing {len(candidates)} candidates at {', '.join(f'{b}x{s}' for b, s in shapes)}, {rounds} rounds")
         measure(candidates, shapes, rounds, warmup)
+        end_to_end = pipeline_rows(args, work, hf_model, shape, samples, e2e)
     openvino_version, openvino_caps = openvino_description()
     meta = {"threads": args.threads, "rounds": rounds, "warmup": warmup, "ort": onnxruntime.__version__,
             "openvino": openvino_version, "openvino_caps": openvino_caps, "cpu": cpu_description(),
             "parameter_bytes": parameter_bytes, "refused": refused, "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
             "torch": torch.__version__, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(), "load": load,
-            "model": "albert-base-v2-shaped" if shape == ALBERT_BASE_V2 else f"custom-shaped ({args.config})"}
-    write_results(output, candidates, shapes, meta, reports)
+            "model": "albert-base-v2-shaped" if shape == ALBERT_BASE_V2 else f"custom-shaped ({args.config})",
+            "e2e_examples": e2e["examples"], "e2e_rounds": e2e["rounds"]}
+    write_results(output, candidates, shapes, meta, reports, end_to_end)
     return 0
 
 

@@ -44,8 +44,6 @@ from .walk import all_graphs, subgraphs
 
 LAYER_MODES = ("unrolled", "loop")
 ATTENTION_BIAS = "attention_bias"
-MULTIPLE_CHOICE_OUTPUT = "logits"
-CHOICES_DIM = "num_choices"  # optimum's name; batch and sequence are named as the embeddings piece names them
 HIDDEN_STATES, ATTENTIONS = "hidden_states", "attentions"  # runtime.taskspec.OPTIONAL_OUTPUTS
 
 
@@ -59,7 +57,9 @@ class Pieces:
     groups: list[onnx.ModelProto]  # one per layer group: (hidden, attention bias) -> hidden
     head: onnx.ModelProto  # hidden -> task outputs
     layer_groups: list[int]  # the group used at each layer, len == num_hidden_layers
-    multiple_choice: bool = False  # inputs (B, C, S); the head returns (B*C, 1) scores
+    # (output, choices dim) for a task whose inputs have a choices axis, (B, C, S): the encoder runs on (B*C, S),
+    # the head returns (B*C, 1) scores, reshaped into the output (B, C); None: inputs (B, S)
+    choices: tuple[str, str] | None = None
     output_hidden_states: bool = False  # add the hidden_states output
     output_attentions: bool = False  # the groups return (hidden, (I, B, N, S, S) softmaxes); add attentions
 
@@ -130,7 +130,7 @@ def check_pieces(pieces: Pieces) -> None:
             raise AssemblyError(f"layer group {index} must map (hidden, attention bias) to {returns}, has {io(group)}")
     if len(pieces.head.graph.input) != 1:
         raise AssemblyError("the head piece must take the hidden state as its only input")
-    if pieces.multiple_choice and len(pieces.head.graph.output) != 1:
+    if pieces.choices and len(pieces.head.graph.output) != 1:
         raise AssemblyError("a multiple-choice head must return one (batch*choices, 1) score tensor")
     used = set(pieces.layer_groups)
     if not pieces.layer_groups or not used <= set(range(len(pieces.groups))):
@@ -162,7 +162,7 @@ def assemble(pieces: Pieces, layers: str = "unrolled") -> onnx.ModelProto:
 
     nodes: list[onnx.NodeProto] = []
     embed_graph = pieces.embed.graph
-    graph_inputs, embed_inputs = model_inputs(embed_graph, pieces.multiple_choice, nodes)
+    graph_inputs, embed_inputs = model_inputs(embed_graph, pieces.choices, nodes)
     hidden, bias = embed_graph.output[0].name, embed_graph.output[1].name
     embed_names = take_initializers(pieces.embed, "embed/")
     fixed = {**embed_inputs, hidden: "hidden_0", bias: ATTENTION_BIAS}
@@ -191,19 +191,20 @@ def head_and_outputs(pieces: Pieces, current: str, head_names: dict[str, str], g
     the nodes); returns the graph outputs."""
     head_graph = pieces.head.graph
     fixed = {head_graph.input[0].name: current}
-    if pieces.multiple_choice:
+    if pieces.choices:
         scores = "head/choice_scores"
         fixed[head_graph.output[0].name] = scores
     else:
         fixed.update({output.name: output.name for output in head_graph.output})
     nodes += copy_nodes(head_graph, renamer("head/", fixed, head_names), "head/")
-    if pieces.multiple_choice:
-        nodes += unflatten_choices(scores, graph_inputs[0].name)
+    if pieces.choices:
+        output, choices = pieces.choices
+        nodes += unflatten_choices(scores, graph_inputs[0].name, output)
         batch = graph_inputs[0].type.tensor_type.shape.dim[0].dim_param
-        graph_outputs = [value_info(MULTIPLE_CHOICE_OUTPUT, head_graph.output[0], [batch, CHOICES_DIM])]
+        graph_outputs = [value_info(output, head_graph.output[0], [batch, choices])]
     else:
         graph_outputs = [value_info(output.name, output) for output in head_graph.output]
-    rows = flattened_batch(graph_inputs[0]) if pieces.multiple_choice else None
+    rows = flattened_batch(graph_inputs[0]) if pieces.choices else None
     if pieces.output_hidden_states:
         nodes.append(helper.make_node("Concat", hidden_parts, [HIDDEN_STATES], name=HIDDEN_STATES, axis=0))
         graph_outputs.append(stacked(HIDDEN_STATES, pieces.embed.graph.output[0], len(pieces.layer_groups) + 1, rows))
@@ -271,15 +272,15 @@ def share_weights(model: onnx.ModelProto) -> None:
     remove_identities(model, of_initializers=True)
 
 
-def model_inputs(embed_graph: onnx.GraphProto, multiple_choice: bool, nodes: list[onnx.NodeProto]):
-    """The graph inputs, and how the embeddings piece's inputs map onto them (flattened for multiple choice)."""
-    if not multiple_choice:
+def model_inputs(embed_graph: onnx.GraphProto, choices: tuple[str, str] | None, nodes: list[onnx.NodeProto]):
+    """The graph inputs, and how the embeddings piece's inputs map onto them (flattened where they have choices)."""
+    if not choices:
         inputs = [value_info(value.name, value) for value in embed_graph.input]
         return inputs, {value.name: value.name for value in embed_graph.input}
     inputs, mapping = [], {}
     for value in embed_graph.input:
         batch, sequence = (dim.dim_param for dim in value.type.tensor_type.shape.dim)
-        inputs.append(value_info(value.name, value, [batch, CHOICES_DIM, sequence]))
+        inputs.append(value_info(value.name, value, [batch, choices[1], sequence]))
         flat = mapping[value.name] = f"flat/{value.name}"
         nodes.append(helper.make_node("Flatten", [value.name], [flat], name=flat, axis=2))  # (B*C, S)
     return inputs, mapping
@@ -327,8 +328,8 @@ def merged_attentions(parts: list[str], initializers: list[onnx.TensorProto]) ->
     ]
 
 
-def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
-    """(B*C, 1) scores -> (B, C) logits, C taken from the input's shape."""
+def unflatten_choices(scores: str, input_ids: str, output: str) -> list[onnx.NodeProto]:
+    """(B*C, 1) scores -> (B, C) `output`, C taken from the input's shape."""
     return [
         helper.make_node("Shape", [input_ids], ["choices/input_shape"], name="choices/shape"),
         helper.make_node("Constant", [], ["choices/axis"], name="choices/axis",
@@ -339,7 +340,7 @@ def unflatten_choices(scores: str, input_ids: str) -> list[onnx.NodeProto]:
                          value=numpy_helper.from_array(np.array([-1], dtype=np.int64))),
         helper.make_node("Concat", ["choices/minus_one", "choices/count"], ["choices/shape_out"],
                          name="choices/concat", axis=0),
-        helper.make_node("Reshape", [scores, "choices/shape_out"], [MULTIPLE_CHOICE_OUTPUT], name="choices/reshape"),
+        helper.make_node("Reshape", [scores, "choices/shape_out"], [output], name="choices/reshape"),
     ]
 
 

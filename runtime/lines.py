@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import InputError, OptionError, error_line, is_failure, one_line
-from .pipeline import head_for
+from .pipeline import head_for, split_outputs
+from .tasks.base import Features
 
 BLOCK = 1 << 16  # bytes asked for per read; a read returns less when less is ready
 MAX_BATCH = 64  # lines sent to the pipeline together (then batched by batch_size)
@@ -135,19 +136,48 @@ class LineRunner:
         return True
 
     def answers(self, items: list) -> list:
-        """One result, or the exception that input failed with, per item."""
+        """One result, or the exception that input failed with, per item: the pipeline's stages, the parameters
+        checked once, every input preprocessed and postprocessed on its own (so a bad one fails alone), all their
+        windows through one forward. An OptionError stops the run (it is no one line's fault)."""
         if not items:
             return []
+        settings = self.pipe.sanitize(**self.options)
+        features = [self.attempt(self.pipe.preprocess, item, settings) for item in items]
+        outputs = iter(self.outputs([feature for feature in features if isinstance(feature, Features)]))
+        answers = []
+        for feature in features:
+            if isinstance(feature, Features):
+                windows = next(outputs)
+                feature = windows if isinstance(windows, BaseException) else self.attempt(
+                    self.pipe.postprocess, feature, windows)
+            answers.append(feature)
+        return answers
+
+    def outputs(self, features: list[Features]) -> list:
+        """Each input's window outputs, or the exception its windows failed with (a failing batch is run again
+        one input at a time, to name the line)."""
         try:
-            return self.pipe.run_each(items, **self.options)
+            return split_outputs(self.pipe.forward([w for feature in features for w in feature.windows]), features)
         except OptionError:
             raise
         except BaseException as exc:
             if not is_failure(exc):
                 raise
-            if len(items) == 1:
+            if len(features) == 1:
                 return [exc]
-        return [answer for item in items for answer in self.answers([item])]  # redo one by one to name the line
+        return [outputs for feature in features for outputs in self.outputs([feature])]
+
+    @staticmethod
+    def attempt(stage: Callable, *args: Any) -> Any:
+        """The stage's value, or the exception that fails this one input."""
+        try:
+            return stage(*args)
+        except OptionError:
+            raise
+        except BaseException as exc:
+            if not is_failure(exc):
+                raise
+            return exc
 
     def report(self, number: int, exc: BaseException) -> bool:
         """Say what is wrong with a line; True when the run goes on."""

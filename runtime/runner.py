@@ -119,8 +119,7 @@ def check_model_outputs(task: str, runner: BatchRunner, config: dict, pad_token_
     spec = TASKS[task]
     id2label = config.get("id2label") or {}
     sizes = {dim: config.get(key) for dim, key in (("vocab", "vocab_size"), ("hidden", "hidden_size"))}
-    length = 4
-    shape = (2, length) if spec.multiple_choice else (length,)
+    shape = spec.input_shape(1, 4)[1:]  # one unbatched input of 4 tokens (2 choices where the task has them)
     feature = {"input_ids": np.full(shape, pad_token_id, dtype=np.int64),
                "attention_mask": np.ones(shape, dtype=np.int64), "token_type_ids": np.zeros(shape, dtype=np.int64)}
     try:

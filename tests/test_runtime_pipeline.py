@@ -153,11 +153,12 @@ def test_checksum_mismatch_and_unverified_corruption(fill_mask_bundle, tmp_path)
 
 
 def test_every_head_is_a_head():
-    """The Head protocol: each task's module declares PARAMETERS and its CallForm and has run_each (no run)."""
+    """The Head protocol: each task's module has its CallForm and the stages settings / preprocess / postprocess
+    (no run_each that tokenizes, runs and decodes in one call)."""
     from runtime.pipeline import HEAD_MODULES, head_for
     from runtime.tasks.base import CallForm, Head
 
     for task in HEAD_MODULES:
         head = head_for(task)
         assert isinstance(head, Head) and isinstance(head.CALL, CallForm), task
-        assert isinstance(head.PARAMETERS, frozenset) and not hasattr(head, "run"), task
+        assert not hasattr(head, "run_each") and not hasattr(head, "run"), task

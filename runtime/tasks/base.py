@@ -1,9 +1,9 @@
-"""What every task head is and sees: the `Head` protocol, and the context a head runs in (a tokenizer, a runner that
-batches features through the backend, the config)."""
+"""What every task head is and sees: the `Head` protocol (its stages), the `Features` one input becomes, and the
+context a head runs in (a tokenizer, a runner that batches windows through the backend, the config)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -31,6 +31,11 @@ class TaskContext:
     @property
     def id2label(self) -> dict[int, str]:
         return {int(k): v for k, v in self.config.get("id2label", {}).items()}
+
+    def labels(self, count: int) -> list[str]:
+        """The names of `count` logits: config.json's id2label, LABEL_i (what HF's config gives) for ids it lacks."""
+        id2label = self.id2label
+        return [id2label.get(i, f"LABEL_{i}") for i in range(count)]
 
     def token_id(self, role: str) -> int | None:
         """The id of the special token playing `role`; None when the bundle has none."""
@@ -62,12 +67,30 @@ class CallForm:
     json_objects: tuple[frozenset[str], ...] = (frozenset({"text"}),)
 
 
+@dataclass
+class Features:
+    """One input made ready for the model (a head's preprocess): its windows and what its postprocess reads."""
+
+    windows: list[Feature]  # unbatched int64 model inputs, (S,) each ((C, S) for multiple-choice), in order
+    settings: Any  # the checked parameters (the head's settings()); postprocess reuses them
+    state: Any = None  # what decoding needs beyond the outputs: encodings, the context, the sentence, ...
+    params: dict[str, Any] = field(default_factory=dict)  # the parameters as given (pipeline defaults merged)
+    item: Any = None  # the input as given (Pipeline.preprocess sets it and params)
+
+
 @runtime_checkable
 class Head(Protocol):
-    """A task's postprocessing, as transformers' pipeline for the task does it (a module of runtime.tasks)."""
+    """A task's stages, as transformers' pipeline for the task does them (a module of runtime.tasks):
+    settings (HF's _sanitize_parameters, once per call) -> preprocess (one input) -> [the runner runs the
+    windows] -> postprocess (one input's outputs)."""
 
-    PARAMETERS: frozenset[str]  # the keyword arguments run_each takes, HF's names
     CALL: CallForm
 
-    def run_each(self, ctx: TaskContext, items: list, **params: Any) -> list:
-        """One result per item, in order, computed in shared batches: each as it appears in a batch's answer."""
+    def settings(self, ctx: TaskContext, params: dict[str, Any]) -> Any:
+        """The call's parameters, checked once (OptionError / InputError / HF's warnings, as HF raises them)."""
+
+    def preprocess(self, ctx: TaskContext, item: Any, settings: Any) -> Features:
+        """One input as model windows, with what its postprocess needs."""
+
+    def postprocess(self, ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+        """The input's result from the outputs of features.windows, in order."""

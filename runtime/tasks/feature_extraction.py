@@ -14,17 +14,17 @@ as transformers' model(..., output_hidden_states=True, output_attentions=True) g
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import OptionError
-from ..taskspec import OPTIONAL_OUTPUTS
-from .base import CallForm, TaskContext
+from ..errors import CallError, OptionError
+from ..taskspec import OPTIONAL_OUTPUTS, TASKS
+from .base import CallForm, Features, TaskContext
 from .common import encode_features, text_or_pair, tokenizer_options
 
-PARAMETERS = frozenset({"pooling", "truncation", "return_tensors", "tokenize_kwargs", "output_hidden_states",
-                        "hidden_state_layer", "output_attentions"})
+PARAMETERS = TASKS["feature-extraction"].parameters
 CALL = CallForm()
 POOLINGS = ("none", "cls", "mean")
 HIDDEN_STATES, ATTENTIONS = OPTIONAL_OUTPUTS
@@ -53,37 +53,50 @@ def layer_index(layer: Any, count: int) -> int:
     return int(layer) % count
 
 
-def run_each(
-    ctx: TaskContext,
-    items: list,
-    pooling: str = "none",
-    truncation: Any = None,
-    return_tensors: bool = False,
-    tokenize_kwargs: dict | None = None,
-    output_hidden_states: bool = False,
-    hidden_state_layer: int | None = None,
-    output_attentions: bool = False,
-) -> list:
+@dataclass(frozen=True)
+class FeatureSettings:
+    pooling: str
+    truncation: Any
+    max_length: int
+    return_tensors: bool
+    output_hidden_states: bool
+    hidden_state_layer: int | None
+    output_attentions: bool
+
+
+def settings(ctx: TaskContext, params: dict[str, Any]) -> FeatureSettings:
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise CallError(f"feature-extraction got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    pooling = params.get("pooling")
     pooling = "none" if pooling is None else str(pooling).lower()
     if pooling not in POOLINGS:
         raise OptionError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    truncation, max_length = tokenizer_options(ctx, tokenize_kwargs, truncation=truncation)
-    texts = [text_or_pair(item, "feature-extraction", pairs=False) for item in items]
-    _, features = encode_features(ctx, texts, truncation, max_length)
-    convert = (lambda value: value) if return_tensors else (lambda value: value.tolist())
-    results = []
-    for output in ctx.runner.run(features):
-        hidden = output["last_hidden_state"].astype(np.float32)  # (S, H)
-        if hidden_state_layer is not None or output_hidden_states:
-            states = optional_output(output, HIDDEN_STATES)  # (L+1, S, H)
-            if hidden_state_layer is not None:
-                hidden = states[layer_index(hidden_state_layer, len(states))]
-        value = convert(pooled(hidden, pooling))
-        if output_hidden_states or output_attentions:
-            value = {"features": value}
-            if output_hidden_states:
-                value[HIDDEN_STATES] = convert(states[:, None])  # (L+1, 1, S, H)
-            if output_attentions:
-                value[ATTENTIONS] = convert(optional_output(output, ATTENTIONS)[:, None])  # (L, 1, N, S, S)
-        results.append(value)
-    return results
+    truncation, max_length = tokenizer_options(ctx, params.get("tokenize_kwargs"), truncation=params.get("truncation"))
+    return FeatureSettings(pooling, truncation, max_length, bool(params.get("return_tensors", False)),
+                           bool(params.get("output_hidden_states", False)), params.get("hidden_state_layer"),
+                           bool(params.get("output_attentions", False)))
+
+
+def preprocess(ctx: TaskContext, item: Any, settings: FeatureSettings) -> Features:
+    text = text_or_pair(item, "feature-extraction", pairs=False)
+    _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
+    return Features(features, settings)
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    s, output = features.settings, outputs[0]
+    convert = (lambda value: value) if s.return_tensors else (lambda value: value.tolist())
+    hidden = output["last_hidden_state"].astype(np.float32)  # (S, H)
+    if s.hidden_state_layer is not None or s.output_hidden_states:
+        states = optional_output(output, HIDDEN_STATES)  # (L+1, S, H)
+        if s.hidden_state_layer is not None:
+            hidden = states[layer_index(s.hidden_state_layer, len(states))]
+    value = convert(pooled(hidden, s.pooling))
+    if s.output_hidden_states or s.output_attentions:
+        value = {"features": value}
+        if s.output_hidden_states:
+            value[HIDDEN_STATES] = convert(states[:, None])  # (L+1, 1, S, H)
+        if s.output_attentions:
+            value[ATTENTIONS] = convert(optional_output(output, ATTENTIONS)[:, None])  # (L, 1, N, S, S)
+    return value

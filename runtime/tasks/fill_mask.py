@@ -7,18 +7,21 @@ those — except a list of one text, which gives that text's result, as HF does.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tokenizers.decoders import Metaspace
 
-from ..errors import NoMaskTokenError, OptionError
+from ..errors import CallError, NoMaskTokenError, OptionError
 from ..taskspec import TASKS
-from ..tokenizer import decode
-from .base import CallForm, TaskContext
+from ..tokenizer import clean_up_tokenization, decode
+from .base import CallForm, Features, TaskContext
 from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "targets", "truncation", "tokenizer_kwargs"})
+PARAMETERS = TASKS["fill-mask"].parameters
 CALL = CallForm(list_of_one_gives_its_result=True)
+LOGITS = TASKS["fill-mask"].outputs[0]
 
 
 def mask_token_id(ctx: TaskContext) -> int:
@@ -60,67 +63,139 @@ def target_ids(ctx: TaskContext, targets: str | list[str]) -> np.ndarray:
     return np.array(ids)
 
 
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best indices of a 1-d array, best first, equal scores in index order: exactly
+    np.argsort(-scores, kind="stable")[:k] (HF's order here), in O(n + c log c) for the c >= k scores at least
+    the k-th best, not a sort of the whole vocabulary."""
+    negated = -scores
+    if k >= len(negated):
+        return np.argsort(negated, kind="stable")
+    kth = np.partition(negated, k - 1)[k - 1]
+    if np.isnan(kth):  # fewer than k comparable scores: the full sort places the NaNs
+        return np.argsort(negated, kind="stable")[:k]
+    candidates = np.flatnonzero(negated <= kth)  # ascending indices, so a stable sort keeps ties in index order
+    return candidates[np.argsort(negated[candidates], kind="stable")[:k]]
+
+
+class ProposalText:
+    """token_str and `sequence` of proposals, as tokenizer.decode gives them, without one decode of the whole
+    input per proposal: token_str is decoded once per token id, and a `sequence` is the text before the mask,
+    the proposal and the text after it, each decoded once per mask, where the tokenizer's decoder maps each token
+    on its own (Metaspace, ALBERT's SentencePiece: only the first token of a text is decoded differently).
+    Other decoders, and any mask whose first proposal's joined text differs from a full decode, decode in full."""
+
+    def __init__(self, ctx: TaskContext, skip_special_tokens: bool):
+        self.tokenizer = ctx.tokenizer
+        self.clean = ctx.clean_up_tokenization_spaces
+        self.skip = skip_special_tokens
+        self.pad_id = ctx.token_id("pad")
+        self.special = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
+        self.token_local = isinstance(self.tokenizer.decoder, Metaspace)
+        self._token_str: dict[int, str] = {}
+
+    def token_str(self, token: int) -> str:
+        text = self._token_str.get(token)
+        if text is None:
+            text = self._token_str[token] = decode(self.tokenizer, [token], clean_up_tokenization_spaces=self.clean)
+        return text
+
+    def full(self, input_ids: np.ndarray, position: int, token: int) -> str:
+        tokens = input_ids.copy()
+        tokens[position] = token
+        if self.pad_id is not None:
+            tokens = tokens[tokens != self.pad_id]
+        return decode(self.tokenizer, tokens, skip_special_tokens=self.skip, clean_up_tokenization_spaces=self.clean)
+
+    def sequences(self, input_ids: np.ndarray, position: int, tokens: list[int]) -> list[str]:
+        """The `sequence` of each proposal in `tokens` for the mask at `position`."""
+        if not tokens:
+            return []
+        joined = self._joined(input_ids, position) if self.token_local else None
+        if joined is None or joined(tokens[0]) != self.full(input_ids, position, tokens[0]):
+            return [self.full(input_ids, position, token) for token in tokens]
+        return [joined(token) for token in tokens]
+
+    def _kept(self, token: int) -> bool:
+        return token != self.pad_id and not (self.skip and token in self.special)
+
+    def _joined(self, input_ids: np.ndarray, position: int):
+        decoder, to_token = self.tokenizer.decoder, self.tokenizer.id_to_token
+        ids = input_ids.tolist()
+        before = [to_token(i) for i in ids[:position] if self._kept(i)]
+        after = [to_token(i) for i in ids[position + 1:] if self._kept(i)]
+
+        def not_first(pieces: list[str]) -> str:  # the pieces decoded where they do not start the text
+            if not pieces:
+                return ""
+            return decoder.decode([pieces[0], *pieces])[len(decoder.decode([pieces[0]])):]
+
+        prefix, after_rest = decoder.decode(before) if before else "", not_first(after)
+        after_first = decoder.decode(after) if after else ""
+        clean = clean_up_tokenization if self.clean else (lambda text: text)
+
+        def joined(token: int) -> str:
+            if not self._kept(token):
+                return clean(prefix + (after_rest if before else after_first))
+            piece = not_first([to_token(token)]) if before else decoder.decode([to_token(token)])
+            return clean(prefix + piece + after_rest)
+
+        return joined
+
+
 def mask_predictions(
     ctx: TaskContext, input_ids: np.ndarray, logits: np.ndarray, top_k: int, targets: np.ndarray | None
 ) -> list[list[dict[str, Any]]]:
-    """One list of top_k proposals per mask position (FillMaskPipeline.postprocess)."""
+    """One list of top_k proposals per mask position (FillMaskPipeline.postprocess), in O(vocabulary + top_k) per
+    mask (with the text of each proposal's `sequence` on top)."""
     mask_id = mask_token_id(ctx)
-    pad_id = ctx.token_id("pad")
     positions = np.flatnonzero(input_ids == mask_id)
     probs = softmax(logits[positions].astype(np.float32))
     if targets is not None:
         probs = probs[..., targets]
         top_k = min(top_k, targets.shape[0])
     top_k = min(top_k, probs.shape[-1])
-    single_mask = len(positions) == 1
+    text = ProposalText(ctx, skip_special_tokens=len(positions) == 1)
     rows = []
     for i, position in enumerate(positions):
-        best = np.argsort(-probs[i], kind="stable")[:top_k]
-        row = []
-        for p in best:
-            token = int(targets[p]) if targets is not None else int(p)
-            tokens = input_ids.copy()
-            tokens[position] = token
-            if pad_id is not None:
-                tokens = tokens[tokens != pad_id]
-            clean = ctx.clean_up_tokenization_spaces
-            row.append(
-                {
-                    "score": float(probs[i, p]),
-                    "token": token,
-                    "token_str": decode(ctx.tokenizer, [token], clean_up_tokenization_spaces=clean),
-                    "sequence": decode(
-                        ctx.tokenizer, tokens, skip_special_tokens=single_mask, clean_up_tokenization_spaces=clean
-                    ),
-                }
-            )
-        rows.append(row)
+        best = top_indices(probs[i], top_k)
+        tokens = (targets[best] if targets is not None else best).tolist()
+        sequences = text.sequences(input_ids, int(position), tokens)
+        rows.append([{"score": score, "token": token, "token_str": text.token_str(token), "sequence": sequence}
+                     for score, token, sequence in zip(probs[i, best].tolist(), tokens, sequences)])
     return rows
 
 
-def run_each(
-    ctx: TaskContext,
-    items: list,
-    top_k: int = 5,
-    targets: str | list[str] | None = None,
-    truncation: Any = None,
-    tokenizer_kwargs: dict[str, Any] | None = None,
-) -> list:
-    top_k = positive_int("top_k", top_k)
-    truncation, max_length = tokenizer_options(ctx, tokenizer_kwargs, truncation=truncation)
-    mask_id = mask_token_id(ctx)
-    ids = target_ids(ctx, targets) if targets is not None else None
-    for item in items:
-        if isinstance(item, str) and not item.strip():  # HF: tokenized to [CLS] [SEP], so no mask either
-            raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: the text is empty")
-    texts = [text_or_pair(item, "fill-mask", pairs=False) for item in items]
-    encodings, features = encode_features(ctx, texts, truncation, max_length)
-    for text, encoding in zip(texts, encodings):
-        if mask_id not in encoding.ids:
-            raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: {text[:80]!r}")
-    logits_name = TASKS["fill-mask"].outputs[0]
-    results = []
-    for feature, output in zip(features, ctx.runner.run(features)):
-        rows = mask_predictions(ctx, feature["input_ids"], output[logits_name], top_k, ids)
-        results.append(rows[0] if len(rows) == 1 else rows)
-    return results
+@dataclass(frozen=True)
+class FillMaskSettings:
+    top_k: int
+    truncation: Any
+    max_length: int
+    mask_id: int
+    targets: np.ndarray | None  # vocabulary ids, HF's order
+
+
+def settings(ctx: TaskContext, params: dict[str, Any]) -> FillMaskSettings:
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise CallError(f"fill-mask got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    top_k = positive_int("top_k", params.get("top_k", 5))
+    truncation, max_length = tokenizer_options(ctx, params.get("tokenizer_kwargs"), truncation=params.get("truncation"))
+    targets = params.get("targets")
+    return FillMaskSettings(top_k, truncation, max_length, mask_token_id(ctx),
+                            target_ids(ctx, targets) if targets is not None else None)
+
+
+def preprocess(ctx: TaskContext, item: Any, settings: FillMaskSettings) -> Features:
+    if isinstance(item, str) and not item.strip():  # HF: tokenized to [CLS] [SEP], so no mask either
+        raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: the text is empty")
+    text = text_or_pair(item, "fill-mask", pairs=False)
+    encodings, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
+    if settings.mask_id not in encodings[0].ids:
+        raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: {text[:80]!r}")
+    return Features(features, settings)
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    s = features.settings
+    rows = mask_predictions(ctx, features.windows[0]["input_ids"], outputs[0][LOGITS], s.top_k, s.targets)
+    return rows[0] if len(rows) == 1 else rows

@@ -7,17 +7,19 @@ keep the choices' order); top_k=k keeps the k best. A list of inputs gives a lis
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CallError, InputError
 from ..taskspec import TASKS
 from ..tokenizer import encode, require_text, stacked_feature
-from .base import CallForm, TaskContext
+from .base import CallForm, Features, TaskContext
 from .common import positive_int, softmax, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "truncation", "max_length"})
+PARAMETERS = TASKS["multiple-choice"].parameters
+LOGITS = TASKS["multiple-choice"].outputs[0]
 CALL = CallForm(json_objects=(frozenset({"prompt", "choices"}),))
 
 
@@ -31,22 +33,34 @@ def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
     return require_text(item["prompt"], "prompt"), [require_text(c, f"choice {i}") for i, c in enumerate(choices)]
 
 
-def run_each(
-    ctx: TaskContext, items: list, top_k: int | None = None, truncation: Any = None, max_length: int | None = None
-) -> list:
-    top_k = positive_int("top_k", top_k, allow_none=True)
-    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length)
-    examples = [_prompt_and_choices(item) for item in items]
-    pad_id = ctx.token_id("pad") or 0
-    features = []
-    for prompt, choices in examples:
-        encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=max_length, truncation=truncation)
-        features.append(stacked_feature(encodings, pad_id))
-    name = TASKS["multiple-choice"].outputs[0]
-    results = []
-    for (_, choices), output in zip(examples, ctx.runner.run(features)):
-        scores = softmax(output[name].astype(np.float32))
-        order = np.argsort(-scores, kind="stable")
-        ranked = [{"choice": int(i), "text": choices[i], "score": float(scores[i])} for i in order]
-        results.append(ranked if top_k is None else ranked[:top_k])
-    return results
+@dataclass(frozen=True)
+class ChoiceSettings:
+    top_k: int | None
+    truncation: Any
+    max_length: int
+
+
+def settings(ctx: TaskContext, params: dict[str, Any]) -> ChoiceSettings:
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise CallError(f"multiple-choice got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    top_k = positive_int("top_k", params.get("top_k"), allow_none=True)
+    truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
+                                               max_length=params.get("max_length"))
+    return ChoiceSettings(top_k, truncation, max_length)
+
+
+def preprocess(ctx: TaskContext, item: Any, settings: ChoiceSettings) -> Features:
+    """One (C, S) window: each choice encoded as the pair (prompt, choice)."""
+    prompt, choices = _prompt_and_choices(item)
+    encodings = encode(ctx.tokenizer, [(prompt, c) for c in choices], max_length=settings.max_length,
+                       truncation=settings.truncation)
+    return Features([stacked_feature(encodings, ctx.token_id("pad") or 0)], settings, state=choices)
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> list:
+    choices, top_k = features.state, features.settings.top_k
+    scores = softmax(outputs[0][LOGITS].astype(np.float32))
+    order = np.argsort(-scores, kind="stable")
+    ranked = [{"choice": int(i), "text": choices[i], "score": float(scores[i])} for i in order]
+    return ranked if top_k is None else ranked[:top_k]

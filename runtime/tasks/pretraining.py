@@ -9,37 +9,51 @@ A list of inputs gives a list of results.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import CallForm, TaskContext
+from ..errors import CallError
+from ..taskspec import TASKS
+from .base import CallForm, Features, TaskContext
 from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
 from .fill_mask import mask_predictions, target_ids
 
-PARAMETERS = frozenset({"top_k", "targets", "truncation", "max_length"})
+PARAMETERS = TASKS["pretraining"].parameters
 CALL = CallForm(json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
 SENTENCE_ORDER_LABELS = ("original", "swapped")
 
 
-def run_each(
-    ctx: TaskContext,
-    items: list,
-    top_k: int = 5,
-    targets: str | list[str] | None = None,
-    truncation: Any = None,
-    max_length: int | None = None,
-) -> list:
-    top_k = positive_int("top_k", top_k)
-    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length)
-    ids = target_ids(ctx, targets) if targets is not None else None
-    texts = [text_or_pair(item, "pretraining", pairs=True) for item in items]
-    _, features = encode_features(ctx, texts, truncation, max_length)
-    results = []
-    for feature, output in zip(features, ctx.runner.run(features)):
-        order = softmax(output["sop_logits"].astype(np.float32))
-        sentence_order = [{"label": label, "score": float(p)} for label, p in zip(SENTENCE_ORDER_LABELS, order)]
-        sentence_order.sort(key=lambda entry: entry["score"], reverse=True)
-        masks = mask_predictions(ctx, feature["input_ids"], output["prediction_logits"], top_k, ids)
-        results.append({"masks": masks, "sentence_order": sentence_order})
-    return results
+@dataclass(frozen=True)
+class PretrainingSettings:
+    top_k: int
+    targets: np.ndarray | None
+    truncation: Any
+    max_length: int
+
+
+def settings(ctx: TaskContext, params: dict[str, Any]) -> PretrainingSettings:
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise CallError(f"pretraining got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    top_k = positive_int("top_k", params.get("top_k", 5))
+    truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
+                                               max_length=params.get("max_length"))
+    targets = params.get("targets")
+    return PretrainingSettings(top_k, target_ids(ctx, targets) if targets is not None else None, truncation, max_length)
+
+
+def preprocess(ctx: TaskContext, item: Any, settings: PretrainingSettings) -> Features:
+    text = text_or_pair(item, "pretraining", pairs=True)
+    _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
+    return Features(features, settings)
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> dict:
+    s, output = features.settings, outputs[0]
+    order = softmax(output["sop_logits"].astype(np.float32))
+    sentence_order = [{"label": label, "score": float(p)} for label, p in zip(SENTENCE_ORDER_LABELS, order)]
+    sentence_order.sort(key=lambda entry: entry["score"], reverse=True)
+    masks = mask_predictions(ctx, features.windows[0]["input_ids"], output["prediction_logits"], s.top_k, s.targets)
+    return {"masks": masks, "sentence_order": sentence_order}

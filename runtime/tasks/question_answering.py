@@ -21,7 +21,8 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from runtime.errors import InputError, InputKeyError, OptionError, TruncationWarning, is_failure, one_line
-from runtime.tasks.base import CallForm, Feature, TaskContext
+from runtime.taskspec import TASKS
+from runtime.tasks.base import CallForm, Feature, Features, TaskContext
 from runtime.tasks.common import is_stream
 from runtime.tokenizer import feature_from_encoding, truncating_copy
 
@@ -31,10 +32,7 @@ DEFAULT_MAX_QUESTION_LEN = 64
 UNDESIRED_LOGIT = -10000.0
 NULL_SCORE_START = 1000000  # large and positive: any window's null score replaces it
 
-PARAMETERS = frozenset({
-    "question", "context", "top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-    "handle_impossible_answer", "align_to_words", "padding",
-})
+PARAMETERS = TASKS["question-answering"].parameters
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,31 @@ class Window:
     feature: Feature
     p_mask: np.ndarray  # (1, S) int64, 1 where the token cannot be part of an answer
     attention_mask: np.ndarray  # (1, S) int64
+    _offsets: list[tuple[int, int]] | None = None
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        """The encoding's character offsets, read once (each read of Encoding.offsets builds the whole list)."""
+        if self._offsets is None:
+            self._offsets = self.encoding.offsets
+        return self._offsets
 
 
-def run_each(ctx: TaskContext, items: list, **params: Any) -> list:
-    """One answer per example ({"question", "context"} dicts or SquadExample-like objects): a dict, or a list of
-    dicts when top_k > 1 finds several answers."""
-    examples = [_example_from_item(item) for item in items]
-    settings = settings_from_params(ctx, params)
-    windows_per_example = [windows_for_example(ctx, question, context, settings) for question, context in examples]
-    features = [window.feature for windows in windows_per_example for window in windows]
-    outputs = iter(ctx.runner.run(features)) if features else iter(())
-    results = []
-    for (_, context), windows in zip(examples, windows_per_example):
-        logits = [(next(outputs), window) for window in windows]
-        results.append(answers_from_windows(context, logits, settings))
-    return results
+def settings(ctx: TaskContext, params: dict[str, Any]) -> QASettings:
+    return settings_from_params(ctx, params)
+
+
+def preprocess(ctx: TaskContext, item: Any, settings: QASettings) -> Features:
+    """An example ({"question", "context"} dict or SquadExample-like object) as its windows."""
+    question, context = _example_from_item(item)
+    windows = windows_for_example(ctx, question, context, settings)
+    return Features([window.feature for window in windows], settings, state=(context, windows))
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    """The answer: a dict, or a list of dicts when top_k > 1 finds several answers."""
+    context, windows = features.state
+    return answers_from_windows(context, list(zip(outputs, windows)), features.settings)
 
 
 def inputs_from_call(args: tuple, params: dict[str, Any]) -> Any:
@@ -352,7 +360,7 @@ def answers_from_windows(context: str, outputs: list[tuple[dict[str, np.ndarray]
             settings.max_answer_len,
         )
         for s, e, score in zip(starts, ends, scores):
-            start_index, end_index = char_span(window.encoding, int(s), int(e), settings.align_to_words)
+            start_index, end_index = char_span(window, int(s), int(e), settings.align_to_words)
             text = context[start_index:end_index]
             same = by_text.get(text.lower())
             if same is not None:
@@ -438,8 +446,9 @@ def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: 
     return starts, ends, scores
 
 
-def char_span(encoding: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
+def char_span(window: Window, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
     """Character span of tokens s..e in the context; whole words when aligning (HF's `get_indices`)."""
+    encoding = window.encoding
     if align_to_words:
         try:
             start_word = encoding.token_to_word(s)
@@ -449,4 +458,4 @@ def char_span(encoding: Encoding, s: int, e: int, align_to_words: bool) -> tuple
             return start_index, end_index
         except Exception:  # special tokens have no word: fall back to token offsets, as HF does
             pass
-    return encoding.offsets[s][0], encoding.offsets[e][1]
+    return window.offsets[s][0], window.offsets[e][1]

@@ -7,16 +7,18 @@ top_k=k or None: the k best (None: all) labels sorted by score, a list per input
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OptionError, UnknownChoiceError
+from ..errors import CallError, InputError, OptionError, UnknownChoiceError
 from ..taskspec import TASKS
-from .base import CallForm, TaskContext
+from .base import CallForm, Features, TaskContext
 from .common import encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
 
-PARAMETERS = frozenset({"top_k", "function_to_apply", "return_all_scores", "truncation", "max_length", "padding"})
+PARAMETERS = TASKS["text-classification"].parameters
+LOGITS = TASKS["text-classification"].outputs[0]
 # HF decides the legacy [result] of a single string by whether the call itself passes top_k, so
 # pipeline(top_k=None)("text") gives [[...]]
 CALL = CallForm(single_text_listed_unless_given="top_k", json_objects=(frozenset({"text"}), frozenset({"text", "text_pair"})))
@@ -57,37 +59,44 @@ def _item(item: Any):
     return item
 
 
-def run_each(
-    ctx: TaskContext,
-    items: list,
-    top_k: Any = _NOT_GIVEN,
-    function_to_apply: str | None = None,
-    return_all_scores: bool | None = None,
-    truncation: Any = None,
-    max_length: int | None = None,
-    padding: Any = None,
-) -> list:
-    top_k, legacy = _settings(ctx, top_k, return_all_scores)
-    truncation, max_length = tokenizer_options(ctx, None, truncation=truncation, max_length=max_length, padding=padding)
+@dataclass(frozen=True)
+class ClassificationSettings:
+    top_k: int | None
+    legacy: bool  # top_k not given: the best label alone, HF's legacy form
+    function_to_apply: str | None
+    truncation: Any
+    max_length: int
+
+
+def settings(ctx: TaskContext, params: dict[str, Any]) -> ClassificationSettings:
+    unknown = sorted(set(params) - PARAMETERS)
+    if unknown:
+        raise CallError(f"text-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    top_k, legacy = _settings(ctx, params.get("top_k", _NOT_GIVEN), params.get("return_all_scores"))
+    truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
+                                               max_length=params.get("max_length"), padding=params.get("padding"))
+    function_to_apply = params.get("function_to_apply")
     if function_to_apply is not None and str(function_to_apply).lower() not in FUNCTIONS:
         raise UnknownChoiceError(f"function_to_apply {function_to_apply!r} is not one of {', '.join(FUNCTIONS)}")
-    texts = [text_or_pair(_item(item), "text-classification", pairs=True) for item in items]
-    _, features = encode_features(ctx, texts, truncation, max_length)
-    name = TASKS["text-classification"].outputs[0]
-    id2label = ctx.id2label
-    results = []
-    for output in ctx.runner.run(features):
-        logits = output[name].astype(np.float32)
-        function = (function_to_apply or default_function(ctx.config, len(id2label) or logits.shape[-1])).lower()
-        scores = {"sigmoid": sigmoid, "softmax": softmax}.get(function, lambda x: x)(logits)
-        labels = [id2label.get(i, f"LABEL_{i}") for i in range(scores.shape[-1])]
-        if top_k == 1 and legacy:
-            results.append({"label": labels[int(scores.argmax())], "score": float(scores.max())})
-            continue
-        entries = [{"label": label, "score": float(score)} for label, score in zip(labels, scores)]
-        if not legacy:
-            entries.sort(key=lambda entry: entry["score"], reverse=True)
-            entries = entries if top_k is None else entries[:top_k]
-        results.append(entries)
-    return results
+    return ClassificationSettings(top_k, legacy, function_to_apply, truncation, max_length)
 
+
+def preprocess(ctx: TaskContext, item: Any, settings: ClassificationSettings) -> Features:
+    text = text_or_pair(_item(item), "text-classification", pairs=True)
+    _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
+    return Features(features, settings)
+
+
+def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    s = features.settings
+    logits = outputs[0][LOGITS].astype(np.float32)
+    function = (s.function_to_apply or default_function(ctx.config, len(ctx.id2label) or logits.shape[-1])).lower()
+    scores = {"sigmoid": sigmoid, "softmax": softmax}.get(function, lambda x: x)(logits)
+    labels = ctx.labels(scores.shape[-1])
+    if s.top_k == 1 and s.legacy:
+        return {"label": labels[int(scores.argmax())], "score": float(scores.max())}
+    entries = [{"label": label, "score": float(score)} for label, score in zip(labels, scores)]
+    if not s.legacy:
+        entries.sort(key=lambda entry: entry["score"], reverse=True)
+        entries = entries if s.top_k is None else entries[:s.top_k]
+    return entries
