@@ -8,15 +8,18 @@ from __future__ import annotations
 
 PACKAGE = "albert-export"
 EXPORT_MODULES = ("torch", "onnx", "safetensors", "huggingface_hub", "sentencepiece", "google", "tqdm")
+SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client", "h11", "httpx")
 EXTRA_OF_MODULE = {
     **{module: "export" for module in EXPORT_MODULES},
+    **{module: "serve" for module in SERVE_MODULES},
     "onnxruntime": "cpu",
     "openvino": "openvino",
     "tensorrt_rtx": "tensorrt",
     "tensorrt": "tensorrt",
     "cuda": "tensorrt",
 }
-DISTRIBUTION_OF_MODULE = {"google": "protobuf", "cuda": "cuda-python", "tensorrt_rtx": "tensorrt-rtx"}
+DISTRIBUTION_OF_MODULE = {"google": "protobuf", "cuda": "cuda-python", "tensorrt_rtx": "tensorrt-rtx",
+                          "prometheus_client": "prometheus-client"}
 ALTERNATIVES = {"cpu": " (or [gpu] for onnxruntime-gpu with CUDA)"}
 
 

@@ -10,8 +10,10 @@
 
 X is what one albert-run line holds: a text, or a JSON object ({"text", "text_pair"?}, {"question", "context"},
 {"prompt", "choices"}). Every error is one JSON object {"error": "..."} with a 4xx status naming the problem
-(400 bad input or parameters, 404 unknown model, 405, 413 too large, 422 bad tensors), 503 with Retry-After when
-the model's queue is full, 504 past --timeout-s, 500 when the model itself fails.
+(400 bad input or parameters, 404 unknown model, 405, 408 a body that did not arrive within --read-timeout-s,
+413 a request or an answer over its limit, 422 bad tensors), 503 with Retry-After when the model's queue is full
+or the server is shutting down, 504 past --timeout-s, 500 when the model itself fails or on an internal error
+(named as such: never blamed on the client). Answers are serialized off the event loop.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from starlette.requests import ClientDisconnect
+
 from runtime import Pipeline
-from runtime.errors import BackendError, BundleError, is_failure, one_line
+from runtime.errors import AlbertRuntimeError, BackendError, BundleError, is_failure, one_line
 
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
@@ -46,30 +50,69 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSON({"error": message}, status_code=status, headers=headers)
 
 
+async def answer_json(content: Any, limits: Limits) -> Response:
+    """A 200 JSON answer, serialized on a worker thread (a large answer must not stall the event loop), refused
+    with 413 past --max-response-bytes."""
+    body = await asyncio.to_thread(lambda: response_json(content).encode("utf-8"))
+    if len(body) > limits.max_response_bytes:
+        raise RequestError(413, f"the answer has {len(body)} bytes; this server sends at most "
+                                f"{limits.max_response_bytes} (--max-response-bytes); ask for fewer inputs or a "
+                                "smaller top_k")
+    return Response(body, media_type="application/json")
+
+
 async def read_json(request: Request, limits: Limits) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise RequestError(413, f"the request body has {declared} bytes; this server takes at most "
                                 f"{limits.max_request_bytes} (--max-request-bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_request_bytes:
-            raise RequestError(413, f"the request body is over {limits.max_request_bytes} bytes (--max-request-bytes)")
+    try:
+        async with asyncio.timeout(limits.read_timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_request_bytes:
+                    raise RequestError(413, f"the request body is over {limits.max_request_bytes} bytes "
+                                            "(--max-request-bytes)")
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {limits.read_timeout:g} s "
+                                f"(--read-timeout-s); {len(body)} bytes came", {"connection": "close"}) from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client closed the connection before sending the whole body") from None
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
         raise RequestError(400, f"the request body is not valid JSON ({reason})") from None
+    except RecursionError:
+        raise RequestError(400, "the request body nests JSON arrays or objects too deeply to read") from None
 
 
 class Server:
-    def __init__(self, pipelines: dict[str, Pipeline], limits: Limits = Limits()):
+    def __init__(self, pipelines: dict[str, Pipeline], limits: Limits = Limits(), notices=None):
+        from .connections import Notices
+
         self.pipelines = pipelines
         self.limits = limits
+        self.notices = notices or Notices()
         self.metrics = Metrics()
         self.batchers: dict[str, Batcher] = {}
         self.ready = False
+        self.closing: asyncio.Future | None = None  # set when --shutdown-timeout-s has run out
+        self.stop_deadline: float | None = None  # loop time by which shutdown must be done
+
+    def begin_shutdown(self, grace: float) -> None:
+        """SIGTERM: answer what can be answered within `grace` seconds; just before it runs out, every request
+        still waiting gets one JSON 503 (uvicorn would cancel it into a plain-text 500 and a traceback)."""
+        if self.stop_deadline is not None or self.closing is None:
+            return
+        loop = asyncio.get_running_loop()
+        self.ready = False
+        self.stop_deadline = loop.time() + grace
+        loop.call_later(max(grace - 0.25, 0.0), lambda: self.closing.done() or self.closing.set_result(None))
+
+    def model_threads_busy(self) -> bool:
+        return any(batcher.thread_busy for batcher in self.batchers.values())
 
     def model(self, name: str) -> Pipeline:
         if name not in self.pipelines:
@@ -78,6 +121,9 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self.notices.loop_exception)  # e.g. accept() out of descriptors: one line
+        self.closing = loop.create_future()
         for name, pipe in self.pipelines.items():
             self.batchers[name] = batcher = Batcher(
                 pipe,
@@ -93,7 +139,8 @@ class Server:
             yield
         finally:
             self.ready = False  # uvicorn has stopped taking connections and finished the open requests
-            await asyncio.gather(*(batcher.stop() for batcher in self.batchers.values()))
+            left = None if self.stop_deadline is None else max(self.stop_deadline - loop.time(), 0.0)
+            await asyncio.gather(*(batcher.stop(left) for batcher in self.batchers.values()))
 
     def _batch_observer(self, name: str):
         def observe(size: int, seconds: float) -> None:
@@ -112,13 +159,15 @@ class Server:
             response = error(exc.status, str(exc), exc.headers)
         except (BundleError, BackendError) as exc:
             response = error(500, f"the model failed: {one_line(exc)}")
-        except (ValueError, TypeError, KeyError) as exc:  # runtime's InputError/OptionError are ValueErrors
+        except AlbertRuntimeError as exc:  # the runtime refused this input or these parameters, naming why
             response = error(400, one_line(exc))
         except BaseException as exc:  # one request's failure is that request's answer
             if not is_failure(exc):
                 raise
-            status = 400 if type(exc).__name__ == "PanicException" else 500  # the tokenizer refused this input
-            response = error(status, one_line(exc) if status == 400 else f"internal error ({one_line(exc)})")
+            if type(exc).__name__ == "PanicException":  # the tokenizer refused this input
+                response = error(400, one_line(exc))
+            else:  # a bug of the server's or the runtime's, not the client's fault: a 500 that says so
+                response = error(500, f"internal error ({type(exc).__name__}: {one_line(exc)}); please report it")
         status = str(response.status_code)
         self.metrics.requests.labels(label, route, status).inc()
         if response.status_code >= 400:
@@ -127,11 +176,18 @@ class Server:
         return response
 
     async def _await(self, future: asyncio.Future) -> Any:
-        try:
-            return await asyncio.wait_for(future, self.limits.timeout)
-        except asyncio.TimeoutError:
-            raise RequestError(504, f"no answer within {self.limits.timeout:g} s (--timeout-s); try again later "
-                                    "or send fewer inputs") from None
+        """The answer, a 504 past --timeout-s, or a 503 once shutdown's time has run out; the work of a request
+        given up is cancelled (its calls leave the queue unrun)."""
+        waiting = {future} if self.closing is None else {future, self.closing}
+        done, _ = await asyncio.wait(waiting, timeout=self.limits.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if future in done:
+            return future.result()
+        future.cancel()
+        if done:
+            raise RequestError(503, "the server is shutting down and could not finish this request in time; "
+                                    "retry on another replica", {"Retry-After": "1"})
+        raise RequestError(504, f"no answer within {self.limits.timeout:g} s (--timeout-s); try again later "
+                                "or send fewer inputs")
 
     async def hf(self, request: Request, name: str) -> Response:
         pipe = self.model(name)
@@ -142,27 +198,29 @@ class Server:
             raise RequestError(503, f"model {name} is overloaded ({exc}); retry after a second",
                                {"Retry-After": "1"}) from None
         with self.metrics.in_flight.labels(name).track_inprogress():
-            return JSON(await self._await(future))
+            return await answer_json(await self._await(future), self.limits)
 
     async def v2_infer(self, request: Request, name: str) -> Response:
         pipe = self.model(name)
         body = await read_json(request, self.limits)
         inputs = v2_tensors(body, pipe)
-        outputs = await asyncio.wait_for(self.batchers[name].run_in_thread(pipe.backend.infer, inputs),
-                                         self.limits.timeout)
-        wanted = [o.get("name") for o in body.get("outputs", [])] or list(outputs)
-        missing = [n for n in wanted if n not in outputs]
-        if missing:
-            raise RequestError(422, f"model {name} has no output(s) {missing}; it has {list(outputs)}")
-        return JSON({
-            "model_name": name,
-            "id": body.get("id", ""),
-            "outputs": [
-                {"name": n, "shape": list(outputs[n].shape), "datatype": V2_DATATYPES[outputs[n].dtype.name],
-                 "data": outputs[n].ravel().tolist()}
-                for n in wanted
-            ],
-        })
+        wanted = v2_outputs(body, pipe)
+        shape = next(iter(inputs.values())).shape
+        size = v2_answer_bytes(pipe, wanted, shape)
+        if size > self.limits.max_response_bytes:
+            raise RequestError(413, f"outputs {', '.join(wanted)} for inputs of shape {list(shape)} would take about "
+                                    f"{size} bytes; this server sends at most {self.limits.max_response_bytes} "
+                                    "(--max-response-bytes); send fewer rows or ask for fewer outputs")
+        try:
+            running = self.batchers[name].run_raw(pipe.backend.infer, inputs)
+        except QueueFull as exc:
+            raise RequestError(503, f"model {name} is overloaded ({exc}); retry after a second",
+                               {"Retry-After": "1"}) from None
+        outputs = await self._await(running)
+        answer = {"model_name": name, "id": body.get("id", ""), "outputs": [
+            {"name": n, "shape": list(outputs[n].shape), "datatype": V2_DATATYPES[outputs[n].dtype.name],
+             "data": outputs[n].ravel()} for n in wanted]}
+        return await answer_json(answer, self.limits)
 
     async def v2_metadata(self, request: Request, name: str) -> Response:
         pipe = self.model(name)
@@ -240,7 +298,7 @@ V2_DTYPES = {v: k for k, v in V2_DATATYPES.items()}
 
 
 def v2_tensors(body: Any, pipe: Pipeline) -> dict[str, np.ndarray]:
-    """KServe v2 `inputs` as the arrays the backend takes; 422 names what does not fit."""
+    """KServe v2 `inputs` as the arrays the backend takes; 422 names the tensor that does not fit."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise RequestError(422, 'a v2 infer request is {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
     specs = {t.name: t for t in pipe.bundle.manifest.inputs}
@@ -249,27 +307,95 @@ def v2_tensors(body: Any, pipe: Pipeline) -> dict[str, np.ndarray]:
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= set(tensor):
             raise RequestError(422, "each v2 input has name, shape, datatype and data")
         name = tensor["name"]
-        if name not in specs:
+        if not isinstance(name, str) or name not in specs:
             raise RequestError(422, f"model has no input {name!r}; it takes {', '.join(specs)}")
         if tensor["datatype"] != V2_DATATYPES[specs[name].dtype]:
-            raise RequestError(422, f"input {name} is {V2_DATATYPES[specs[name].dtype]}, not {tensor['datatype']}")
+            raise RequestError(422, f"input {name} is {V2_DATATYPES[specs[name].dtype]}, not {tensor['datatype']!r}")
         shape = tensor["shape"]
         if not isinstance(shape, list) or len(shape) != len(specs[name].dims) or not all(
-            isinstance(d, int) and d > 0 for d in shape
+            type(d) is int and d > 0 for d in shape
         ):
             raise RequestError(422, f"input {name} has dims {specs[name].dims}; got shape {shape}")
         try:
-            arrays[name] = np.asarray(tensor["data"], dtype=V2_DTYPES[tensor["datatype"]]).reshape(shape)
-        except (ValueError, TypeError) as exc:
-            raise RequestError(422, f"input {name}: data does not fill shape {shape} ({exc})") from None
+            data = np.asarray(tensor["data"])
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise RequestError(422, f"input {name}: data is not a flat or nested list of numbers ({exc})") from None
+        dtype = np.dtype(V2_DTYPES[tensor["datatype"]])
+        if dtype.kind in "iu" and data.size and data.dtype.kind not in "iu":
+            raise RequestError(422, f"input {name} is {tensor['datatype']}: its data must be integers within "
+                                    f"[{np.iinfo(dtype).min}, {np.iinfo(dtype).max}]")
+        if data.size != int(np.prod(shape)):
+            raise RequestError(422, f"input {name}: data does not fill shape {shape} ({data.size} values for "
+                                    f"{int(np.prod(shape))})")
+        arrays[name] = data.astype(dtype).reshape(shape)
     missing = [n for n in pipe.backend.input_names if n not in arrays]
     if missing:
         raise RequestError(422, f"missing input(s) {', '.join(missing)}")
     shapes = {tuple(a.shape) for a in arrays.values()}
     if len(shapes) > 1:
         raise RequestError(422, f"inputs have different shapes {sorted(shapes)}; they take one shape")
-    vocab = pipe.config.get("vocab_size")
-    ids = arrays.get("input_ids")
-    if ids is not None and isinstance(vocab, int) and ids.size and not (0 <= ids.min() and ids.max() < vocab):
-        raise RequestError(422, f"input_ids must lie in [0, {vocab}) (the vocabulary); got {ids.min()}..{ids.max()}")
+    check_feed(arrays, pipe.config)
     return arrays
+
+
+# The model inputs' value ranges, from config.json. The reliability helper's manifest-based feed check in
+# runtime/ replaces this once it lands; until then albert-serve checks its raw tensors here.
+FEED_RANGES = {  # input: (config key of its exclusive upper bound, what the bound is)
+    "input_ids": ("vocab_size", "the vocabulary"),
+    "token_type_ids": ("type_vocab_size", "the token types"),
+}
+
+
+def check_feed(arrays: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """Every id, type and mask value within what the model embeds, and no more positions than it has: a 422
+    naming the tensor, before the engine sees it (an engine answers a bad id with a raw error or wrong values)."""
+    for name, (key, what) in FEED_RANGES.items():
+        bound, array = config.get(key), arrays.get(name)
+        if array is not None and isinstance(bound, int) and array.size and not (0 <= array.min() and array.max() < bound):
+            raise RequestError(422, f"{name} must lie in [0, {bound}) ({what}); got {array.min()}..{array.max()}")
+    mask = arrays.get("attention_mask")
+    if mask is not None and mask.size and not np.isin(mask, (0, 1)).all():
+        raise RequestError(422, f"attention_mask holds 0 or 1; got {mask.min()}..{mask.max()}")
+    positions = config.get("max_position_embeddings")
+    length = next(iter(arrays.values())).shape[-1]
+    if isinstance(positions, int) and length > positions:
+        raise RequestError(422, f"input_ids has {length} positions; this model has {positions} "
+                                "(max_position_embeddings)")
+
+
+def v2_outputs(body: dict, pipe: Pipeline) -> list[str]:
+    """The outputs a v2 request asks for (all by default), checked before anything runs."""
+    names = [t.name for t in pipe.bundle.manifest.outputs]
+    asked = body.get("outputs")
+    if asked is None:
+        return names
+    if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
+        raise RequestError(422, 'outputs is a list of {"name": ...} objects, one per output wanted')
+    missing = [o["name"] for o in asked if o["name"] not in names]
+    if missing:
+        raise RequestError(422, f"model has no output(s) {', '.join(map(repr, missing))}; it has {', '.join(names)}")
+    return [o["name"] for o in asked] or names
+
+
+JSON_BYTES_PER_VALUE = {"float32": 25, "float16": 25, "float64": 25, "int64": 22, "int32": 13, "bool": 7}
+
+
+def v2_answer_bytes(pipe: Pipeline, wanted: list[str], shape: tuple[int, ...]) -> int:
+    """An upper bound of the JSON answer's size, from each output's dims (the manifest's, with the request's
+    batch/choices/sequence sizes and the config's vocabulary, labels and hidden sizes) times its dtype's widest
+    JSON number."""
+    config = pipe.config
+    sizes = dict(zip(pipe.bundle.manifest.inputs[0].dims, shape))
+    sizes.update(vocab=config.get("vocab_size"), hidden=config.get("hidden_size"),
+                 labels=len(config.get("id2label") or {}) or config.get("num_labels"))
+    fallback = max(v for v in (config.get("max_position_embeddings"), config.get("num_hidden_layers"),
+                               config.get("num_attention_heads"), 1) if isinstance(v, int))
+    total = 0
+    for spec in pipe.bundle.manifest.outputs:
+        if spec.name in wanted:
+            count = 1
+            for dim in spec.dims:
+                value = dim if isinstance(dim, int) else int(dim) if str(dim).isdigit() else sizes.get(dim)
+                count *= value if isinstance(value, int) else fallback
+            total += count * JSON_BYTES_PER_VALUE.get(spec.dtype, 25)
+    return total

@@ -44,34 +44,60 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.busy = 0  # calls taken from the queue and not yet answered
         self.next_call: Call | None = None  # taken from the queue, first of the next batch
+        self.raw = 0  # raw tensor calls (KServe v2) waiting for or running on the model's thread
+        self.running = 0  # functions running on the model's thread now
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
-    async def stop(self) -> None:
-        """Answer every call already queued, then stop the worker and its thread."""
-        while not self.queue.empty() or self.busy or self.next_call is not None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Answer every call already queued (for at most `timeout` seconds), then stop the worker; a batch still
+        running on the model's thread is left to finish on its own (thread_busy says so)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while (not self.queue.empty() or self.busy or self.next_call is not None or self.raw) and (
+            deadline is None or loop.time() < deadline
+        ):
             await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def thread_busy(self) -> bool:
+        return self.running > 0
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize() + (self.next_call is not None)
+        return self.queue.qsize() + (self.next_call is not None) + self.raw
 
     def submit(self, call: Call) -> asyncio.Future:
         call.future = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(call)
-        except asyncio.QueueFull:
-            raise QueueFull(f"the queue holds {self.queue.maxsize} requests") from None
+        if self.depth >= self.queue.maxsize:
+            raise QueueFull(f"the queue holds {self.queue.maxsize} requests")
+        self.queue.put_nowait(call)
         return call.future
 
-    async def run_in_thread(self, function: Callable, *args: Any) -> Any:
-        """Run on the model's thread, in turn with the batches (raw tensor calls use this)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+    def run_raw(self, function: Callable, *args: Any) -> asyncio.Future:
+        """Run on the model's thread, in turn with the batches, counted in the queue's depth (raw tensor calls)."""
+        if self.depth >= self.queue.maxsize:
+            raise QueueFull(f"the queue holds {self.queue.maxsize} requests")
+        self.raw += 1
+        future = asyncio.get_running_loop().run_in_executor(self.executor, self._counted, function, *args)
+
+        def done(_):
+            self.raw -= 1
+
+        future.add_done_callback(done)
+        return future
+
+    def _counted(self, function: Callable, *args: Any) -> Any:
+        self.running += 1
+        try:
+            return function(*args)
+        finally:
+            self.running -= 1
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,7 +124,7 @@ class Batcher:
             if batch:
                 started = time.perf_counter()
                 try:
-                    answers = await loop.run_in_executor(self.executor, answer_calls, self.pipe, batch)
+                    answers = await loop.run_in_executor(self.executor, self._counted, answer_calls, self.pipe, batch)
                 except Exception as exc:  # the worker itself must outlive any batch
                     answers = [(False, exc)] * len(batch)
                 self.on_batch(sum(call.size for call in batch), time.perf_counter() - started)

@@ -1,50 +1,96 @@
 """albert-serve: serve bundles over HTTP with dynamic batching (see serving.app for the routes).
 
     albert-serve BUNDLE [BUNDLE ...] [--host 127.0.0.1] [--port 8000] [--max-batch-size N] [--max-delay-ms D]
-                 [--max-queue N] [--timeout-s T] [--max-request-bytes N] [--max-input-chars N] [--max-inputs N]
-                 [--max-header-bytes N] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--threads N]
-                 [--shutdown-timeout-s T] [--log-level LEVEL]
+                 [--max-queue N] [--timeout-s T] [--max-request-bytes N] [--max-response-bytes N]
+                 [--max-input-chars N] [--max-inputs N] [--max-header-bytes N] [--read-timeout-s T]
+                 [--max-connections N] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--threads N]
+                 [--shutdown-timeout-s T] [--log-level LEVEL] [--version]
 
 Each bundle is loaded once, before the server listens, and served as /models/{its directory's name}. SIGTERM
 or Ctrl-C: stop taking connections, answer the requests in flight, then exit 0.
 Exit status: 2 usage errors (two bundles with one name, bad option values); 1 a bundle or backend that cannot
-be used, or a port that cannot be bound. Messages are one "albert-serve: error: ..." line on stderr.
+be used, a missing package of the serve extra, or a port that cannot be bound. Messages are one
+"albert-serve: error: ..." line on stderr.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
-from runtime.arguments import at_least, device_argument
+from runtime import __version__
+from runtime.arguments import device_argument
 from runtime.backends import BACKENDS
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
+from runtime.extras import missing_module_line
 
 from .errors import ListenError
 
 PROG = "albert-serve"
 
 
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def within(low: float, high: float, kind: type = int) -> Callable[[str], float]:
+    """A finite number of `kind` in [low, high]. (runtime.arguments is to get one range table for every entry
+    point; until then albert-serve's bounds are these.)"""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, as every other failure (argparse would print the usage block first); exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
+    p = Parser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; each is served under its name")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=at_least(0), default=8000, help="0: any free port (the address is printed on stderr)")
-    p.add_argument("--max-batch-size", type=at_least(1), default=8, help="inputs run together (default 8)")
-    p.add_argument("--max-delay-ms", type=at_least(0, float), default=5.0,
+    p.add_argument("--port", type=within(0, 65535), default=8000,
+                   help="0: any free port (the address is printed on stderr)")
+    p.add_argument("--max-batch-size", type=within(1, 4096), default=8, help="inputs run together (default 8)")
+    p.add_argument("--max-delay-ms", type=within(0, 10_000, float), default=5.0,
                    help="how long a batch waits for more requests (default 5)")
-    p.add_argument("--max-queue", type=at_least(1), default=256, help="requests waiting per model before 503")
-    p.add_argument("--timeout-s", type=at_least(0.001, float), default=30.0, help="per request, queueing included")
-    p.add_argument("--max-request-bytes", type=at_least(1), default=1 << 20)
-    p.add_argument("--max-input-chars", type=at_least(1), default=100_000, help="per text of one input")
-    p.add_argument("--max-inputs", type=at_least(1), default=256, help="inputs in one request's list")
-    p.add_argument("--max-header-bytes", type=at_least(1024), default=16384, help="request line and headers")
+    p.add_argument("--max-queue", type=within(1, 1_000_000), default=256, help="requests waiting per model before 503")
+    p.add_argument("--timeout-s", type=within(0.001, 86_400, float), default=30.0,
+                   help="per request, queueing included")
+    p.add_argument("--max-request-bytes", type=within(1, 1 << 30), default=1 << 20)
+    p.add_argument("--max-response-bytes", type=within(1024, 1 << 32), default=16 << 20,
+                   help="largest answer (default 16 MiB); a v2 request whose outputs would exceed it is refused "
+                        "before it runs")
+    p.add_argument("--max-input-chars", type=within(1, 100_000_000), default=100_000, help="per text of one input")
+    p.add_argument("--max-inputs", type=within(1, 1_000_000), default=256, help="inputs in one request's list")
+    p.add_argument("--max-header-bytes", type=within(1024, 1 << 20), default=16384, help="request line and headers")
+    p.add_argument("--read-timeout-s", type=within(0.01, 3600, float), default=10.0,
+                   help="a request's line and headers, then its body, each within this (default 10)")
+    p.add_argument("--max-connections", type=within(1, 1_000_000), default=1000,
+                   help="open connections (default 1000, always below the file-descriptor limit)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
-    p.add_argument("--threads", type=at_least(1), default=None, help="onnxruntime intra-op threads per model")
-    p.add_argument("--shutdown-timeout-s", type=at_least(0, float), default=30.0,
+    p.add_argument("--threads", type=within(1, cpus()), default=None,
+                   help=f"intra-op threads per model (1..{cpus()}, the CPUs)")
+    p.add_argument("--shutdown-timeout-s", type=within(0, 3600, float), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
@@ -68,21 +114,36 @@ def load_pipelines(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import Limits, Server
+        from .app import Limits, Server
+        from .connections import Guard, Notices, descriptor_room, guarded_protocol
+    except ModuleNotFoundError as exc:  # an install without the serve extra
+        line = missing_module_line(exc.name or "", PROG)
+        if line is None:
+            raise
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+        return 1
 
+    room = descriptor_room()
+    if room < 8:
+        raise ListenError(f"only {room} file descriptors are free (ulimit -n); raise the limit to serve connections")
+    max_connections = min(args.max_connections, room)
     limits = Limits(
         max_batch_size=args.max_batch_size,
         max_delay=args.max_delay_ms / 1000,
         max_queue=args.max_queue,
         timeout=args.timeout_s,
         max_request_bytes=args.max_request_bytes,
+        max_response_bytes=args.max_response_bytes,
         max_input_chars=args.max_input_chars,
         max_inputs=args.max_inputs,
         max_header_bytes=args.max_header_bytes,
+        read_timeout=args.read_timeout_s,
     )
-    server = Server(load_pipelines(args), limits)
+    notices = Notices()
+    server = Server(load_pipelines(args), limits, notices=notices)
     config = uvicorn.Config(
         server.app(),
         host=args.host,
@@ -91,14 +152,27 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=args.shutdown_timeout_s,
         h11_max_incomplete_event_size=args.max_header_bytes,
-        http="h11",  # its header limit is the one --max-header-bytes sets
+        # h11 (its header limit is the one --max-header-bytes sets) with albert-serve's connection bounds
+        http=guarded_protocol(Guard(args.read_timeout_s, max_connections, notices)),
     )
     listener = bound_socket(args.host, args.port)
     host, port = listener.getsockname()[:2]
+    if max_connections < args.max_connections:
+        print(f"{PROG}: at most {max_connections} connections: the file-descriptor limit (ulimit -n) leaves room for "
+              "no more", file=sys.stderr)
     print(f"{PROG}: serving {', '.join(sorted(server.pipelines))} on http://{host}:{port}", file=sys.stderr, flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a graceful stop is then a normal exit
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run(sockets=[listener])
+
+    class Uvicorn(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            server.begin_shutdown(args.shutdown_timeout_s)
+            super().handle_exit(sig, frame)
+
+    Uvicorn(config).run(sockets=[listener])
+    if server.model_threads_busy():  # a batch still runs past --shutdown-timeout-s: its answer goes nowhere
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

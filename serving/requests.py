@@ -30,6 +30,8 @@ class Limits:
     max_input_chars: int = 100_000  # per text field of one input
     max_inputs: int = 256  # inputs in one request's list
     max_header_bytes: int = 16384  # request line and headers
+    max_response_bytes: int = 16 << 20  # one answer's JSON
+    read_timeout: float = 10.0  # seconds for a request's line and headers, then for its body
 
 
 class RequestError(ServingError):

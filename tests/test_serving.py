@@ -24,22 +24,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def albert_serve(*bundles, args=(), startup=60.0, site=None):
+def albert_serve(*bundles, args=(), startup=60.0, site=None, open_files=None):
     """Run `python -m serving.cli` on 127.0.0.1 and a free port; yields (base url, process). site: a folder put
-    first on PYTHONPATH (a sitecustomize.py)."""
+    first on PYTHONPATH (a sitecustomize.py); open_files: the server's descriptor limit (ulimit -n)."""
+    import resource
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in (site, ROOT) if p])}
     command = [sys.executable, "-m", "serving.cli", *map(str, bundles), "--port", "0", *map(str, args)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    limit = None if open_files is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2))
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=limit)
     try:
         deadline = time.monotonic() + startup
-        line = ""
-        while "serving" not in line:
+        seen, line = "", ""
+        while "serving" not in line:  # read the fd itself: a buffered readline would hide later lines from select
             ready, _, _ = select.select([process.stderr], [], [], max(deadline - time.monotonic(), 0))
-            if not ready or process.poll() is not None:
-                raise AssertionError(f"albert-serve did not start: {line}{process.stderr.read() if ready else ''}")
-            line = process.stderr.readline()
+            chunk = os.read(process.stderr.fileno(), 65536).decode() if ready else ""
+            if not chunk:
+                raise AssertionError(f"albert-serve did not start: {seen}")
+            seen += chunk
+            line = next((ln for ln in seen.splitlines() if "serving" in ln and seen.endswith("\n")), "")
         url = line.strip().rsplit(" ", 1)[-1]
-        assert url.startswith("http://127.0.0.1:")
+        assert url.startswith("http://127.0.0.1:"), line
         yield url, process
     finally:
         if process.poll() is None:
@@ -312,7 +317,8 @@ def test_cli_errors_are_one_line_with_exit_codes(bundles, tmp_path):
     assert duplicate.returncode == 2 and duplicate.stderr.count("\n") == 1
     assert "are both named 'fill-mask'; serve bundles with distinct names" in duplicate.stderr
     usage = run_cli(bundles["fill-mask"], "--max-batch-size", "0")
-    assert usage.returncode == 2 and "--max-batch-size: 0 must be at least 1" in usage.stderr
+    assert usage.returncode == 2 and usage.stderr == ("albert-serve: error: argument --max-batch-size: 0 is outside "
+                                                      "1..4096 (see albert-serve --help)\n")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
