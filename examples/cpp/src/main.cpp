@@ -1,5 +1,7 @@
 // albert-run-cpp BUNDLE [INPUT|-]: albert-run's input lines in, albert-run's JSON answers out (default
 // parameters), for fill-mask, text-classification and question-answering bundles.
+// albert-run-cpp --tokenize BUNDLE [INPUT|-]: each line's text (or JSON string) as {"ids", "offsets", "words"},
+// what tokenizers' encode(text) gives (tests/test_cpp.py compares them).
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -11,6 +13,7 @@
 #include "model.hpp"
 #include "task.hpp"
 #include "tokenizer.hpp"
+#include "utf8.hpp"
 
 namespace {
 
@@ -36,15 +39,35 @@ std::string checked_line(std::string line, std::size_t number) {
     return line;
 }
 
-int run(const std::string& bundle_dir, std::istream& in) {
+nlohmann::ordered_json tokenized(const albert::Tokenizer& tokenizer, const std::string& line) {
+    const auto text = line.rfind('"', 0) == 0 ? nlohmann::json::parse(line).get<std::string>() : line;
+    const auto encoding = tokenizer.encode(tokenizer.tokenize(albert::decode_utf8(text)), nullptr);
+    nlohmann::ordered_json result;
+    result["ids"] = encoding.ids;
+    result["offsets"] = nlohmann::ordered_json::array();
+    result["words"] = nlohmann::ordered_json::array();
+    for (std::size_t i = 0; i < encoding.ids.size(); ++i) {
+        result["offsets"].push_back({encoding.offsets[i].first, encoding.offsets[i].second});
+        result["words"].push_back(encoding.words[i] < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(encoding.words[i]));
+    }
+    return result;
+}
+
+int run(const std::string& bundle_dir, std::istream& in, bool tokenize_only) {
     const auto bundle = albert::load_bundle(bundle_dir);
     const albert::Tokenizer tokenizer(bundle);
-    albert::Model model(bundle);
-    const auto task = task_for(bundle, tokenizer, model);
+    std::unique_ptr<albert::Model> model;
+    std::unique_ptr<albert::Task> task;
+    if (!tokenize_only) {
+        model = std::make_unique<albert::Model>(bundle);
+        task = task_for(bundle, tokenizer, *model);
+    }
     std::string line;
     for (std::size_t number = 1; std::getline(in, line); ++number) {
         try {
-            std::cout << albert::python_json(task->answer(checked_line(line, number))) << '\n' << std::flush;
+            const auto checked = checked_line(line, number);
+            const auto result = tokenize_only ? tokenized(tokenizer, checked) : task->answer(checked);
+            std::cout << albert::python_json(result) << '\n' << std::flush;
         } catch (const albert::InputError& error) {
             std::cerr << kProgram << ": line " << number << ": " << error.what() << '\n';
             return kExitFailure;
@@ -56,19 +79,24 @@ int run(const std::string& bundle_dir, std::istream& in) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2 || argc > 3 || std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help") {
-        std::cerr << "usage: " << kProgram << " BUNDLE [INPUT|-]\n";
+    const bool tokenize_only = argc > 1 && std::string(argv[1]) == "--tokenize";
+    if (tokenize_only) {
+        --argc;
+        ++argv;
+    }
+    if (argc < 2 || argc > 3 || std::string(argv[1]).rfind('-', 0) == 0) {
+        std::cerr << "usage: " << kProgram << " [--tokenize] BUNDLE [INPUT|-]\n";
         return kExitUsage;
     }
     try {
         const std::string input = argc == 3 ? argv[2] : "-";
-        if (input == "-") return run(argv[1], std::cin);
+        if (input == "-") return run(argv[1], std::cin, tokenize_only);
         std::ifstream file(input, std::ios::binary);
         if (!file) {
             std::cerr << kProgram << ": error: cannot read " << input << "; pass a file of input lines or - for stdin\n";
             return kExitUsage;
         }
-        return run(argv[1], file);
+        return run(argv[1], file, tokenize_only);
     } catch (const std::exception& error) {
         std::cerr << kProgram << ": error: " << error.what() << '\n';
         return kExitFailure;
