@@ -1,6 +1,7 @@
 """The bundle's Hugging Face tokenizer files, so that transformers' AutoTokenizer and transformers.js load the
-tokenizer the runtime runs: tokenizer_config.json, special_tokens_map.json and, when the checkpoint has one,
-spiece.model (what SentencePiece's own library, and transformers' slow AlbertTokenizer, read).
+tokenizer the runtime runs: tokenizer_config.json, special_tokens_map.json and spiece.model (what SentencePiece's own
+library, the C++ example and transformers' slow AlbertTokenizer read): the checkpoint's own, or, when it has none,
+one written from tokenizer.json's Unigram vocabulary (`spiece_from_tokenizer`).
 
 The checkpoint's own files are the starting point; what the runtime decides is written over them: the special
 tokens, the lowercasing and accent flags tokenizer.json applies, and model_max_length. transformers saves
@@ -18,7 +19,9 @@ from typing import Any
 
 from runtime.bundle import TokenizerSettings
 
-from .tokenizer import SPECIAL_TOKENS_MAP, SPIECE, TOKENIZER_CONFIG, read_json_object, token_text
+from runtime.bundle import TOKENIZER
+
+from .tokenizer import SPECIAL_TOKENS_MAP, SPIECE, TOKENIZER_CONFIG, TokenizerError, read_json_object, token_text
 
 TOKENIZER_CLASS = "AlbertTokenizer"
 # ALBERT's sentence-start and sentence-end tokens are its [CLS] and [SEP]
@@ -63,5 +66,65 @@ def write_tokenizer_files(checkpoint: Path, bundle: Path, settings: TokenizerSet
     written[1].write_text(json.dumps(special_map, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if (checkpoint / SPIECE).is_file():
         shutil.copyfile(checkpoint / SPIECE, bundle / SPIECE)
-        written.append(bundle / SPIECE)
+    else:
+        tokenizer = json.loads((bundle / TOKENIZER).read_text(encoding="utf-8"))
+        (bundle / SPIECE).write_bytes(spiece_from_tokenizer(tokenizer))
+    written.append(bundle / SPIECE)
     return written
+
+
+def spiece_from_tokenizer(tokenizer: dict[str, Any]) -> bytes:
+    """A SentencePiece model (serialized ModelProto) holding tokenizer.json's Unigram vocabulary, ids and scores as
+    they are: the added tokens (<pad>, [CLS], [MASK], ...) as CONTROL pieces (SentencePiece never matches those in
+    text; a caller splits them out first, as tokenizers does), the unknown token as UNKNOWN.
+
+    Normalization: tokenizer.json's own precompiled charsmap when it has one (a converted SentencePiece model), else
+    none ("identity"): SentencePiece then sees text that is already NFKD'd, accent-stripped and lowercased as
+    tokenizer.json's normalizer does it (the C++ example does that with utf8proc). Whitespace as SentencePiece's
+    ALBERT models have it: runs collapsed, a "▁" before the first word, none kept at the end (tokenizers keeps a
+    trailing "▁": a caller appends it). tests/test_tokenizer_files.py checks the ids against tokenizers."""
+    from sentencepiece import sentencepiece_model_pb2 as spm_model  # the export extra's dependency
+
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "Unigram":
+        raise TokenizerError(
+            f"tokenizer.json's model is {model.get('type')!r}, not Unigram: no spiece.model can be written for it; "
+            "export a checkpoint with an ALBERT (SentencePiece Unigram) tokenizer"
+        )
+    added = {token["id"]: token for token in tokenizer.get("added_tokens", [])}
+    vocab = model["vocab"]
+    unk_id = model.get("unk_id")
+    proto = spm_model.ModelProto()
+    kinds = spm_model.ModelProto.SentencePiece.Type
+    for id_, (piece, score) in enumerate(vocab):
+        entry = proto.pieces.add(piece=piece, score=float(score))
+        if id_ == unk_id:
+            entry.type = kinds.UNKNOWN
+        elif id_ in added:
+            entry.type = kinds.CONTROL
+    trainer = proto.trainer_spec
+    trainer.model_type = trainer.UNIGRAM
+    trainer.vocab_size = len(vocab)
+    trainer.unk_id = -1 if unk_id is None else unk_id
+    trainer.bos_id = trainer.eos_id = trainer.pad_id = -1
+    trainer.byte_fallback = bool(model.get("byte_fallback", False))
+    normalizer = proto.normalizer_spec
+    charsmap = _precompiled_charsmap(tokenizer.get("normalizer"))
+    normalizer.name = "precompiled" if charsmap else "identity"
+    if charsmap:
+        normalizer.precompiled_charsmap = charsmap
+    normalizer.add_dummy_prefix = True
+    normalizer.remove_extra_whitespaces = True
+    normalizer.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def _precompiled_charsmap(normalizer: dict[str, Any] | None) -> bytes:
+    """The charsmap of tokenizer.json's Precompiled normalizer step (base64 there), b"" when it has none."""
+    import base64
+
+    if not normalizer:
+        return b""
+    if normalizer.get("type") == "Precompiled":
+        return base64.b64decode(normalizer.get("precompiled_charsmap") or "")
+    return b"".join(_precompiled_charsmap(step) for step in normalizer.get("normalizers", []))

@@ -2,7 +2,7 @@
 # Set-up on a fresh machine: a venv in .venv with torch (CPU wheel, pinned: any other spec may pull a
 # multi-GB CUDA build), then albert-export with its export and cpu (onnxruntime) extras, test, bench, openvino, and
 # tensorrt (TensorRT-RTX builds engines on CPU-only machines), serve, ray and triton (the serving tests). Exactly one
-# onnxruntime: cpu, never beside gpu.
+# onnxruntime: cpu, never beside gpu. Then the node clients and the C++ example (scripts/setup-cpp.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -22,3 +22,4 @@ python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" || {
     echo "setup: error: torch is a CUDA build (3 GB); remove .venv and rerun for the CPU one" >&2; exit 1; }
 python -m pip install -q -e '.[export,cpu,test,tensorrt,openvino,bench,serve,ray,triton]'
 bash scripts/setup-node.sh
+bash scripts/setup-cpp.sh
