@@ -294,30 +294,47 @@ class BundleWriter:
         if not self.committed and self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)  # made by mkdtemp for this export: all ours
 
-    def commit(self, manifest: Manifest) -> Path:
-        """Checksum and size every file, write manifest.json, rename the directory into place."""
+    def commit(self, manifest: Manifest, repository=None) -> Path:
+        """Checksum and size every file, write manifest.json, rename the directory into place. repository (an
+        albert_export.triton.RepositoryWriter): written from the complete bundle before the rename, renamed into
+        place right after it; if that fails, the bundle's rename is undone (both or neither)."""
         files = [file for file in sorted(self.path.iterdir()) if file.name not in (MANIFEST, MARKER)]
         manifest.files = {file.name: sha256_file(file) for file in files}
         manifest.sizes = {file.name: file.stat().st_size for file in files}  # the reader checks them before hashing
         (self.path / MANIFEST).write_text(manifest.to_json())
         (self.path / MARKER).unlink()  # from here the manifest proves the directory is ours
         os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp creates 0700; a bundle gets mkdir's mode
+        if repository is not None:
+            repository.prepare(self.path)
         check_output_dir(self.output, self.overwrite)  # the world may have changed while we exported
         if self.target.is_dir() and any(self.target.iterdir()):
-            self.replace_previous_bundle()
+            self.replace_previous_bundle(repository)
         else:
-            if self.target.is_dir():
-                self.target.rmdir()
-            os.replace(self.path, self.target)
+            with signals_deferred():
+                if self.target.is_dir():
+                    self.target.rmdir()
+                os.replace(self.path, self.target)
+                if repository is not None:
+                    try:
+                        repository.commit()
+                    except BaseException:
+                        os.replace(self.target, self.path)  # back to the temporary sibling, which __exit__ removes
+                        raise
         self.committed = True
         return self.output
 
-    def replace_previous_bundle(self) -> None:
+    def replace_previous_bundle(self, repository=None) -> None:
         old = self.sibling("old")
         with signals_deferred():  # between the renames no bundle is at the output: no Ctrl-C there, nor later
             os.replace(self.target, old)  # onto the empty directory mkdtemp made
             try:
                 os.replace(self.path, self.target)
+                if repository is not None:
+                    try:
+                        repository.commit()
+                    except BaseException:
+                        os.replace(self.target, self.path)
+                        raise
             except BaseException:
                 os.replace(old, self.target)
                 raise

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace an existing bundle at --output (never a non-bundle folder)")
     output.add_argument("--triton", default=None, metavar="DIR",
                         help="also write a Triton Inference Server model repository for the bundle into DIR")
+    output.add_argument("--triton-backend", choices=("onnxruntime", "openvino", "python"), default=None,
+                        help="the repository's model step: Triton's onnxruntime or openvino backend between python "
+                             "pre/postprocessing models, or python: the runtime's stages in one model "
+                             "(default onnxruntime)")
     return parser
 
 
@@ -145,6 +149,7 @@ def export_options(args: argparse.Namespace) -> dict:
         "output_hidden_states": args.output_hidden_states,
         "output_attentions": args.output_attentions,
         "triton": args.triton,
+        "triton_backend": args.triton_backend,
     }
 
 

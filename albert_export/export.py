@@ -8,6 +8,7 @@ nothing here needs it.)
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import tempfile
@@ -54,7 +55,7 @@ from .precision import DEFAULT_METHOD, DEFAULT_SAMPLES, graph_at_precision, prec
 from .tokenizer import check_tokenizer_fits, tokenizer_from_pretrained
 from .tokenizer_files import write_tokenizer_files
 from .tolerances import ANY_OUTPUT, tolerance_for
-from .triton import write_repository
+from .triton import BACKENDS as TRITON_BACKENDS, RepositoryWriter
 from .validate import validate_agreement, validate_onnx
 
 DEFAULT_MODEL_TASK = "fill-mask"  # --task left out without --model
@@ -250,6 +251,7 @@ class ExportOptions:
     output_hidden_states: bool = False
     output_attentions: bool = False
     triton: str | Path | None = None
+    triton_backend: str | None = None  # None: onnxruntime (only with triton)
     input_dims: tuple[str, ...] = ()  # the task's
     profile: ShapeProfile | None = None  # --shapes, parsed at the task's rank
 
@@ -273,6 +275,12 @@ class ExportOptions:
             raise ExportOptionError("--min-agreement sets the INT8 graph's required agreement with fp32; add --int8")
         check_min_agreement(options.min_agreement)
         check_engine(options.engine, options.shapes, options.optimize)
+        if options.triton_backend is not None and not options.triton:
+            raise ExportOptionError(f"--triton-backend {options.triton_backend} chooses how --triton's repository runs "
+                                    "the model; add --triton DIR")
+        if options.triton_backend not in (None, *TRITON_BACKENDS):
+            raise ExportOptionError(f"--triton-backend {options.triton_backend!r} is not one of "
+                                    f"{', '.join(TRITON_BACKENDS)}")
         options = replace(options, precision=precision)
         if name is None:  # until the task is known, --shapes is read as BxS (the layout of all but multiple choice)
             return replace(options, profile=parse_shapes(options.shapes) if options.shapes is not None else None)
@@ -336,13 +344,15 @@ def export(
     output_hidden_states: bool = False,
     output_attentions: bool = False,
     triton: str | Path | None = None,
+    triton_backend: str | None = None,
 ) -> Path:
     """What `albert-export` does: checkpoint -> validated bundle directory; returns its path.
 
     path_or_hub_id None is the embedded default model; task None is the task of the Albert* architecture its
     config.json names (fill-mask for the embedded model, which names none: its MLM head answers seed-style
     `[MASK]` lines); output_dir None is ./albert-<task>-<precision>; triton, a directory to write a Triton model
-    repository for the bundle into. Raises (before any tracing) UnknownTaskError, ExportOptionError,
+    repository for the bundle into, written with the bundle (both or neither); triton_backend, its model step:
+    onnxruntime (default), openvino, or python (the runtime's stages in Triton's python backend). Raises (before any tracing) UnknownTaskError, ExportOptionError,
     OutputExistsError, CheckpointError, ConfigError, TokenizerError; after it ValidationError. Nothing is left at
     output_dir unless the bundle is complete.
     """
@@ -352,7 +362,8 @@ def export(
         external_data_threshold=external_data_threshold, fp16=fp16, int8=int8, calibration_data=calibration_data,
         calibration_method=calibration_method, calibration_samples=calibration_samples, optimize=optimize,
         engine=engine, shapes=shapes, pooler_output=pooler_output, ort_format=ort_format,
-        output_hidden_states=output_hidden_states, output_attentions=output_attentions, triton=triton)
+        output_hidden_states=output_hidden_states, output_attentions=output_attentions, triton=triton,
+        triton_backend=triton_backend)
     return bundle_from_checkpoint(path_or_hub_id, options, log)
 
 
@@ -365,6 +376,8 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
     if options.engine == "tensorrt":
         import_tensorrt()
     writer = BundleWriter(options.output_dir or default_output_dir(options.task, options.precision), options.overwrite)
+    repository = RepositoryWriter(options.triton, writer.output, backend=options.triton_backend or "onnxruntime",
+                                  overwrite=options.overwrite) if options.triton else None
     if options.precision == "int8":
         load_examples(options.calibration_data)  # a file that is empty or not text fails now, not after tracing
     checkpoint = resolve_checkpoint(path_or_hub_id)
@@ -380,7 +393,7 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
     outputs, stats = output_specs(options, graph), graph_stats(graph, model)
     log(f"assembled {options.layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")
-    with writer as bundle:
+    with writer as bundle, repository or contextlib.nullcontext():
         files = save_model(graph, bundle.path, options.external_data_threshold)
         del graph  # validation and the engine build read model.onnx; the proto's memory goes back now
         sizes = {"model_bytes": sum(file.stat().st_size for file in files)}
@@ -396,10 +409,10 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
         engine = built_engine(bundle.path, profile, log) if profile is not None else None
         extra = {**precision_extra, "optimize": {"profile": options.optimize, "passes": passes},
                  "graph": {**stats, **sizes}}
-        path = bundle.commit(manifest_for(options, settings, outputs, validation, engine, extra))
+        path = bundle.commit(manifest_for(options, settings, outputs, validation, engine, extra), repository)
     log(f"wrote {path} in {time.perf_counter() - started:.1f} s")
-    if options.triton:  # a second directory, written once the bundle is in place
-        write_repository(path, options.triton)
+    if repository is not None:
+        log(f"wrote the Triton model repository {repository.target} ({', '.join(repository.models)})")
     return path
 
 

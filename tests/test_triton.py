@@ -109,8 +109,10 @@ class FakeResponse:
 
 
 class FakeError:
-    def __init__(self, message: str):
-        self.message = message
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message: str, code: str = "INTERNAL"):
+        self.message, self.code = message, code
 
 
 class FakeRequest:
