@@ -22,3 +22,22 @@ def handmade_bundle(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shared_checkpoint(tmp_path_factory):
+    """shared_checkpoint(task, **albert_config) -> (directory, the transformers model): a random-weight checkpoint
+    (tests.export_helpers.save_checkpoint), built once per session for every module that asks for the same one.
+    Read-only: exports read it; copy it before damaging it."""
+    from tests.export_helpers import save_checkpoint
+
+    made: dict = {}
+
+    def make(task: str, **config):
+        key = (task, tuple(sorted(config.items())))
+        if key not in made:
+            directory = tmp_path_factory.mktemp("checkpoint") / task
+            made[key] = directory, save_checkpoint(directory, task, **config)
+        return made[key]
+
+    return make

@@ -12,7 +12,6 @@ from albert_export.export import ExportOptionError
 from albert_export.modeling import model_for_task
 from runtime.bundle import ENGINE, load_bundle
 from runtime.taskspec import INPUT_NAMES
-from tests.export_helpers import save_checkpoint
 
 
 
@@ -83,10 +82,8 @@ def test_multiple_choice_shapes_have_three_dims():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("engine-checkpoint") / "qa"
-    save_checkpoint(directory, "question-answering", vocab_size=1004)
-    return directory
+def checkpoint(shared_checkpoint):
+    return shared_checkpoint("question-answering")[0]
 
 
 @pytest.mark.parametrize("layers", ["unrolled", "loop"])

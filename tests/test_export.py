@@ -22,22 +22,14 @@ from albert_export.tokenizer import tokenizer_from_pretrained
 from albert_export.validate import ValidationError, onnx_session, validation_inputs
 from runtime.bundle import load_bundle
 from runtime.taskspec import TASKS
-from tests.export_helpers import hf_outputs, quiet, save_checkpoint
+from tests.export_helpers import hf_outputs, quiet
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    made = {}
-
-    def make(task: str):
-        if task not in made:
-            directory = tmp_path_factory.mktemp(task)
-            made[task] = directory, save_checkpoint(directory, task)
-        return made[task]
-
-    return make
+def checkpoint(shared_checkpoint):
+    return shared_checkpoint
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -29,10 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("qa-checkpoint")
-    save_checkpoint(directory, "question-answering")
-    return directory
+def checkpoint(shared_checkpoint):
+    return shared_checkpoint("question-answering")[0]
 
 
 @pytest.fixture(scope="module")

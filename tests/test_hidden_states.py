@@ -27,7 +27,7 @@ from runtime import pipeline
 from runtime.bundle import load_bundle
 from runtime.errors import OptionError
 from runtime.taskspec import TASK_OUTPUTS_ON_REQUEST, TASKS
-from tests.export_helpers import quiet, save_checkpoint
+from tests.export_helpers import quiet
 
 torch.set_num_threads(1)
 
@@ -40,16 +40,8 @@ TEXTS = ["Plants create energy through photosynthesis.", "Hi.", "The quick brown
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grouped")
-    made = {}
-
-    def checkpoint(task: str):
-        if task not in made:
-            made[task] = (root / task, save_checkpoint(root / task, task, **GROUPED))
-        return made[task]
-
-    return checkpoint
+def checkpoints(shared_checkpoint):
+    return lambda task: shared_checkpoint(task, **GROUPED)
 
 
 @pytest.fixture(scope="module")
