@@ -46,12 +46,13 @@ def context(model, task: str, batch_size: int = 4) -> tuple[TaskContext, TorchBa
 
 
 def assert_same(ours, theirs, path="result", numpy_floats_within_atol=False):
-    """Same structure, equal strings/ints/labels, floats within ATOL; numpy float scores (token-classification's
-    float32) of the same type within ATOL when asked, else equal."""
+    """Same structure (dict keys in HF's order), equal strings/ints/labels of the same type, floats of the same type
+    within ATOL; numpy float scores (token-classification's float32) of the same type within ATOL when asked, else
+    equal. The one comparison with HF's pipelines that every runtime test uses."""
     if numpy_floats_within_atol and isinstance(theirs, np.floating):
         assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
     elif isinstance(theirs, dict):
-        assert isinstance(ours, dict) and set(ours) == set(theirs), f"{path}: keys {ours!r} vs {theirs!r}"
+        assert isinstance(ours, dict) and list(ours) == list(theirs), f"{path}: keys {ours!r} vs {theirs!r}"
         for key in theirs:
             assert_same(ours[key], theirs[key], f"{path}.{key}", numpy_floats_within_atol)
     elif isinstance(theirs, (list, tuple)):
@@ -59,7 +60,7 @@ def assert_same(ours, theirs, path="result", numpy_floats_within_atol=False):
         for i, (a, b) in enumerate(zip(ours, theirs)):
             assert_same(a, b, f"{path}[{i}]", numpy_floats_within_atol)
     elif isinstance(theirs, float):
-        assert isinstance(ours, float) and abs(ours - theirs) <= ATOL, f"{path}: {ours} vs {theirs}"
+        assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
     else:
         assert type(ours) is type(theirs) and ours == theirs, f"{path}: {ours!r} vs {theirs!r}"
 

@@ -21,9 +21,9 @@ from runtime.runner import BatchRunner
 from runtime.tasks import token_classification as ner
 from runtime.tasks.base import TaskContext
 from tests.conftest import DATA
+from tests.test_runtime_heads import assert_same as assert_same_within_atol
 
 torch.set_num_threads(1)
-SCORE_TOLERANCE = 1e-4
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
 STRATEGIES = ["none", "simple", "first", "average", "max"]
@@ -102,26 +102,17 @@ def conll_words() -> list[list[str]]:
     return [json.loads(line)["words"] for line in lines if line.strip()]
 
 
+def assert_same(ours, theirs, where="result"):
+    """HF's entities exactly, their float32 scores within the heads' ATOL."""
+    assert_same_within_atol(ours, theirs, where, numpy_floats_within_atol=True)
+
+
 def long_text() -> str:
     text = (DATA / "botchan.txt").read_text()
     start = text.index("CHAPTER I")
     return text[start : start + 700]
 
 
-def assert_same(ours, theirs, where="result"):
-    if isinstance(theirs, list):
-        assert isinstance(ours, list), f"{where}: HF gives a list, the runtime {ours!r}"
-        assert len(ours) == len(theirs), f"{where}: {len(ours)} entities vs HF's {len(theirs)}: {ours} vs {theirs}"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{where}[{i}]")
-        return
-    assert isinstance(ours, dict) and list(ours) == list(theirs), f"{where}: {ours} vs HF {theirs}"
-    for key, value in theirs.items():
-        if key == "score":
-            assert abs(ours[key] - value) <= SCORE_TOLERANCE, f"{where}: {ours} vs HF {theirs}"
-            assert type(ours[key]) is type(value), f"{where}: score {type(ours[key])} vs HF {type(value)}"
-        else:
-            assert ours[key] == value and type(ours[key]) is type(value), f"{where}.{key}: {ours} vs HF {theirs}"
 
 
 def call_both(ctx, hf, inputs, **options):

@@ -21,9 +21,9 @@ from runtime.runner import BatchRunner
 from runtime.tasks import question_answering as qa
 from runtime.tasks.base import TaskContext
 from tests.conftest import DATA
+from tests.test_runtime_heads import assert_same
 
 torch.set_num_threads(1)
-SCORE_TOLERANCE = 1e-4
 SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask": "[MASK]", "unk": "<unk>"}
 
 
@@ -114,19 +114,6 @@ def long_context() -> str:
     return text[start : start + 6000]
 
 
-def assert_same(ours, theirs, where="result"):
-    if isinstance(theirs, list):
-        assert isinstance(ours, list), f"{where}: HF gives a list, the runtime {ours!r}"
-        assert len(ours) == len(theirs), f"{where}: {len(ours)} answers vs HF's {len(theirs)}"
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{where}[{i}]")
-        return
-    assert isinstance(ours, dict), f"{where}: HF gives a dict, the runtime {ours!r}"
-    assert ours.keys() == theirs.keys(), where
-    assert abs(ours["score"] - theirs["score"]) <= SCORE_TOLERANCE, f"{where}: {ours} vs HF {theirs}"
-    assert type(ours["score"]) is type(theirs["score"]), where
-    for key in ("start", "end", "answer"):
-        assert ours[key] == theirs[key] and type(ours[key]) is type(theirs[key]), f"{where}: {ours} vs HF {theirs}"
 
 
 def test_all_squad_questions_are_examples():
