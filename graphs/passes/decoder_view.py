@@ -8,12 +8,14 @@ AMD Zen 4). `session.disable_prepacking` removes the copy but for every weight (
 
 pattern  Gather(T, ids) and Gemm(h, T, bias, transB=1) -> Reshape -> graph output (Shape reads of the Gemm's
          output aside), T an initializer
-rewrite  Gemm(h, Reshape(T, [-1, Shape(h)[1]]), transB=1) -> Reshape -> Add(bias) -> the same output
-The Reshape's shape depends on the run-time h, so onnxruntime neither folds it into a constant nor prepacks
+rewrite  Gemm(h, Reshape(T, [-1, Shape(x)[-1]]), transB=1) -> Reshape -> Add(bias) -> the same output, x the
+         (B, S, E) input of the Flatten(axis=-1) that made h (h itself when there is none)
+The Reshape's shape depends on the run-time x, so onnxruntime neither folds it into a constant nor prepacks
 the Gemm's B: the Reshape is a view of T (no copy), and MLAS packs panels of B as it multiplies (measured: no
-slower at 1x40..16x40 on albert-base's shape; 1.07x / 1.09x resident). The bias is added after the output's
-Reshape: OpenVINO fuses a bias Add into its FullyConnected and cannot when the weight's shape is a run-time value
-("data size: 30000 OC: 0"); after the Reshape it loads and runs the graph (f32 diff 3e-5).
+slower at 1x40..16x40 on albert-base's shape; 1.07x / 1.09x resident). OpenVINO knows x's last axis statically
+and folds the view back into a constant weight (resident as without the view); taken from the flattened h it
+cannot, holds 0.35x more, and with the bias inside the Gemm fails to compile ("data size: 30000 OC: 0"), which
+is why the bias is added after the output's Reshape.
 """
 from __future__ import annotations
 
@@ -64,14 +66,20 @@ def view_tied_decoders(model: onnx.ModelProto) -> dict[str, int]:
             refused += 1
             continue
         table, hidden = gemm.input[1], gemm.input[0]
+        # E from the last axis of what h was flattened from ((B, S, E): static for OpenVINO, which then folds the
+        # view into its constant weight again; h's own (B*S, E) comes from a run-time shape there)
+        producer = next((node for node in graph.node if hidden in node.output), None)
+        flattened = (producer is not None and producer.op_type == "Flatten" and producer.domain in ONNX_DOMAINS
+                     and _attribute(producer, "axis", 1) == -1)  # (B, S, E) -> (B*S, E): the last axis kept
+        source = producer.input[0] if flattened else hidden
         bias = gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None
         constants = {}
-        for label, value in (("start", [1]), ("end", [2]), ("rows", [-1])):
+        for label, value in (("start", [-1]), ("end", [np.iinfo(np.int64).max]), ("rows", [-1])):
             constants[label] = names.fresh(f"decoder_view/{label}")
             graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), constants[label]))
         shape, width, dims, view = (names.fresh(f"decoder_view/{label}") for label in ("shape", "width", "dims", "view"))
         nodes = [
-            helper.make_node("Shape", [hidden], [shape], name=names.fresh("decoder_view/Shape")),
+            helper.make_node("Shape", [source], [shape], name=names.fresh("decoder_view/Shape")),
             helper.make_node("Slice", [shape, constants["start"], constants["end"]], [width],
                              name=names.fresh("decoder_view/Slice")),
             helper.make_node("Concat", [constants["rows"], width], [dims], axis=0, name=names.fresh("decoder_view/Concat")),
