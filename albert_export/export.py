@@ -28,6 +28,7 @@ from calibration.agreement import check_min_agreement
 from calibration.data import DEFAULT_MAX_LENGTH as CALIBRATION_MAX_LENGTH
 from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.nodes import dims_of
+from graphs.passes.decoder_view import view_tied_decoders
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes, transposed_digest
@@ -390,6 +391,8 @@ def bundle_from_checkpoint(path_or_hub_id: str | Path | None, options: ExportOpt
         vocab_size=model.config.vocab_size, calibration_data=options.calibration_data,
         calibration_method=options.calibration_method, calibration_samples=options.calibration_samples, log=log,
         max_length=min(settings.max_length, CALIBRATION_MAX_LENGTH))
+    if options.precision == "fp32":  # the tied decoder reads the embedding table through a view: held once in memory
+        precision_extra = {**precision_extra, "decoder_view": view_tied_decoders(graph)}
     outputs, stats = output_specs(options, graph), graph_stats(graph, model)
     log(f"assembled {options.layers} graph: {stats['nodes']} nodes, {stats['initializers']} initializers, "
         f"{stats['tensor_bytes'] / stats['parameter_bytes']:.3f} x the parameter bytes")

@@ -82,6 +82,7 @@ def thresholds(task: str, min_agreement: float | None = None) -> dict[str, float
 
 
 def check_min_agreement(min_agreement: float | None) -> None:
+    """Refuse a --min-agreement that is not a share in [0, 1] (a bool or NaN included), as CalibrationError."""
     if min_agreement is not None and (isinstance(min_agreement, bool) or not 0.0 <= min_agreement <= 1.0):
         raise CalibrationError(f"--min-agreement must be a share between 0 and 1 (e.g. 0.9), got {min_agreement!r}")
 
