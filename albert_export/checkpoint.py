@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.taskspec import canonical_task
+from runtime.errors import first_line
 from runtime.extras import install_command
+from runtime.taskspec import canonical_task
 
 from .config import AlbertConfig
 from .errors import ExportError
@@ -86,7 +87,7 @@ def download_from_hub(repo_id: str) -> Path:
             ) from exc
         raise CheckpointError(
             f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({first_line(exc)}); "
+            f"({first_line(exc) or 'no detail'}); "
             "pass a local checkpoint directory (config.json + model.safetensors), or check the id and network "
             "(HF_HUB_OFFLINE=1 uses the local cache only)"
         ) from exc
@@ -122,16 +123,11 @@ def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # safetensors, torch and zipfile each raise their own kinds for a damaged file
         broken = safetensors_path if safetensors_path.exists() else bin_path
-        raise CheckpointError(f"{broken} cannot be read ({first_line(exc)}); the file is damaged or truncated, "
+        raise CheckpointError(f"{broken} cannot be read ({first_line(exc) or 'no detail'}); the file is damaged or truncated, "
                               "re-save the checkpoint") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise CheckpointError(f"{bin_path} holds no state dict of tensors; save the model's state_dict()")
     return state
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no detail"
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:

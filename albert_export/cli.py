@@ -18,6 +18,7 @@ import warnings
 from graphs.profiles import PROFILE_NAMES
 from runtime import __version__
 from runtime.arguments import Parser
+from runtime.errors import first_line
 from runtime.extras import missing_module_line
 from runtime.taskspec import TASKS, UnknownTaskError, canonical_task, input_dims
 
@@ -226,7 +227,7 @@ def refuse(exc: Exception, status: int, debug: bool = True) -> int:
     """One `albert-export: error:` line on stderr (with debug and ALBERT_EXPORT_DEBUG=1, the traceback)."""
     if debug and os.environ.get("ALBERT_EXPORT_DEBUG"):
         raise exc
-    print(f"albert-export: error: {error_line(exc)}", file=sys.stderr)
+    print(f"albert-export: error: {failure_message(exc)}", file=sys.stderr)
     return status
 
 
@@ -239,7 +240,7 @@ def refuse_missing(exc: ModuleNotFoundError) -> int:
     return 1
 
 
-def written_to_be_read() -> tuple[type[BaseException], ...]:
+def intended_error_types() -> tuple[type[BaseException], ...]:
     """The bases of the errors each package raises on purpose (imported when a failure is shown: not at start-up)."""
     from calibration import CalibrationError
     from graphs.errors import GraphError
@@ -250,17 +251,16 @@ def written_to_be_read() -> tuple[type[BaseException], ...]:
     return ExportError, GraphError, CalibrationError, AlbertRuntimeError
 
 
-def error_line(exc: BaseException) -> str:
-    """The message alone: our errors are written to be read; a third-party one gets what it lacks."""
-    text = str(exc).strip()
-    message = text.splitlines()[0] if text else ""
+def failure_message(exc: BaseException) -> str:
+    """What follows `albert-export: error: `: our errors' own message; a third-party one gets what it lacks."""
+    message = first_line(exc)
     if isinstance(exc, MemoryError):
         return ("out of memory" + (f" ({message})" if message else "") +
                 "; the model is too large for this machine's memory, check config.json's sizes")
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check the path and its permissions"
-    if message and isinstance(exc, written_to_be_read()):
+    if message and isinstance(exc, intended_error_types()):
         return message
     return (f"unexpected failure: {message or type(exc).__name__.lower()}; run with ALBERT_EXPORT_DEBUG=1 for the "
             "traceback, and please report it")

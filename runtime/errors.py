@@ -97,6 +97,12 @@ class UnknownParameterError(TypeError, OptionError):
         self.unknown = unknown
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none): a third-party one, quoted inside ours."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line for a user: its message (a KeyError's without the quotes), never its class name,
     a Rust panic from tokenizers is named as such."""

@@ -569,16 +569,16 @@ def test_error_lines_carry_no_exception_class_names():
         except BaseException as caught:
             return caught
 
-    assert cli.error_line(raised(PermissionError(13, "Permission denied", "/x/y"))) == (
+    assert cli.failure_message(raised(PermissionError(13, "Permission denied", "/x/y"))) == (
         "Permission denied (/x/y); check the path and its permissions")
-    assert cli.error_line(raised(MemoryError())) == (
+    assert cli.failure_message(raised(MemoryError())) == (
         "out of memory; the model is too large for this machine's memory, check config.json's sizes")
     json_error = raised(json.JSONDecodeError("Expecting value", "x", 0))  # raised inside json: not ours
-    assert cli.error_line(json_error) == ("unexpected failure: Expecting value: line 1 column 1 (char 0); run with "
+    assert cli.failure_message(json_error) == ("unexpected failure: Expecting value: line 1 column 1 (char 0); run with "
                                           "ALBERT_EXPORT_DEBUG=1 for the traceback, and please report it")
     with pytest.raises(ValueError) as ours:  # a builtin exception raised by our code is written to be read
         tolerance_for("fp32", "*", -1.0)
-    assert cli.error_line(ours.value) == "atol must be a non-negative number, got -1.0"
+    assert cli.failure_message(ours.value) == "atol must be a non-negative number, got -1.0"
 
 
 def test_error_lines_decide_by_type_not_by_the_module_that_raised():
@@ -589,9 +589,9 @@ def test_error_lines_decide_by_type_not_by_the_module_that_raised():
     from albert_export.errors import ExportError
 
     for base in (ExportError, GraphError, CalibrationError, AlbertRuntimeError):
-        assert cli.error_line(type("Raised", (base,), {})("the message; what to do")) == "the message; what to do"
+        assert cli.failure_message(type("Raised", (base,), {})("the message; what to do")) == "the message; what to do"
     import numpy as np
 
     with pytest.raises(ValueError) as untyped:  # a builtin error from our own module: not one of the bases
         validate_module.compare(np.zeros(2), np.zeros(3), tolerance_for("fp32", "*"))
-    assert cli.error_line(untyped.value).startswith("unexpected failure: shape (2,) where the reference has (3,); ")
+    assert cli.failure_message(untyped.value).startswith("unexpected failure: shape (2,) where the reference has (3,); ")
