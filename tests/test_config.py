@@ -143,7 +143,7 @@ def test_group_of_layer_matches_transformers_formula():
 
 @pytest.mark.parametrize("id2label, message", [
     ({"0": "A", "00": "B"}, "id2label keys '0' and '00' name the same label id 0; keep one"),
-    ({"0": "A", "5": "B"}, "id2label has no label 1 (its ids must be 0 to 1, one per logit)"),
+    ({"0": "A", "5": "B"}, "id2label must number its labels 0..1, got ids [0, 5]"),
     ({"0": "A", "²": "B"}, "id2label key '²' is not a label id (0, 1, ...)"),
     ({"-1": "A"}, "id2label key '-1' is not a label id (0, 1, ...)"),
 ])
