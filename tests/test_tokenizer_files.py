@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import sentencepiece
 import torch
+from tokenizers import Tokenizer
 from transformers import AlbertTokenizer, AutoTokenizer
 
 from albert_export.export import export
@@ -76,10 +78,15 @@ def test_a_checkpoint_with_only_spiece_model_gets_generated_files(tmp_path):
         assert hf(text, pair)["input_ids"] == runtime_ids(bundle, text, pair)
 
 
-def test_the_default_model_keeps_its_own_length_and_ships_no_spiece(tmp_path):
+def test_the_default_model_keeps_its_own_length_and_ships_a_spiece_written_from_tokenizer_json(tmp_path):
     bundle = export(None, "question-answering", tmp_path / "bundle", log=quiet)
-    assert not (bundle / "spiece.model").exists()
+    assert "spiece.model" in load_bundle(bundle).manifest.files
     assert AutoTokenizer.from_pretrained(bundle).model_max_length == 128
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(bundle / "spiece.model"))
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    for text in [text for text, _ in TEXTS if "[MASK]" not in text]:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert processor.encode(tokenizer.normalizer.normalize_str(text)) == ids, text
 
 
 def test_checkpoint_config_is_kept_and_the_runtimes_decisions_written_over_it():
