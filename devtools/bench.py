@@ -515,7 +515,8 @@ def write_results(output: Path, candidates: list[Candidate], shapes, meta: dict,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and calibration samples (~2 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer rounds, calibration samples and end-to-end requests (the long-input rows stay)")
     parser.add_argument("--shapes", default=None, help="comma-separated BxS (default 1x128,1x384,8x128)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed runs per candidate and shape (default 20; quick 5)")
