@@ -2,7 +2,8 @@
 
     albert-serve BUNDLE [BUNDLE ...] [--host 127.0.0.1] [--port 8000] [--max-batch-size N] [--max-delay-ms D]
                  [--max-queue N] [--timeout-s T] [--max-request-bytes N] [--max-response-bytes N]
-                 [--max-input-chars N] [--max-inputs N] [--max-header-bytes N] [--read-timeout-s T]
+                 [--max-windows N] [--max-answers N] [--max-input-chars N] [--max-inputs N]
+                 [--max-header-bytes N] [--read-timeout-s T]
                  [--max-connections N] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--threads N]
                  [--shutdown-timeout-s T] [--log-level LEVEL] [--version]
 
@@ -79,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-response-bytes", type=within(1024, 1 << 32), default=16 << 20,
                    help="largest answer (default 16 MiB); a v2 request whose outputs would exceed it is refused "
                         "before it runs")
+    p.add_argument("--max-windows", type=within(1, 1_000_000), default=2048,
+                   help="model windows one request may make (QA/NER chunks, multiple-choice rows; default 2048)")
+    p.add_argument("--max-answers", type=within(1, 10_000_000), default=10_000,
+                   help="answers one request may ask for (fill-mask: masks x top_k; default 10000)")
     p.add_argument("--max-input-chars", type=within(1, 100_000_000), default=100_000, help="per text of one input")
     p.add_argument("--max-inputs", type=within(1, 1_000_000), default=256, help="inputs in one request's list")
     p.add_argument("--max-header-bytes", type=within(1024, 1 << 20), default=16384, help="request line and headers")
@@ -137,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout_s,
         max_request_bytes=args.max_request_bytes,
         max_response_bytes=args.max_response_bytes,
+        max_windows=args.max_windows,
+        max_answers=args.max_answers,
         max_input_chars=args.max_input_chars,
         max_inputs=args.max_inputs,
         max_header_bytes=args.max_header_bytes,
