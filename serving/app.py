@@ -130,6 +130,7 @@ class Server:
                 max_batch_size=self.limits.max_batch_size,
                 max_delay=self.limits.max_delay,
                 max_queue=self.limits.max_queue,
+                limits=self.limits,
                 on_batch=self._batch_observer(name),
             )
             self.metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)
@@ -351,7 +352,9 @@ def check_feed(arrays: dict[str, np.ndarray], config: dict[str, Any]) -> None:
     naming the tensor, before the engine sees it (an engine answers a bad id with a raw error or wrong values)."""
     for name, (key, what) in FEED_RANGES.items():
         bound, array = config.get(key), arrays.get(name)
-        if array is not None and isinstance(bound, int) and array.size and not (0 <= array.min() and array.max() < bound):
+        if array is None or not isinstance(bound, int) or not array.size:
+            continue
+        if not (0 <= array.min() and array.max() < bound):
             raise RequestError(422, f"{name} must lie in [0, {bound}) ({what}); got {array.min()}..{array.max()}")
     mask = arrays.get("attention_mask")
     if mask is not None and mask.size and not np.isin(mask, (0, 1)).all():

@@ -1,11 +1,15 @@
-"""Dynamic batching: concurrent requests for one model are queued and answered together.
+"""Window batching: every request's model windows in one queue per model, batched across requests.
 
-One `Batcher` per model: an asyncio queue of calls (a request's inputs and parameters) and one worker task
-that takes the first waiting call, waits up to `max_delay` for more (up to `max_batch_size` inputs), and runs
-the batch on the pipeline in the model's own thread, so the event loop keeps accepting requests meanwhile.
-Single inputs with equal parameters share one `Pipeline.run_each`; a list input is one `pipeline(list)` call
-(its result shapes are the pipeline's own). A batch that fails is retried call by call, so one bad request
-gets its own error and nothing else is affected.
+One `Batcher` per model, two threads beside the event loop:
+- the host thread preprocesses each request as it arrives (Call.prepare: tokenized windows, work limits
+  checked) and postprocesses each as soon as its last window is back (Prepared.finish);
+- the model thread runs batches of windows (pipe.forward, the only engine call).
+The worker task forms each batch from the windows waiting, request by request in turn (one window from each
+request per round, so a request with thousands of windows interleaves with small ones instead of blocking them),
+of near-equal length (within `LENGTH_SLACK` of the batch's first window: padding stays small) and equal
+choices, up to `max_batch_size` windows. It never waits while the engine is idle, except up to `max_delay` for
+requests still being preprocessed when the batch is not full. A request answered already (timed out,
+cancelled, refused at shutdown) takes no further batches.
 """
 from __future__ import annotations
 
@@ -14,15 +18,44 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+import numpy as np
+
 from runtime import Pipeline
 from runtime.errors import is_failure
 
 from .errors import ServingError
-from .requests import Call
+from .requests import Call, Limits, Prepared
 
 
 class QueueFull(ServingError):
-    """The model's queue holds --max-queue calls already."""
+    """The model holds --max-queue requests already."""
+
+
+LENGTH_SLACK = (1.25, 8)  # a batch's windows are at most 1.25x + 8 tokens the length of its first one
+
+
+class Job:
+    """One request in the queue: its prepared windows, which were sent, the outputs back so far."""
+
+    __slots__ = ("prepared", "future", "sent", "outputs", "remaining")
+
+    def __init__(self, prepared: Prepared, future: asyncio.Future):
+        self.prepared, self.future = prepared, future
+        self.sent = 0
+        self.outputs: list[dict[str, np.ndarray] | None] = [None] * len(prepared.windows)
+        self.remaining = len(prepared.windows)
+
+    def next_window(self) -> dict[str, np.ndarray] | None:
+        windows = self.prepared.windows
+        return windows[self.sent] if self.sent < len(windows) else None
+
+
+def near(shape: tuple[int, ...], anchor: tuple[int, ...]) -> bool:
+    """Same choices, lengths within LENGTH_SLACK of each other."""
+    if shape[:-1] != anchor[:-1]:
+        return False
+    short, long = sorted((shape[-1], anchor[-1]))
+    return long <= short * LENGTH_SLACK[0] + LENGTH_SLACK[1]
 
 
 class Batcher:
@@ -33,35 +66,41 @@ class Batcher:
         max_batch_size: int = 8,
         max_delay: float = 0.005,
         max_queue: int = 256,
+        limits: Limits | None = None,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ):
         self.pipe = pipe
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
-        self.queue: asyncio.Queue[Call] = asyncio.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.limits = limits or Limits()
         self.on_batch = on_batch
+        self.host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-host")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-model")
-        self.worker: asyncio.Task | None = None
-        self.busy = 0  # calls taken from the queue and not yet answered
-        self.next_call: Call | None = None  # taken from the queue, first of the next batch
+        self.jobs: dict[Job, None] = {}  # requests with windows not yet sent, in arrival order
+        self.turn = 0  # which request opens the next batch
+        self.admitted = 0  # requests taken and not yet answered (preprocessing, queued, running, postprocessing)
+        self.preparing = 0
         self.raw = 0  # raw tensor calls (KServe v2) waiting for or running on the model's thread
         self.running = 0  # functions running on the model's thread now
+        self.wake: asyncio.Event | None = None
+        self.worker: asyncio.Task | None = None
 
     def start(self) -> None:
+        self.wake = asyncio.Event()
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Answer every call already queued (for at most `timeout` seconds), then stop the worker; a batch still
+        """Answer every request taken (for at most `timeout` seconds), then stop the worker; a batch still
         running on the model's thread is left to finish on its own (thread_busy says so)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while (not self.queue.empty() or self.busy or self.next_call is not None or self.raw) and (
-            deadline is None or loop.time() < deadline
-        ):
+        while (self.admitted or self.raw) and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
+        self.host.shutdown(wait=False, cancel_futures=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -70,19 +109,52 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize() + (self.next_call is not None) + self.raw
+        """Requests taken and not yet answered, raw tensor calls included."""
+        return self.admitted + self.raw
 
     def submit(self, call: Call) -> asyncio.Future:
-        call.future = asyncio.get_running_loop().create_future()
-        if self.depth >= self.queue.maxsize:
-            raise QueueFull(f"the queue holds {self.queue.maxsize} requests")
-        self.queue.put_nowait(call)
-        return call.future
+        """The future of the call's answer; QueueFull when --max-queue requests are taken already. Cancelling
+        the future (a timeout) drops the request's remaining windows."""
+        if self.depth >= self.max_queue:
+            raise QueueFull(f"the queue holds {self.max_queue} requests")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.admitted += 1
+        future.add_done_callback(self._answered)
+        self.preparing += 1
+        loop.create_task(self._prepare(call, future))
+        return future
+
+    def _answered(self, future: asyncio.Future) -> None:
+        self.admitted -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: an answer nobody awaits any more logs nothing
+
+    async def _prepare(self, call: Call, future: asyncio.Future) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(self.host, call.prepare, self.pipe, self.limits)
+        except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
+            if not is_failure(exc):
+                raise
+            if not future.done():
+                future.set_exception(exc)
+            return
+        finally:
+            self.preparing -= 1
+            self.wake.set()
+        if future.done():
+            return
+        job = Job(prepared, future)
+        if not prepared.windows:
+            self._finish(job)
+        else:
+            self.jobs[job] = None
 
     def run_raw(self, function: Callable, *args: Any) -> asyncio.Future:
         """Run on the model's thread, in turn with the batches, counted in the queue's depth (raw tensor calls)."""
-        if self.depth >= self.queue.maxsize:
-            raise QueueFull(f"the queue holds {self.queue.maxsize} requests")
+        if self.depth >= self.max_queue:
+            raise QueueFull(f"the queue holds {self.max_queue} requests")
         self.raw += 1
         future = asyncio.get_running_loop().run_in_executor(self.executor, self._counted, function, *args)
 
@@ -99,67 +171,112 @@ class Batcher:
         finally:
             self.running -= 1
 
+    def waiting_windows(self) -> int:
+        return sum(len(job.prepared.windows) - job.sent for job in self.jobs)
+
+    def take(self) -> list[tuple[Job, int]]:
+        """The next batch: (request, window index) pairs, one window per request per round, starting from the
+        request whose turn it is, windows near the first one's length."""
+        for job in [job for job in self.jobs if job.future.done() or job.next_window() is None]:
+            del self.jobs[job]  # answered already (timed out, cancelled) or every window sent
+        if not self.jobs:
+            return []
+        jobs = list(self.jobs)
+        start = self.turn % len(jobs)
+        order = jobs[start:] + jobs[:start]
+        self.turn = start + 1
+        anchor = order[0].next_window()["input_ids"].shape
+        batch: list[tuple[Job, int]] = []
+        added = True
+        while added and len(batch) < self.max_batch_size:
+            added = False
+            for job in order:
+                window = job.next_window()
+                if window is not None and near(window["input_ids"].shape, anchor):
+                    batch.append((job, job.sent))
+                    job.sent += 1
+                    added = True
+                    if len(batch) == self.max_batch_size:
+                        break
+        return batch
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [self.next_call or await self.queue.get()]
-            self.next_call = None
-            self.busy = 1
-            deadline = loop.time() + self.max_delay
-            size = batch[0].size
-            while size < self.max_batch_size:
-                try:
-                    call = self.queue.get_nowait() if loop.time() >= deadline else await asyncio.wait_for(
-                        self.queue.get(), deadline - loop.time()
-                    )
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
-                if size + call.size > self.max_batch_size:  # a list that does not fit opens the next batch
-                    self.next_call = call
-                    break
-                batch.append(call)
-                size += call.size
-            self.busy = len(batch)
-            batch = [call for call in batch if not call.future.done()]  # timed out while waiting
-            if batch:
-                started = time.perf_counter()
-                try:
-                    answers = await loop.run_in_executor(self.executor, self._counted, answer_calls, self.pipe, batch)
-                except Exception as exc:  # the worker itself must outlive any batch
-                    answers = [(False, exc)] * len(batch)
-                self.on_batch(sum(call.size for call in batch), time.perf_counter() - started)
-                for call, (ok, value) in zip(batch, answers):
-                    if call.future.done():
-                        continue
-                    if ok:
-                        call.future.set_result(value)
-                    else:
-                        call.future.set_exception(value)
-            self.busy = 0
-
-
-def answer_calls(pipe: Pipeline, calls: list[Call]) -> list[tuple[bool, Any]]:
-    """(True, result) or (False, exception) per call, in order; runs on the model's thread."""
-    answers: list[tuple[bool, Any] | None] = [None] * len(calls)
-    groups: dict[str | None, list[int]] = {}
-    for index, call in enumerate(calls):
-        groups.setdefault(call.group, []).append(index)
-    for group, indices in groups.items():
-        if group is not None and len(indices) > 1:
-            try:
-                results = pipe.run_each([calls[i].inputs for i in indices], **calls[indices[0]].params)
-            except BaseException as exc:  # someone's input is bad: answer each call alone below, to name the one
-                if not is_failure(exc):
-                    raise
-            else:
-                for index, result in zip(indices, results):
-                    answers[index] = (True, result)
+            if not self.jobs:
+                self.wake.clear()
+                await self.wake.wait()
                 continue
-        for index in indices:
+            if self.preparing and self.max_delay > 0 and self.waiting_windows() < self.max_batch_size:
+                deadline = loop.time() + self.max_delay  # requests about to bring windows: let them join
+                while self.preparing and self.waiting_windows() < self.max_batch_size and loop.time() < deadline:
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
+            batch = self.take()
+            if not batch:
+                continue
+            windows = [job.prepared.windows[index] for job, index in batch]
+            started = time.perf_counter()
             try:
-                answers[index] = (True, calls[index].answer(pipe))
-            except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
-                if not is_failure(exc):
-                    raise
-                answers[index] = (False, exc)
+                outputs = await loop.run_in_executor(self.executor, self._counted, self.pipe.forward, windows,
+                                                     len(windows))
+            except Exception as exc:  # the worker outlives any batch; its requests get the model's error
+                for job, _ in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.on_batch(len(batch), time.perf_counter() - started)
+            for (job, index), output in zip(batch, outputs):
+                job.outputs[index] = output
+                job.remaining -= 1
+                if job.remaining == 0 and not job.future.done():
+                    self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """Postprocess on the host thread; the answer (or the error) goes to the request's future."""
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self.host, job.prepared.finish, self.pipe, job.outputs)
+
+        def deliver(done: asyncio.Future) -> None:
+            if job.future.done():
+                return
+            if done.cancelled():
+                job.future.cancel()
+            elif done.exception() is not None:
+                job.future.set_exception(done.exception())
+            else:
+                job.future.set_result(done.result())
+
+        running.add_done_callback(deliver)
+
+
+def answer_calls(pipe: Pipeline, calls: list[Call], limits: Limits | None = None) -> list[tuple[bool, Any]]:
+    """(True, answer) or (False, exception) per call, in order, with one forward for every call's windows (Ray
+    Serve's batches use this)."""
+    answers: list[tuple[bool, Any] | None] = [None] * len(calls)
+    prepared: dict[int, Prepared] = {}
+    for index, call in enumerate(calls):
+        try:
+            prepared[index] = call.prepare(pipe, limits)
+        except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
+            if not is_failure(exc):
+                raise
+            answers[index] = (False, exc)
+    windows = [window for p in prepared.values() for window in p.windows]
+    try:
+        outputs = pipe.forward(windows)
+    except Exception as exc:
+        return [answer or (False, exc) for answer in answers]
+    start = 0
+    for index, p in prepared.items():
+        try:
+            answers[index] = (True, p.finish(pipe, outputs[start:start + len(p.windows)]))
+        except BaseException as exc:
+            if not is_failure(exc):
+                raise
+            answers[index] = (False, exc)
+        start += len(p.windows)
     return answers  # type: ignore[return-value]

@@ -2,9 +2,10 @@
 
     albert-serve BUNDLE [BUNDLE ...] [--host 127.0.0.1] [--port 8000] [--max-batch-size N] [--max-delay-ms D]
                  [--max-queue N] [--timeout-s T] [--max-request-bytes N] [--max-response-bytes N]
-                 [--max-input-chars N] [--max-inputs N] [--max-header-bytes N] [--read-timeout-s T]
+                 [--max-windows N] [--max-answers N] [--max-input-chars N] [--max-inputs N]
+                 [--max-header-bytes N] [--read-timeout-s T]
                  [--max-connections N] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--threads N]
-                 [--shutdown-timeout-s T] [--log-level LEVEL] [--version]
+                 [--workers N] [--shutdown-timeout-s T] [--log-level LEVEL] [--version]
 
 Each bundle is loaded once, before the server listens, and served as /models/{its directory's name}. SIGTERM
 or Ctrl-C: stop taking connections, answer the requests in flight, then exit 0.
@@ -15,6 +16,7 @@ be used, a missing package of the serve extra, or a port that cannot be bound. M
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -79,6 +81,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-response-bytes", type=within(1024, 1 << 32), default=16 << 20,
                    help="largest answer (default 16 MiB); a v2 request whose outputs would exceed it is refused "
                         "before it runs")
+    p.add_argument("--max-windows", type=within(1, 1_000_000), default=2048,
+                   help="model windows one request may make (QA/NER chunks, multiple-choice rows; default 2048)")
+    p.add_argument("--max-answers", type=within(1, 10_000_000), default=10_000,
+                   help="answers one request may ask for (fill-mask: masks x top_k; default 10000)")
     p.add_argument("--max-input-chars", type=within(1, 100_000_000), default=100_000, help="per text of one input")
     p.add_argument("--max-inputs", type=within(1, 1_000_000), default=256, help="inputs in one request's list")
     p.add_argument("--max-header-bytes", type=within(1024, 1 << 20), default=16384, help="request line and headers")
@@ -90,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--threads", type=within(1, cpus()), default=None,
                    help=f"intra-op threads per model (1..{cpus()}, the CPUs)")
+    p.add_argument("--workers", type=within(1, 64), default=1,
+                   help="processes sharing the listening socket, each with its own pipelines (default 1)")
     p.add_argument("--shutdown-timeout-s", type=within(0, 3600, float), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
@@ -114,17 +122,29 @@ def load_pipelines(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+    try:  # the serve extra's packages, before anything is loaded
+        import uvicorn  # noqa: F401
 
-        from .app import Limits, Server
-        from .connections import Guard, Notices, descriptor_room, guarded_protocol
+        from . import app, connections  # noqa: F401
     except ModuleNotFoundError as exc:  # an install without the serve extra
         line = missing_module_line(exc.name or "", PROG)
         if line is None:
             raise
         print(f"{PROG}: error: {line}", file=sys.stderr)
         return 1
+
+    if args.workers > 1:
+        return run_workers(args)
+    return serve(args)
+
+
+def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready: int | None = None) -> int:
+    """One server process: load the bundles, listen (on `listener` when a parent bound it), serve until
+    SIGTERM. `ready`: a pipe to tell the parent this worker is serving (instead of printing the address)."""
+    import uvicorn
+
+    from .app import Limits, Server
+    from .connections import Guard, Notices, descriptor_room, guarded_protocol
 
     room = descriptor_room()
     if room < 8:
@@ -137,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout_s,
         max_request_bytes=args.max_request_bytes,
         max_response_bytes=args.max_response_bytes,
+        max_windows=args.max_windows,
+        max_answers=args.max_answers,
         max_input_chars=args.max_input_chars,
         max_inputs=args.max_inputs,
         max_header_bytes=args.max_header_bytes,
@@ -155,12 +177,17 @@ def run(args: argparse.Namespace) -> int:
         # h11 (its header limit is the one --max-header-bytes sets) with albert-serve's connection bounds
         http=guarded_protocol(Guard(args.read_timeout_s, max_connections, notices)),
     )
-    listener = bound_socket(args.host, args.port)
+    listener = listener or bound_socket(args.host, args.port)
     host, port = listener.getsockname()[:2]
     if max_connections < args.max_connections:
         print(f"{PROG}: at most {max_connections} connections: the file-descriptor limit (ulimit -n) leaves room for "
               "no more", file=sys.stderr)
-    print(f"{PROG}: serving {', '.join(sorted(server.pipelines))} on http://{host}:{port}", file=sys.stderr, flush=True)
+    if ready is None:
+        print(f"{PROG}: serving {', '.join(sorted(server.pipelines))} on http://{host}:{port}", file=sys.stderr,
+              flush=True)
+    else:
+        os.write(ready, b"1")
+        os.close(ready)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a graceful stop is then a normal exit
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
@@ -174,6 +201,49 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """--workers N: N processes accept on one listening socket, each with its own pipelines (intra-op threads
+    default to the CPUs / N); this process forwards SIGTERM/SIGINT to them and exits when they have."""
+    listener = bound_socket(args.host, args.port)
+    if args.threads is None:
+        args.threads = max(1, cpus() // args.workers)
+    read_end, write_end = os.pipe()
+    pids = []
+    for worker in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            code = 1
+            try:  # every worker loads the same bundles: the first says why they cannot be served, once
+                code = guarded(lambda: serve(args, listener, ready=write_end), quiet=worker > 0)
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    os.close(write_end)
+
+    def forward(signum, frame):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    started = b""
+    while len(started) < args.workers and (chunk := os.read(read_end, 64)):
+        started += chunk
+    os.close(read_end)
+    if len(started) < args.workers:  # a worker failed before serving (it said why): stop the others
+        forward(signal.SIGTERM, None)
+    else:
+        host, port = listener.getsockname()[:2]
+        names = sorted(Path(b).resolve().name for b in args.bundles)
+        print(f"{PROG}: serving {', '.join(names)} with {args.workers} workers on http://{host}:{port}",
+              file=sys.stderr, flush=True)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    return 0 if len(started) == args.workers and not any(codes) else max(max(codes), 1)
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -193,13 +263,19 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    return guarded(lambda: run(args))
+
+
+def guarded(function: Callable[[], int], quiet: bool = False) -> int:
+    """function's exit status; its errors as one albert-serve line (none when quiet) with their exit status."""
+    err = open(os.devnull, "w") if quiet else sys.stderr
     try:
-        return run(args)
+        return function()
     except (UsageError, OptionError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=err)
         return 2
     except (AlbertRuntimeError, OSError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=err)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,7 @@
 """A bounded load generator: N concurrent clients send a fixed list of requests, then stop.
 
 Bounded in count (each body is sent once) and in time (`time_limit` seconds for the whole run, after which
-what is unanswered is cancelled and reported as status 0). Used by the tests and by scripts/serve_bench.py.
+what is unanswered is cancelled and reported as status 0). Used by the tests (devtools/serve_bench.py has its own cheaper client).
 """
 from __future__ import annotations
 

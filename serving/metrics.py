@@ -19,14 +19,16 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "albert_serve_queue_depth", "Calls waiting in the model's batching queue", ["model"], registry=self.registry
+            "albert_serve_queue_depth", "Requests taken and not yet answered, per model", ["model"],
+            registry=self.registry,
         )
         self.in_flight = Gauge(
             "albert_serve_requests_in_flight", "Requests received and not yet answered", ["model"],
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "albert_serve_batch_size", "Inputs run together in one batch", ["model"], buckets=BATCH_BUCKETS,
+            "albert_serve_batch_size", "Model windows run together in one batch (across requests)", ["model"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.batch_seconds = Histogram(

@@ -11,7 +11,7 @@
 Requests are the HF Inference API form albert-serve takes ({"inputs", "parameters"}), through a handle as
 above or over Ray's HTTP proxy (POST to the route prefix); the answer is what pipeline() returns. Each replica
 loads the bundle once (the path must be readable on every node). Calls with equal parameters that Ray batches
-together share one run_each, as in albert-serve (serving.batcher.answer_calls).
+together share one forward of all their windows (serving.batcher.answer_calls, through the stages).
 """
 from __future__ import annotations
 

@@ -5,7 +5,11 @@ Python backend share it).
 
 X is what one albert-run line holds: a text, or a JSON object ({"text", "text_pair"?}, {"question", "context"},
 {"prompt", "choices"}), checked by runtime.lines.parse_line; parameters are the pipeline's keyword arguments.
-The answer to a call is what `pipeline()(inputs, **parameters)` returns.
+The answer to a call is what `pipeline()(inputs, **parameters)` returns, through the runtime's stages:
+`Call.prepare` preprocesses its inputs (pipe.sanitize / pipe.preprocess) into windows, checking the request's
+work limits as it goes; the windows' outputs (pipe.forward, here or batched with other requests' windows by
+serving.batcher) go to `Prepared.finish`, which postprocesses each input and shapes the answer as
+runtime.pipeline.call_head does.
 """
 from __future__ import annotations
 
@@ -13,9 +17,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from runtime import Pipeline
 from runtime.errors import InputError
 from runtime.lines import json_value, parse_line
+from runtime.pipeline import one_result, split_outputs
+from runtime.tasks.base import Features
 
 from .errors import ServingError
 
@@ -31,6 +39,8 @@ class Limits:
     max_inputs: int = 256  # inputs in one request's list
     max_header_bytes: int = 16384  # request line and headers
     max_response_bytes: int = 16 << 20  # one answer's JSON
+    max_windows: int = 2048  # model windows of one request (QA/NER chunks, multiple-choice rows)
+    max_answers: int = 10_000  # answers one request asks for (fill-mask: masks x top_k; top_k per input)
     read_timeout: float = 10.0  # seconds for a request's line and headers, then for its body
 
 
@@ -40,27 +50,89 @@ class RequestError(ServingError):
         self.status, self.headers = status, headers
 
 
+ANSWER_BYTES = 120  # JSON of one fill-mask proposal beside its `sequence` (score, token, token_str, keys)
+
+
+@dataclass
+class Prepared:
+    """A call's inputs made ready for the model: features per input, their windows flattened in order."""
+
+    items: list
+    single: bool
+    called_with: frozenset
+    settings: Any  # runtime.pipeline.Settings
+    features: list[Features]
+    windows: list[dict[str, np.ndarray]]
+
+    def finish(self, pipe: Pipeline, outputs: list[dict[str, np.ndarray]]) -> Any:
+        """The call's answer from its windows' outputs: each input postprocessed, shaped as call_head shapes it."""
+        head, context = pipe.head, self.settings.context
+        results = [head.postprocess(context, feature, per_input)
+                   for feature, per_input in zip(self.features, split_outputs(outputs, self.features))]
+        if self.single or (head.CALL.list_of_one_gives_its_result and len(results) == 1):
+            return one_result(head, self.items[0], results[0], self.called_with)
+        return results
+
+
 @dataclass
 class Call:
     inputs: Any
     params: dict[str, Any]
-    single: bool  # inputs is one input (batched with others), not a list
+    single: bool  # inputs is one input, not a list
     future: Any = field(default=None, compare=False)  # the asyncio.Future albert-serve answers
 
     @property
     def size(self) -> int:
         return 1 if self.single else max(len(self.inputs), 1)
 
-    def answer(self, pipe: Pipeline) -> Any:
-        """What pipeline()(inputs, **params) returns; a single input through run_each, as in a shared batch."""
-        if self.single:
-            return pipe.run_each([self.inputs], **self.params)[0]
-        return pipe(self.inputs, **self.params)
+    def prepare(self, pipe: Pipeline, limits: "Limits | None" = None) -> Prepared:
+        """Preprocess every input (InputError/OptionError as pipe(inputs, **params) raises them), refusing with
+        a 413 naming the limit a request past --max-windows, --max-answers or (fill-mask, whose answers repeat
+        the text) --max-response-bytes, before anything runs."""
+        limits = limits or Limits()
+        params = dict(self.params)
+        items, single = pipe.head.CALL.items(self.inputs, params)
+        settings = pipe.sanitize(**params)
+        features, windows, answers, size = [], [], 0, 0
+        for item in items:
+            feature = pipe.preprocess(item, settings)
+            features.append(feature)
+            windows += feature.windows
+            if len(windows) > limits.max_windows:
+                raise RequestError(413, f"this request makes over {limits.max_windows} model windows "
+                                        f"(--max-windows); send shorter inputs or fewer of them, or a larger stride")
+            count = answers_asked(pipe, feature)
+            answers += count
+            if answers > limits.max_answers:
+                raise RequestError(413, f"this request asks for over {limits.max_answers} answers (--max-answers; "
+                                        "fill-mask: masks x top_k); ask for a smaller top_k or fewer masks")
+            if pipe.task == "fill-mask":
+                size += count * (len(json.dumps(item, ensure_ascii=False)) + ANSWER_BYTES)
+                if size > limits.max_response_bytes:
+                    raise RequestError(413, f"the answer would take over {limits.max_response_bytes} bytes "
+                                            "(--max-response-bytes; each fill-mask proposal repeats the text); ask "
+                                            "for a smaller top_k or send shorter texts")
+        return Prepared(items, single, frozenset(self.params), settings, features, windows)
 
-    @property
-    def group(self) -> str | None:
-        """Calls with the same group share one run_each; None: runs alone."""
-        return json.dumps(self.params, sort_keys=True, default=str) if self.single else None
+    def answer(self, pipe: Pipeline, limits: "Limits | None" = None) -> Any:
+        """What pipeline()(inputs, **params) returns, through the stages in one forward."""
+        prepared = self.prepare(pipe, limits)
+        return prepared.finish(pipe, pipe.forward(prepared.windows))
+
+
+def answers_asked(pipe: Pipeline, feature: Features) -> int:
+    """How many answers one input asks for: fill-mask masks x top_k (at most the vocabulary or the targets),
+    top_k elsewhere where the task takes one, else one."""
+    settings = feature.settings
+    top_k = getattr(settings, "top_k", None)
+    top_k = top_k if isinstance(top_k, int) else 1
+    mask_id = getattr(settings, "mask_id", None)
+    if mask_id is None:
+        return top_k
+    ids = feature.windows[0]["input_ids"]
+    masks = int(np.count_nonzero(ids == mask_id))
+    vocab = len(settings.targets) if getattr(settings, "targets", None) is not None else pipe.config.get("vocab_size")
+    return masks * (min(top_k, vocab) if isinstance(vocab, int) else top_k)
 
 
 def checked_input(item: Any, task: str, limits: Limits) -> Any:

@@ -14,23 +14,8 @@ import numpy as np
 import pytest
 
 from runtime import __version__
-from tests.test_serving import ROOT, SEED, albert_serve, metric, post, run_cli
+from tests.test_serving import ROOT, SEED, SLOWER, albert_serve, metric, post, run_cli, slow_site  # noqa: F401
 
-SLOW_RUN = """
-import time
-from runtime import Pipeline
-
-_run_each = Pipeline.run_each
-
-def run_each(self, items, **params):
-    if any("slow" in str(item) for item in items):
-        time.sleep(30)
-    if any("internal bug" in str(item) for item in items):
-        raise ValueError("a bug in the server's own code")
-    return _run_each(self, items, **params)
-
-Pipeline.run_each = run_each
-"""
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +27,6 @@ def fill_mask(handmade_bundle):
 def server(fill_mask):
     with albert_serve(fill_mask) as (url, process):
         yield url, process
-
-
-@pytest.fixture(scope="module")
-def slow_site(tmp_path_factory):
-    site = tmp_path_factory.mktemp("slow")
-    (site / "sitecustomize.py").write_text(SLOW_RUN)
-    return site
 
 
 @pytest.mark.parametrize("option, value, reason", [
@@ -135,10 +113,17 @@ def test_v2_answer_over_the_response_limit_is_refused_before_running(fill_mask):
         assert small.status_code == 200 and len(small.content) < 1000000
         metrics = httpx.get(url + "/metrics", trust_env=False).text
         assert metric(metrics, "albert_serve_requests_total", route="/v2/models/infer", status="413") == 1
-        hf = post(url, "/models/fill-mask", {"inputs": ["[MASK] " * 40] * 8, "parameters": {"top_k": 1000}})
-        assert hf.status_code == 413 and hf.json()["error"].startswith("the answer has ")
-        assert hf.json()["error"].endswith("this server sends at most 1000000 (--max-response-bytes); ask for fewer "
-                                           "inputs or a smaller top_k")
+        many = post(url, "/models/fill-mask", {"inputs": ["[MASK] " * 40] * 8, "parameters": {"top_k": 1000}})
+        assert many.status_code == 413
+        assert many.json() == {"error": "this request asks for over 10000 answers (--max-answers; fill-mask: masks x "
+                                        "top_k); ask for a smaller top_k or fewer masks"}
+        large = post(url, "/models/fill-mask", {"inputs": ["word " * 30 + "[MASK]"] * 20, "parameters": {"top_k": 200}})
+        assert large.status_code == 413
+        assert large.json() == {"error": "the answer would take over 1000000 bytes (--max-response-bytes; each "
+                                         "fill-mask proposal repeats the text); ask for a smaller top_k or send "
+                                         "shorter texts"}
+        metrics = httpx.get(url + "/metrics", trust_env=False).text
+        assert metric(metrics, "albert_serve_batch_size_count", model="fill-mask") == 0  # refused before running
 
 
 def test_v2_calls_count_in_the_queue(fill_mask, slow_site):
@@ -148,7 +133,7 @@ def test_v2_calls_count_in_the_queue(fill_mask, slow_site):
     with albert_serve(fill_mask, args=args, site=slow_site) as (url, _):
         async def scenario():
             async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
-                slow = asyncio.create_task(http.post(url + "/models/fill-mask", json={"inputs": "slow [MASK]"}))
+                slow = asyncio.create_task(http.post(url + "/models/fill-mask", json={"inputs": SLOWER}))
                 await asyncio.sleep(1.0)  # the slow call runs on the model's thread
                 queued = asyncio.create_task(http.post(url + "/models/fill-mask", json={"inputs": SEED}))
                 await asyncio.sleep(0.5)  # and this one waits in the queue, which is then full
@@ -188,7 +173,7 @@ def test_sigterm_with_a_long_batch_exits_within_the_shutdown_timeout(fill_mask, 
     with albert_serve(fill_mask, args=["--shutdown-timeout-s", "1"], site=slow_site) as (url, process):
         async def scenario():
             async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
-                slow = asyncio.create_task(http.post(url + "/models/fill-mask", json={"inputs": "slow [MASK]"}))
+                slow = asyncio.create_task(http.post(url + "/models/fill-mask", json={"inputs": SLOWER}))
                 await asyncio.sleep(1.0)
                 process.send_signal(signal.SIGTERM)
                 started = time.monotonic()

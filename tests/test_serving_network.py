@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from tests.test_serving import SEED, albert_serve
+from tests.test_serving import ROOT, SEED, albert_serve
 
 # albert-serve as the [serve] extra installs it: uvicorn without uvloop or httptools (uvloop sets TCP_NODELAY on
 # every TCP socket by itself, asyncio only on sockets whose proto is IPPROTO_TCP)
@@ -117,3 +119,26 @@ def test_stalled_connections_past_the_descriptor_limit_do_not_lock_good_clients_
         log = process.stderr.read()
     assert "Too many open files" not in log and "Traceback" not in log, log[:2000]
     assert len(log.splitlines()) <= 5, log
+
+
+def test_workers_share_the_socket_and_stop_together(fill_mask):
+    """--workers 2: two processes accept on one socket, answers equal pipeline()'s, SIGTERM stops both, exit 0."""
+    from runtime import pipeline
+    from serving import loadgen
+    from tests.test_serving import same
+
+    expected = same(pipeline(fill_mask)(SEED))
+    with albert_serve(fill_mask, args=["--workers", "2"]) as (url, process):
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        assert len(children) == 2
+        answers = loadgen.run(url + "/models/fill-mask", [{"inputs": SEED}] * 24, concurrency=6, time_limit=60)
+        assert [a.status for a in answers] == [200] * 24 and all(a.body == expected for a in answers)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+        assert "Traceback" not in process.stderr.read()
+    missing = subprocess.run([sys.executable, "-m", "serving.cli", str(fill_mask) + "-missing", "--workers", "2",
+                              "--port", "0"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith("albert-serve: error: bundle ")

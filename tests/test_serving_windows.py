@@ -1,0 +1,158 @@
+"""albert-serve batches windows, not calls: requests preprocessed on arrival, their windows batched across
+requests by near-equal length, a long request interleaved with small ones, finished requests answered at once,
+given-up requests dropped from the queue, per-request work limits."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from runtime import pipeline
+from serving.batcher import LENGTH_SLACK, Batcher
+from serving.requests import Call, Limits
+from tests.test_serving import SLOW, albert_serve, metric, post, same, slow_site  # noqa: F401
+
+LONG = {"question": "Who went home?", "context": "Alice went home early today. " * 3000}  # 87,000 characters
+QA_PARAMS = {"doc_stride": 16, "max_seq_len": 32}  # ~3,260 windows of 32 tokens
+
+
+@pytest.fixture(scope="module")
+def qa_bundle(handmade_bundle):
+    return handmade_bundle("question-answering")
+
+
+@pytest.fixture(scope="module")
+def qa(qa_bundle):
+    return pipeline(qa_bundle)
+
+
+class Recorder:
+    """pipe.forward that records each batch's window shapes."""
+
+    def __init__(self, pipe):
+        self.pipe, self.forward, self.batches = pipe, pipe.forward, []
+
+    def __call__(self, windows, batch_size=None):
+        self.batches.append([w["input_ids"].shape for w in windows])
+        return self.forward(windows, batch_size)
+
+
+def test_windows_of_many_requests_batch_by_near_equal_length_and_short_requests_finish_first(qa, monkeypatch):
+    """In-process: one long QA request (hundreds of windows) and 12 short ones of mixed lengths queued at once.
+    Every batch holds windows of near-equal length and equal shape apart from it; the short requests are
+    answered before the long one (its windows interleave with theirs); every answer is pipeline()'s."""
+    recorder = Recorder(qa)
+    monkeypatch.setattr(qa, "forward", recorder)
+    long = {"question": "Who?", "context": "Alice went home early today. " * 200}
+    shorts = [{"question": "Who?" if i % 2 else "Where does the one named Bob live these days?",
+               "context": "Bob lives in Paris. " * (1 + i % 4)} for i in range(12)]
+    calls = [Call(long, QA_PARAMS, single=True)] + [Call(item, {}, single=True) for item in shorts]
+
+    async def scenario():
+        batcher = Batcher(qa, max_batch_size=4, max_delay=0.05)
+        batcher.start()
+        order = []
+        futures = [batcher.submit(call) for call in calls]
+        for index, future in enumerate(futures):
+            future.add_done_callback(lambda _, i=index: order.append(i))
+        answers = await asyncio.gather(*futures)
+        await batcher.stop()
+        return order, answers
+
+    order, answers = asyncio.run(scenario())
+    assert answers == [qa(long, **QA_PARAMS)] + [qa(item) for item in shorts]
+    assert order[-1] == 0, order  # the long request finishes last although it came first
+    assert sum(len(b) for b in recorder.batches) == len(qa.preprocess(long, **QA_PARAMS).windows) + 12
+    for shapes in recorder.batches:
+        assert len(shapes) <= 4 and len({s[:-1] for s in shapes}) == 1
+        lengths = [s[-1] for s in shapes]
+        assert max(lengths) <= lengths[0] * LENGTH_SLACK[0] + LENGTH_SLACK[1], shapes
+        assert min(lengths) * LENGTH_SLACK[0] + LENGTH_SLACK[1] >= lengths[0], shapes
+
+
+def test_an_idle_engine_does_not_wait_and_a_given_up_request_stops_taking_batches(qa, monkeypatch):
+    recorder = Recorder(qa)
+    monkeypatch.setattr(qa, "forward", recorder)
+    long = {"question": "Who?", "context": "Alice went home early today. " * 400}
+    windows = len(qa.preprocess(long, **QA_PARAMS).windows)
+
+    async def scenario():
+        batcher = Batcher(qa, max_batch_size=2, max_delay=2.0)  # a 2 s delay applies only to arrivals in flight
+        batcher.start()
+        started = time.perf_counter()
+        one = await batcher.submit(Call({"question": "Who?", "context": "Bob lives here."}, {}, single=True))
+        idle_seconds = time.perf_counter() - started
+        future = batcher.submit(Call(long, QA_PARAMS, single=True))
+        while not recorder.batches[1:]:
+            await asyncio.sleep(0.001)
+        future.cancel()  # what --timeout-s does to a request it gives up
+        await asyncio.sleep(0.2)
+        after_cancel = sum(len(b) for b in recorder.batches)
+        await asyncio.sleep(0.3)
+        await batcher.stop()
+        return one, idle_seconds, after_cancel, sum(len(b) for b in recorder.batches), batcher.depth
+
+    one, idle_seconds, after_cancel, total, depth = asyncio.run(scenario())
+    assert one == qa({"question": "Who?", "context": "Bob lives here."})
+    assert idle_seconds < 1.0, idle_seconds
+    assert total == after_cancel < windows / 2, (total, windows)
+    assert depth == 0
+
+
+def test_a_long_request_over_http_interleaves_with_small_ones(qa_bundle, qa):
+    """One QA request of ~3,260 windows in flight; small requests sent meanwhile each answer within 5 s and
+    before it; all answers equal pipeline()'s."""
+    small = {"question": "Who?", "context": "Alice went home."}
+
+    async def scenario(url):
+        async with httpx.AsyncClient(trust_env=False, timeout=120) as http:
+            started = time.monotonic()
+            long = asyncio.create_task(http.post(url + "/models/question-answering",
+                                                 json={"inputs": LONG, "parameters": QA_PARAMS}))
+            await asyncio.sleep(0.3)
+            smalls = []
+            for _ in range(5):
+                sent = time.monotonic()
+                response = await http.post(url + "/models/question-answering", json={"inputs": small})
+                smalls.append((response, time.monotonic() - sent, long.done()))
+            response = await long
+            return response, time.monotonic() - started, smalls
+
+    with albert_serve(qa_bundle, args=["--max-batch-size", "4", "--max-windows", "4096"]) as (url, _):
+        long, long_seconds, smalls = asyncio.run(scenario(url))
+    assert long.status_code == 200 and long.json() == same(qa(LONG, **QA_PARAMS))
+    for response, seconds, long_done in smalls:
+        assert response.status_code == 200 and response.json() == same(qa(small))
+        assert seconds < 5
+    assert not any(long_done for _, _, long_done in smalls[:3]), (long_seconds, [s for _, s, _ in smalls])
+
+
+def test_work_limits_are_one_413_naming_the_limit_and_timeouts_504(qa_bundle, slow_site, handmade_bundle):
+    with albert_serve(qa_bundle, args=["--max-windows", "100"]) as (url, _):
+        response = post(url, "/models/question-answering", {"inputs": LONG, "parameters": QA_PARAMS})
+        assert response.status_code == 413
+        assert response.json() == {"error": "this request makes over 100 model windows (--max-windows); send shorter "
+                                            "inputs or fewer of them, or a larger stride"}
+        metrics = httpx.get(url + "/metrics", trust_env=False).text
+        assert metric(metrics, "albert_serve_batch_size_count") == 0
+        fine = post(url, "/models/question-answering", {"inputs": {"question": "Who?", "context": "Alice went."}})
+        assert fine.status_code == 200
+    with albert_serve(handmade_bundle("fill-mask"), args=["--timeout-s", "1"], site=slow_site) as (url, process):
+        started = time.monotonic()
+        response = post(url, "/models/fill-mask", {"inputs": SLOW})  # its batch takes 3 s
+        assert response.status_code == 504 and time.monotonic() - started < 2.5
+        assert response.json() == {"error": "no answer within 1 s (--timeout-s); try again later or send fewer inputs"}
+        time.sleep(2.5)  # the batch running when the request gave up finishes; nothing of it is left queued
+        assert post(url, "/models/fill-mask", {"inputs": "A [MASK] here."}).status_code == 200
+        assert process.poll() is None
+
+
+def test_limits_defaults_match_the_command_line():
+    from serving.cli import parser
+
+    args = parser().parse_args(["bundle"])
+    limits = Limits()
+    assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s) == (
+        limits.max_windows, limits.max_answers, limits.max_response_bytes, limits.read_timeout)
