@@ -2,7 +2,8 @@
 # Set-up on a fresh machine: a venv in .venv with torch (CPU wheel, pinned: any other spec may pull a
 # multi-GB CUDA build), then albert-export with its export and cpu (onnxruntime) extras, test, bench, openvino, and
 # tensorrt (TensorRT-RTX builds engines on CPU-only machines), serve, ray and triton (the serving tests). Exactly one
-# onnxruntime: cpu, never beside gpu. Then the node clients and the C++ example (scripts/setup-cpp.sh).
+# onnxruntime: cpu, never beside gpu. Then the Node clients, the C++ example (scripts/setup-cpp.sh) and a real
+# Triton server (scripts/setup-triton.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -23,3 +24,4 @@ python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" || {
 python -m pip install -q -e '.[export,cpu,test,tensorrt,openvino,bench,serve,ray,triton]'
 bash scripts/setup-node.sh
 bash scripts/setup-cpp.sh
+bash scripts/setup-triton.sh  # tritonserver and its stub environment in .triton/, apart from .venv
