@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.bundle import LABEL_ID
 from runtime.taskspec import TASKS, UnknownTaskError, task_table
 
 from .errors import ExportError
@@ -199,9 +199,6 @@ class AlbertConfig:
         path = Path(directory) / "config.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
-
-
-LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" and "٣" are digits to str.isdigit()/int(), not label ids
 
 
 def labels_by_id(id2label: Any) -> dict[int, str]:

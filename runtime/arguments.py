@@ -85,17 +85,23 @@ RANGES: dict[str, Range] = {
     "max_seq_len": Range(int, 1),
     "max_question_len": Range(int, 1),
     "max_answer_len": Range(int, 1),
-    # albert-serve
+    # albert-serve (serving.requests.Limits holds their defaults)
     "port": Range(int, 0, 65535),
-    "max_batch_size": Range(int, 1),
+    "max_batch_size": Range(int, 1, 4096),
     "max_delay_ms": Range(float, 0, 60_000, "one minute"),
-    "max_queue": Range(int, 1),
+    "max_queue": Range(int, 1, 1_000_000),
     "timeout_s": Range(float, 0.001, 86_400, "one day"),
+    "read_timeout_s": Range(float, 0.01, 3_600, "one hour"),
     "shutdown_timeout_s": Range(float, 0, 3_600, "one hour"),
-    "max_request_bytes": Range(int, 1),
-    "max_input_chars": Range(int, 1),
-    "max_inputs": Range(int, 1),
-    "max_header_bytes": Range(int, 1024),
+    "max_request_bytes": Range(int, 1, 1 << 30, "1 GiB"),
+    "max_response_bytes": Range(int, 1024, 1 << 32, "4 GiB"),
+    "max_header_bytes": Range(int, 1024, 1 << 20, "1 MiB"),
+    "max_windows": Range(int, 1, 1_000_000),
+    "max_answers": Range(int, 1, 10_000_000),
+    "max_input_chars": Range(int, 1, 100_000_000),
+    "max_inputs": Range(int, 1, 1_000_000),
+    "max_connections": Range(int, 1, 1_000_000),
+    "workers": Range(int, 1, 64),
 }
 
 

@@ -31,7 +31,7 @@ TOKENIZER = "tokenizer.json"
 CONFIG = "config.json"
 ENGINE = "engine.plan"
 READ_BY_RUNTIME = (MODEL, TOKENIZER, CONFIG, ENGINE)
-LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit() but not to int()
+LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" and "٣" are digits to str.isdigit()/int(), not label ids
 
 
 @dataclass

@@ -34,7 +34,8 @@ from starlette.routing import Route
 from starlette.requests import ClientDisconnect
 
 from runtime import Pipeline
-from runtime.errors import AlbertRuntimeError, BackendError, BundleError, is_failure, one_line
+from runtime.backends import check_feeds
+from runtime.errors import AlbertRuntimeError, BackendError, BundleError, TensorError, is_failure, one_line
 
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
@@ -329,41 +330,10 @@ def v2_tensors(body: Any, pipe: Pipeline) -> dict[str, np.ndarray]:
             raise RequestError(422, f"input {name}: data does not fill shape {shape} ({data.size} values for "
                                     f"{int(np.prod(shape))})")
         arrays[name] = data.astype(dtype).reshape(shape)
-    missing = [n for n in pipe.backend.input_names if n not in arrays]
-    if missing:
-        raise RequestError(422, f"missing input(s) {', '.join(missing)}")
-    shapes = {tuple(a.shape) for a in arrays.values()}
-    if len(shapes) > 1:
-        raise RequestError(422, f"inputs have different shapes {sorted(shapes)}; they take one shape")
-    check_feed(arrays, pipe.config)
-    return arrays
-
-
-# The model inputs' value ranges, from config.json. The reliability helper's manifest-based feed check in
-# runtime/ replaces this once it lands; until then albert-serve checks its raw tensors here.
-FEED_RANGES = {  # input: (config key of its exclusive upper bound, what the bound is)
-    "input_ids": ("vocab_size", "the vocabulary"),
-    "token_type_ids": ("type_vocab_size", "the token types"),
-}
-
-
-def check_feed(arrays: dict[str, np.ndarray], config: dict[str, Any]) -> None:
-    """Every id, type and mask value within what the model embeds, and no more positions than it has: a 422
-    naming the tensor, before the engine sees it (an engine answers a bad id with a raw error or wrong values)."""
-    for name, (key, what) in FEED_RANGES.items():
-        bound, array = config.get(key), arrays.get(name)
-        if array is None or not isinstance(bound, int) or not array.size:
-            continue
-        if not (0 <= array.min() and array.max() < bound):
-            raise RequestError(422, f"{name} must lie in [0, {bound}) ({what}); got {array.min()}..{array.max()}")
-    mask = arrays.get("attention_mask")
-    if mask is not None and mask.size and not np.isin(mask, (0, 1)).all():
-        raise RequestError(422, f"attention_mask holds 0 or 1; got {mask.min()}..{mask.max()}")
-    positions = config.get("max_position_embeddings")
-    length = next(iter(arrays.values())).shape[-1]
-    if isinstance(positions, int) and length > positions:
-        raise RequestError(422, f"input_ids has {length} positions; this model has {positions} "
-                                "(max_position_embeddings)")
+    try:
+        return check_feeds(pipe.bundle, arrays)
+    except TensorError as exc:
+        raise RequestError(422, str(exc)) from None
 
 
 def v2_outputs(body: dict, pipe: Pipeline) -> list[str]:

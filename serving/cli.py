@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from runtime import __version__
-from runtime.arguments import device_argument
+from runtime.arguments import Parser, cpu_count, device_argument, number
 from runtime.backends import BACKENDS
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 from runtime.extras import missing_module_line
@@ -36,69 +35,41 @@ from .errors import ListenError
 PROG = "albert-serve"
 
 
-def cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def within(low: float, high: float, kind: type = int) -> Callable[[str], float]:
-    """A finite number of `kind` in [low, high]. (runtime.arguments is to get one range table for every entry
-    point; until then albert-serve's bounds are these.)"""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
-        return value
-
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line, as every other failure (argparse would print the usage block first); exit 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; each is served under its name")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=within(0, 65535), default=8000,
+    p.add_argument("--port", type=number("port"), default=8000,
                    help="0: any free port (the address is printed on stderr)")
-    p.add_argument("--max-batch-size", type=within(1, 4096), default=8, help="inputs run together (default 8)")
-    p.add_argument("--max-delay-ms", type=within(0, 10_000, float), default=5.0,
+    p.add_argument("--max-batch-size", type=number("max_batch_size"), default=8, help="inputs run together (default 8)")
+    p.add_argument("--max-delay-ms", type=number("max_delay_ms"), default=5.0,
                    help="how long a batch waits for more requests (default 5)")
-    p.add_argument("--max-queue", type=within(1, 1_000_000), default=256, help="requests waiting per model before 503")
-    p.add_argument("--timeout-s", type=within(0.001, 86_400, float), default=30.0,
+    p.add_argument("--max-queue", type=number("max_queue"), default=256, help="requests waiting per model before 503")
+    p.add_argument("--timeout-s", type=number("timeout_s"), default=30.0,
                    help="per request, queueing included")
-    p.add_argument("--max-request-bytes", type=within(1, 1 << 30), default=1 << 20)
-    p.add_argument("--max-response-bytes", type=within(1024, 1 << 32), default=16 << 20,
+    p.add_argument("--max-request-bytes", type=number("max_request_bytes"), default=1 << 20)
+    p.add_argument("--max-response-bytes", type=number("max_response_bytes"), default=16 << 20,
                    help="largest answer (default 16 MiB); a v2 request whose outputs would exceed it is refused "
                         "before it runs")
-    p.add_argument("--max-windows", type=within(1, 1_000_000), default=2048,
+    p.add_argument("--max-windows", type=number("max_windows"), default=2048,
                    help="model windows one request may make (QA/NER chunks, multiple-choice rows; default 2048)")
-    p.add_argument("--max-answers", type=within(1, 10_000_000), default=10_000,
+    p.add_argument("--max-answers", type=number("max_answers"), default=10_000,
                    help="answers one request may ask for (fill-mask: masks x top_k; default 10000)")
-    p.add_argument("--max-input-chars", type=within(1, 100_000_000), default=100_000, help="per text of one input")
-    p.add_argument("--max-inputs", type=within(1, 1_000_000), default=256, help="inputs in one request's list")
-    p.add_argument("--max-header-bytes", type=within(1024, 1 << 20), default=16384, help="request line and headers")
-    p.add_argument("--read-timeout-s", type=within(0.01, 3600, float), default=10.0,
+    p.add_argument("--max-input-chars", type=number("max_input_chars"), default=100_000, help="per text of one input")
+    p.add_argument("--max-inputs", type=number("max_inputs"), default=256, help="inputs in one request's list")
+    p.add_argument("--max-header-bytes", type=number("max_header_bytes"), default=16384, help="request line and headers")
+    p.add_argument("--read-timeout-s", type=number("read_timeout_s"), default=10.0,
                    help="a request's line and headers, then its body, each within this (default 10)")
-    p.add_argument("--max-connections", type=within(1, 1_000_000), default=1000,
+    p.add_argument("--max-connections", type=number("max_connections"), default=1000,
                    help="open connections (default 1000, always below the file-descriptor limit)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
-    p.add_argument("--threads", type=within(1, cpus()), default=None,
-                   help=f"intra-op threads per model (1..{cpus()}, the CPUs)")
-    p.add_argument("--workers", type=within(1, 64), default=1,
+    p.add_argument("--threads", type=number("threads"), default=None,
+                   help=f"intra-op threads per model (1..{cpu_count()}, the CPUs)")
+    p.add_argument("--workers", type=number("workers"), default=1,
                    help="processes sharing the listening socket, each with its own pipelines (default 1)")
-    p.add_argument("--shutdown-timeout-s", type=within(0, 3600, float), default=30.0,
+    p.add_argument("--shutdown-timeout-s", type=number("shutdown_timeout_s"), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     return p
@@ -208,7 +179,7 @@ def run_workers(args: argparse.Namespace) -> int:
     default to the CPUs / N); this process forwards SIGTERM/SIGINT to them and exits when they have."""
     listener = bound_socket(args.host, args.port)
     if args.threads is None:
-        args.threads = max(1, cpus() // args.workers)
+        args.threads = max(1, cpu_count() // args.workers)
     read_end, write_end = os.pipe()
     pids = []
     for worker in range(args.workers):

@@ -45,7 +45,7 @@ def test_threads_in_range_load(handmade_bundle):
     ("max_delay_ms", float("inf"), "max_delay_ms must be a finite number from 0 to 60000 (one minute), got inf"),
     ("timeout_s", float("nan"), "timeout_s must be a finite number from 0.001 to 86400 (one day), got nan"),
     ("shutdown_timeout_s", True, "shutdown_timeout_s must be a finite number from 0 to 3600 (one hour), got True"),
-    ("max_header_bytes", 100, "max_header_bytes must be an integer of at least 1024, got 100"),
+    ("max_header_bytes", 100, "max_header_bytes must be an integer from 1024 to 1048576 (1 MiB), got 100"),
 ])
 def test_the_table_refuses_in_one_line(name, value, message):
     with pytest.raises(OptionError) as refused:

@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A sitecustomize.py for the server (the slow_site fixture): a batch holding a window of 41..80 tokens takes 3 s
 # more, one over 80 tokens 30 s (SLOW, SLOWER: fill-mask texts of ~63 and ~93 tokens on the handmade
-# tokenizer); a fill-mask text with "internal bug" fails in postprocessing with a plain ValueError.
-SLOW_SITE = """
-import time
+# tokenizer), and a slow batch's start leaves the file SLOW_STARTED beside it; a fill-mask text with "internal bug"
+# fails in postprocessing with a plain ValueError.
+SLOW_STARTED = "slow-batch-started"
+SLOW_SITE = f"""
+import pathlib, time
 from runtime import Pipeline
 import runtime.tasks.fill_mask as _fill_mask
 
@@ -34,6 +36,8 @@ _forward = Pipeline.forward
 
 def forward(self, windows, *args, **kwargs):
     longest = max((w["input_ids"].shape[-1] for w in windows), default=0)
+    if longest > 40:
+        pathlib.Path(__file__).with_name("{SLOW_STARTED}").touch()
     time.sleep(30 if longest > 80 else 3 if longest > 40 else 0)
     return _forward(self, windows, *args, **kwargs)
 
@@ -234,7 +238,10 @@ def test_kserve_v2_infer_is_one_backend_run(server, pipes):
         assert np.array_equal(np.array(outputs[name]["data"], dtype=np.float32).reshape(array.shape), array)
     body["inputs"][0]["data"][0] = 10**6
     response = post(url, "/v2/models/question-answering/infer", body)
-    assert response.status_code == 422 and response.json()["error"].startswith("input_ids must lie in [0, ")
+    vocab = pipes["question-answering"].config["vocab_size"]
+    assert response.status_code == 422 and response.json()["error"] == (
+        f"input input_ids holds 1000000 at [0, 0]; it takes 0 to {vocab - 1} (the vocabulary's ids, config.json "
+        f"vocab_size {vocab})")
     body["inputs"][0]["shape"] = [3, 5]
     response = post(url, "/v2/models/question-answering/infer", body)
     assert response.status_code == 422 and response.json()["error"].startswith("input input_ids: data does not fill")
@@ -306,25 +313,44 @@ def test_full_queue_answers_503_with_retry_after_and_slow_requests_504(bundles):
 
 
 def test_sigterm_finishes_requests_in_flight(bundles, pipes, slow_site):
-    """Requests are in flight behind a 3 s batch when SIGTERM arrives: each is still answered, then exit 0."""
+    """Seven requests wait behind a 3 s batch when SIGTERM arrives: each is still answered, then exit 0. (Sent
+    after the slow batch has started: otherwise window batching answers the short ones first.)"""
     import asyncio
 
+    started = slow_site / SLOW_STARTED
+    started.unlink(missing_ok=True)
+    bodies = [{"inputs": SLOW}] + [{"inputs": f"In flight {i} [MASK]."} for i in range(7)]
+
+    async def until(condition, what: str) -> None:
+        for _ in range(400):  # at most 20 s
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(what)
+
     async def scenario(url, process):
-        bodies = [{"inputs": SLOW}] + [{"inputs": f"In flight {i} [MASK]."} for i in range(7)]
-        sending = asyncio.create_task(loadgen.send_all(url + "/models/fill-mask", bodies, concurrency=8, time_limit=60))
         async with httpx.AsyncClient(trust_env=False) as http:
-            for _ in range(200):  # at most 10 s
+            async def in_flight() -> float:
                 metrics = (await http.get(url + "/metrics")).text
-                if metric(metrics, "albert_serve_requests_in_flight", model="fill-mask") == len(bodies):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the requests never reached the server")
+                return metric(metrics, "albert_serve_requests_in_flight", model="fill-mask")
+
+            slow = asyncio.create_task(loadgen.send_all(url + "/models/fill-mask", bodies[:1], 1, time_limit=60))
+
+            async def slow_batch_started() -> bool:
+                return started.exists()
+
+            await until(slow_batch_started, "the slow batch never started")
+            waiting = asyncio.create_task(loadgen.send_all(url + "/models/fill-mask", bodies[1:], 7, time_limit=60))
+
+            async def all_in_flight() -> bool:
+                return await in_flight() == len(bodies)
+
+            await until(all_in_flight, "the requests never reached the server")
         process.send_signal(signal.SIGTERM)
-        return bodies, await sending
+        return await slow + await waiting
 
     with albert_serve(bundles["fill-mask"], site=slow_site) as (url, proc):
-        bodies, answers = asyncio.run(scenario(url, proc))
+        answers = asyncio.run(scenario(url, proc))
         assert proc.wait(30) == 0
         assert "Traceback" not in proc.stderr.read()
     assert [a.status for a in answers] == [200] * 8
@@ -347,8 +373,8 @@ def test_cli_errors_are_one_line_with_exit_codes(bundles, tmp_path):
     assert duplicate.returncode == 2 and duplicate.stderr.count("\n") == 1
     assert "are both named 'fill-mask'; serve bundles with distinct names" in duplicate.stderr
     usage = run_cli(bundles["fill-mask"], "--max-batch-size", "0")
-    assert usage.returncode == 2 and usage.stderr == ("albert-serve: error: argument --max-batch-size: 0 is outside "
-                                                      "1..4096 (see albert-serve --help)\n")
+    assert usage.returncode == 2 and usage.stderr == ("albert-serve: error: argument --max-batch-size: must be an "
+                                                      "integer from 1 to 4096, got '0' (see albert-serve --help)\n")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -30,13 +30,16 @@ def server(fill_mask):
 
 
 @pytest.mark.parametrize("option, value, reason", [
-    ("--max-delay-ms", "inf", "inf is not a finite number"),
-    ("--timeout-s", "nan", "nan is not a finite number"),
-    ("--port", "99999", "99999 is outside 0..65535"),
-    ("--threads", "1000000", f"1000000 is outside 1..{len(os.sched_getaffinity(0))}"),
-    ("--threads", "1.5", "'1.5' is not an integer"),
-    ("--max-batch-size", "-3", "-3 is outside 1..4096"),
-    ("--read-timeout-s", "0", "0 is outside 0.01..3600"),
+    ("--max-delay-ms", "inf", "must be a finite number from 0 to 60000 (one minute), got 'inf'"),
+    ("--timeout-s", "nan", "must be a finite number from 0.001 to 86400 (one day), got 'nan'"),
+    ("--port", "99999", "must be an integer from 0 to 65535, got '99999'"),
+    ("--threads", "1000000", f"must be an integer from 1 to {len(os.sched_getaffinity(0))} (the CPUs this process "
+                             "may use), got '1000000'"),
+    ("--threads", "1.5", f"must be an integer from 1 to {len(os.sched_getaffinity(0))} (the CPUs this process may "
+                         "use), got '1.5'"),
+    ("--max-batch-size", "-3", "must be an integer from 1 to 4096, got '-3'"),
+    ("--read-timeout-s", "0", "must be a finite number from 0.01 to 3600 (one hour), got '0'"),
+    ("--workers", "true", "must be an integer from 1 to 64, got 'true'"),
 ])
 def test_numeric_options_out_of_range_are_one_usage_line(fill_mask, option, value, reason):
     result = run_cli(fill_mask, option, value)
@@ -80,12 +83,13 @@ def v2_body(shape=(1, 5), **data):
 
 
 @pytest.mark.parametrize("body, message", [
-    (v2_body(token_type_ids=[-1, 0, 0, 0, 0]), "token_type_ids must lie in [0, 2) (the token types); got -1..0"),
-    (v2_body(token_type_ids=[5, 0, 0, 0, 0]), "token_type_ids must lie in [0, 2) (the token types); got 0..5"),
+    (v2_body(token_type_ids=[-1, 0, 0, 0, 0]), "input token_type_ids holds -1 at [0, 0]; it takes 0 to 1 (config.json type_vocab_size 2)"),
+    (v2_body(token_type_ids=[5, 0, 0, 0, 0]), "input token_type_ids holds 5 at [0, 0]; it takes 0 to 1 (config.json type_vocab_size 2)"),
     (v2_body(input_ids=[2**70, 0, 0, 0, 0]), "input input_ids is INT64: its data must be integers within"),
     (v2_body(input_ids=[1.5, 0, 0, 0, 0]), "input input_ids is INT64: its data must be integers within"),
-    (v2_body(attention_mask=[7, 1, 1, 1, 1]), "attention_mask holds 0 or 1; got 1..7"),
-    (v2_body(shape=(1, 129)), "input_ids has 129 positions; this model has 128 (max_position_embeddings)"),
+    (v2_body(attention_mask=[7, 1, 1, 1, 1]), "input attention_mask holds 7 at [0, 0]; it takes 0 (padding) or 1 (a token)"),
+    (v2_body(shape=(1, 129)), ("input input_ids has 129 positions; the model has 128 (config.json max_position_embeddings): "
+                              "cut the input to that length")),
     ({**v2_body(), "outputs": "logits"}, 'outputs is a list of {"name": ...} objects, one per output wanted'),
     ({**v2_body(), "outputs": [{"name": "hidden"}]}, "model has no output(s) 'hidden'; it has logits"),
 ])
