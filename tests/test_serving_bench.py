@@ -22,3 +22,26 @@ def test_serve_bench_quick_runs_and_every_answer_is_equal(handmade_bundle):
         assert r[6] == "0" and r[7] == "32/32", r  # errors, answers equal
         assert float(r[8]) >= 1.0 and float(r[9].rstrip(" |")) > 0, r  # mean batch, CPU ms per request
     assert result.stdout.startswith("CPU: ")
+
+
+def test_serve_bench_peers_and_the_long_request_table_answer_what_pipeline_does(handmade_bundle):
+    """LitServe and the real Triton (scripts/setup.sh installs both) serve the same QA bundle beside albert-serve;
+    the long request's table reports small requests answered meanwhile, each equal to pipeline()'s answer."""
+    bundle = handmade_bundle("question-answering")
+    result = subprocess.run([sys.executable, "-m", "devtools.serve_bench", "--quick", "--bundle", str(bundle),
+                             "--peers", "litserve,triton", "--long-chars", "3000"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [line.split(" | ") for line in lines if line.count(" | ") == 9]
+    assert [(r[0], r[1]) for r in rows[1:]] == [
+        ("| pipeline() in-process, one by one", "1"), ("| albert-serve, window batching", "1"),
+        ("| albert-serve, window batching", "8"), ("| LitServe, 1 worker(s), pipeline() per request", "1"),
+        ("| LitServe, 1 worker(s), pipeline() per request", "8"), ("| Triton 2.51, --triton-backend python", "1"),
+        ("| Triton 2.51, --triton-backend python", "8")], result.stdout
+    for r in rows[1:]:
+        assert r[6] == "0" and r[7] == "32/32", r
+    assert float(rows[-1][8]) >= 1.0  # Triton: requests per execute()
+    long = next(line.split(" | ") for line in lines if line.startswith("| long QA"))
+    assert long[1] == "200" and int(long[3]) >= 1 and long[6] == f"{long[3]}/{long[3]} |", long
