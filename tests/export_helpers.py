@@ -1,6 +1,7 @@
 """Random-weight checkpoints for the export tests: transformers models saved with a real tokenizer."""
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ def tokenizer_files() -> Path:
     from transformers import AlbertTokenizerFast
 
     directory = Path(tempfile.mkdtemp(prefix="albert-test-tokenizer-"))
+    atexit.register(shutil.rmtree, directory, True)  # one per test process; each run used to leave its own
     AlbertTokenizerFast(vocab_file=str(DATA / "sentencepiece_test_model.model")).save_pretrained(directory)
     return directory
 
