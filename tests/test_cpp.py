@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from albert_export.export import export
 from tests.conftest import DATA
 from tests.export_helpers import save_checkpoint
+from tests.test_runtime_heads import assert_same
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,22 +115,6 @@ def albert_run(bundle: Path, lines: list[str], cwd: Path, backend: str) -> list[
     return done.stdout.splitlines()
 
 
-def assert_same(ours, theirs, where: str) -> None:
-    """Equal JSON values, except that scores (floats) may differ by SCORE_ATOL."""
-    if isinstance(theirs, float):
-        assert isinstance(ours, float) and abs(ours - theirs) <= SCORE_ATOL, (where, ours, theirs)
-    elif isinstance(theirs, dict):
-        assert isinstance(ours, dict) and list(ours) == list(theirs), (where, ours, theirs)
-        for key in theirs:
-            assert_same(ours[key], theirs[key], f"{where}.{key}")
-    elif isinstance(theirs, list):
-        assert isinstance(ours, list) and len(ours) == len(theirs), (where, ours, theirs)
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{where}[{i}]")
-    else:
-        assert type(ours) is type(theirs) and ours == theirs, (where, ours, theirs)
-
-
 # INT8 against albert-run's OpenVINO backend: onnxruntime's int8 kernels round differently (7.5e-3 seen)
 @pytest.mark.parametrize("name, backend", [
     ("fill-mask default model (generated spiece.model)", "onnxruntime"), ("fill-mask unrolled fp32", "onnxruntime"),
@@ -146,7 +131,7 @@ def test_answers_equal_albert_runs(albert_run_cpp, bundles, tmp_path, name, back
     assert len(ours) == len(theirs) == len(lines)
     for line, mine, expected in zip(lines, ours, theirs):
         assert mine == json.dumps(json.loads(mine), ensure_ascii=False)  # written as albert-run writes JSON
-        assert_same(json.loads(mine), json.loads(expected), line[:60])
+        assert_same(json.loads(mine), json.loads(expected), line[:60], atol=SCORE_ATOL)
 
 
 def test_long_context_takes_many_windows(bundles):

@@ -45,22 +45,22 @@ def context(model, task: str, batch_size: int = 4) -> tuple[TaskContext, TorchBa
     return ctx, backend
 
 
-def assert_same(ours, theirs, path="result", numpy_floats_within_atol=False):
+def assert_same(ours, theirs, path="result", numpy_floats_within_atol=False, atol=ATOL):
     """Same structure (dict keys in HF's order), equal strings/ints/labels of the same type, floats of the same type
-    within ATOL; numpy float scores (token-classification's float32) of the same type within ATOL when asked, else
-    equal. The one comparison with HF's pipelines that every runtime test uses."""
+    within atol; numpy float scores (token-classification's float32) of the same type within atol when asked, else
+    equal. The one comparison of answers every test uses (with HF's pipelines, albert-run-cpp's, Triton's)."""
     if numpy_floats_within_atol and isinstance(theirs, np.floating):
-        assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
+        assert type(ours) is type(theirs) and abs(ours - theirs) <= atol, f"{path}: {ours!r} vs {theirs!r}"
     elif isinstance(theirs, dict):
         assert isinstance(ours, dict) and list(ours) == list(theirs), f"{path}: keys {ours!r} vs {theirs!r}"
         for key in theirs:
-            assert_same(ours[key], theirs[key], f"{path}.{key}", numpy_floats_within_atol)
+            assert_same(ours[key], theirs[key], f"{path}.{key}", numpy_floats_within_atol, atol)
     elif isinstance(theirs, (list, tuple)):
         assert isinstance(ours, list) and len(ours) == len(theirs), f"{path}: {ours!r} vs {theirs!r}"
         for i, (a, b) in enumerate(zip(ours, theirs)):
-            assert_same(a, b, f"{path}[{i}]", numpy_floats_within_atol)
+            assert_same(a, b, f"{path}[{i}]", numpy_floats_within_atol, atol)
     elif isinstance(theirs, float):
-        assert type(ours) is type(theirs) and abs(ours - theirs) <= ATOL, f"{path}: {ours!r} vs {theirs!r}"
+        assert type(ours) is type(theirs) and abs(ours - theirs) <= atol, f"{path}: {ours!r} vs {theirs!r}"
     else:
         assert type(ours) is type(theirs) and ours == theirs, f"{path}: {ours!r} vs {theirs!r}"
 

@@ -12,7 +12,6 @@ scripts/setup.sh installs it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -31,10 +30,12 @@ import pytest
 from albert_export.triton import write_repository
 from runtime import pipeline
 from serving.requests import response_json
+from tests.test_runtime_heads import assert_same
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / ".triton" / "server" / "pytriton" / "tritonserver"
 STUB_ENV = ROOT / ".triton" / "env"
+SCORE_ATOL = 1e-5  # Triton may batch a request with others: onnxruntime's kernels round per batch shape
 READY_S = 120  # seconds to wait for the server (3-7 s seen for these models on 2 cores)
 SEED = "Plants create [MASK] through photosynthesis."
 
@@ -62,25 +63,13 @@ BAD = {  # (task, body) -> the one message line the client gets with HTTP 400
 PREPOST = "question-answering-ort"  # the default variant's bundle name in the shared repository
 
 
-def close(ours, theirs, path="answer"):
-    """Equal, floats within 1e-5 (Triton's batcher may batch a request with others, onnxruntime's kernels may
-    round differently for a different batch shape); strings, offsets and labels exactly."""
-    if isinstance(theirs, float) and isinstance(ours, (int, float)):
-        assert math.isclose(ours, theirs, rel_tol=0, abs_tol=1e-5), (path, ours, theirs)
-    elif isinstance(theirs, dict):
-        assert isinstance(ours, dict) and list(ours) == list(theirs), (path, ours, theirs)
-        for key in theirs:
-            close(ours[key], theirs[key], f"{path}.{key}")
-    elif isinstance(theirs, list):
-        assert isinstance(ours, list) and len(ours) == len(theirs), (path, ours, theirs)
-        for i, (a, b) in enumerate(zip(ours, theirs)):
-            close(a, b, f"{path}[{i}]")
-    else:
-        assert ours == theirs and type(ours) is type(theirs), (path, ours, theirs)
-
-
 def expected(pipe, inputs, params):
     return json.loads(response_json(pipe(inputs, **params)))
+
+
+def same(ours, theirs, where: str) -> None:
+    """Strings, offsets and labels exact, floats within SCORE_ATOL."""
+    assert_same(ours, theirs, where, atol=SCORE_ATOL)
 
 
 def free_port() -> int:
@@ -186,7 +175,7 @@ def test_every_task_over_http_and_grpc_answers_what_pipeline_returns(server, bun
     for inputs, params in CASES[task]:
         want = expected(pipe, inputs, params)
         for call in (http_call, grpc_call):
-            close(json.loads(call(server, task, body(inputs, params))), want, f"{task} {call.__name__} {inputs!r}")
+            same(json.loads(call(server, task, body(inputs, params))), want, f"{task} {call.__name__} {inputs!r}")
 
 
 def test_concurrent_requests_are_batched_and_each_answered(server, bundles):
@@ -205,7 +194,7 @@ def test_concurrent_requests_are_batched_and_each_answered(server, bundles):
     for thread in threads:
         thread.join(60)
     for text, answer in zip(texts, answers):
-        close(answer, expected(pipe, text, {}), text)
+        same(answer, expected(pipe, text, {}), text)
     after = model_stats(server, "fill-mask")
     requests, executions = (after[0] - before[0], after[1] - before[1])
     assert requests == len(texts) and executions < requests, (requests, executions)
@@ -271,7 +260,7 @@ def test_the_default_variants_pre_and_postprocess_models_in_the_real_server(serv
             tensor.set_data_from_numpy(value)
             tensors.append(tensor)
         answer = client.infer(f"{PREPOST}-postprocess", tensors).as_numpy("RESPONSE").reshape(-1)[0].decode()
-        close(json.loads(answer), expected(pipe, inputs, params), text)
+        same(json.loads(answer), expected(pipe, inputs, params), text)
 
 
 def test_sigterm_stops_the_server(server):
