@@ -256,8 +256,7 @@ def peer_missing(name: str) -> str | None:
         return None if (TRITON / "bin" / "tritonserver").exists() else "not installed (bash scripts/setup-triton.sh)"
     import importlib.util
 
-    module = {"litserve": "litserve", "ray": "ray"}[name]
-    return None if importlib.util.find_spec(module) else f"not installed (pip install {module})"
+    return None if importlib.util.find_spec(name) else f"not installed (pip install {name})"
 
 
 def row(label: str, clients: int, seconds: list[float], wall: float, errors: int, equal: int, total: int,
