@@ -80,6 +80,7 @@ def why_not_our_bundle(directory: Path) -> str | None:
 
 
 def proven_ours(directory: Path) -> bool:
+    """Whether `directory` is provably a bundle we wrote (why_not_our_bundle finds nothing); unreadable: no."""
     try:
         return why_not_our_bundle(directory) is None
     except OutputExistsError:  # unreadable: not proven
@@ -118,6 +119,7 @@ def remove_bundle(directory: Path) -> None:
 
 
 def remove_empty_folders(directory: Path) -> None:
+    """Remove the empty folders under `directory`, then it; a warning where it still holds files we did not write."""
     try:
         entries = list(walk(directory))
     except OutputExistsError:
@@ -135,6 +137,7 @@ def remove_empty_folders(directory: Path) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether a process with id `pid` exists (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -173,10 +176,12 @@ def sweep_stale_siblings(parent: Path) -> list[Path]:
 
 
 def marker_text(pid: int) -> str:
+    """The marker a partial bundle holds: the producer, the exporting process's pid and the host, as JSON."""
     return json.dumps({"producer": PRODUCER, "pid": pid, "host": socket.gethostname()})
 
 
 def marker_of(directory: Path) -> str | None:
+    """The marker text in `directory`; None where it has none or it cannot be read."""
     try:
         return (directory / MARKER).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -260,6 +265,7 @@ def save_model(model: onnx.ModelProto, directory: Path, threshold: int = EXTERNA
 
 
 def current_umask() -> int:
+    """This process's umask (read by setting one and putting it back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -276,6 +282,7 @@ class BundleWriter:
         self.committed = False
 
     def sibling(self, kind: str) -> Path:
+        """A new empty temporary folder beside the output, named after it, `kind` and this process's pid."""
         return Path(tempfile.mkdtemp(prefix=f".{self.target.name}.{kind}-{os.getpid()}-", dir=self.target.parent))
 
     def __enter__(self) -> "BundleWriter":
@@ -324,6 +331,8 @@ class BundleWriter:
         return self.output
 
     def replace_previous_bundle(self, repository=None) -> None:
+        """Swap the finished bundle (and `repository`, if any) in for the bundle at the output, then delete the old one;
+        on a failure the old one is put back."""
         old = self.sibling("old")
         with signals_deferred():  # between the renames no bundle is at the output: no Ctrl-C there, nor later
             os.replace(self.target, old)  # onto the empty directory mkdtemp made

@@ -45,6 +45,7 @@ class UnusedWeightsWarning(UserWarning):
 
 
 def default_model_dir() -> Path:
+    """The directory of the default model embedded in the package (the checkpoint when none is given)."""
     return Path(__file__).resolve().parent / "default_model"
 
 
@@ -64,6 +65,8 @@ def resolve_checkpoint(path_or_hub_id: str | Path | None) -> Path:
 
 
 def download_from_hub(repo_id: str) -> Path:
+    """The local snapshot of hub repo `repo_id` (config, safetensors weights, tokenizer files); CheckpointError if
+    it cannot be had (HF_HUB_OFFLINE: from the local cache only)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
@@ -98,10 +101,13 @@ def download_from_hub(repo_id: str) -> Path:
 
 
 def load_config(directory: Path) -> AlbertConfig:
+    """The checkpoint's config.json as an AlbertConfig."""
     return AlbertConfig.from_json_file(directory / "config.json")
 
 
 def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights: model.safetensors, else pytorch_model.bin read with weights_only (no pickled code);
+    CheckpointError where they are missing, refused or damaged."""
     safetensors_path, bin_path = directory / SAFETENSORS, directory / PYTORCH_BIN
     try:
         if safetensors_path.exists():

@@ -28,6 +28,7 @@ DESCRIPTION = "Export ALBERT to a validated ONNX bundle (layer groups unrolled o
 
 
 def task_help() -> str:
+    """The tasks for --help: each canonical name, with its aliases in parentheses."""
     return ", ".join(f"{spec.name} ({', '.join(spec.aliases)})" if spec.aliases else spec.name
                      for spec in TASKS.values())
 
@@ -41,6 +42,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def raise_interrupted(signum, frame) -> None:
+    """The stop signals' handler: ignore any further stop signal, raise Interrupted where the program is."""
     for other in STOP_SIGNALS:  # one clean-up: a second signal must not interrupt the first one's
         signal.signal(other, signal.SIG_IGN)
     raise Interrupted(signum)
@@ -50,6 +52,7 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """albert-export's command-line parser: every flag, with its default and help."""
     from .engine import DEFAULT_SHAPES
     from .opsets import DEFAULT_OPSET, MIN_OPSET
 
@@ -155,10 +158,13 @@ def export_options(args: argparse.Namespace) -> dict:
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the CLI: the message alone, as one warning line of the log."""
     LOGGER.warning(str(message))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """albert-export's entry point: run() with stop signals raised as Interrupted; the exit status (128 + the signal
+    when interrupted)."""
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
     previous = {signum: signal.signal(signum, raise_interrupted) for signum in STOP_SIGNALS} if in_main_thread else {}
     try:
@@ -192,6 +198,7 @@ def check_flags(args: argparse.Namespace) -> str | None:
 
 
 def run(argv: list[str] | None) -> int:
+    """Parse `argv`, check the flags, export, print the bundle's path; the exit status (2: usage error, 1: failure)."""
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     try:

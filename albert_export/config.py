@@ -40,6 +40,7 @@ MAX_LABELS = 1 << 16
 
 @dataclass
 class AlbertConfig:
+    """An ALBERT config.json: Hugging Face's fields and defaults, checked on creation; unknown keys kept in extra."""
     vocab_size: int = 30000
     embedding_size: int = 128
     hidden_size: int = 4096
@@ -71,14 +72,17 @@ class AlbertConfig:
 
     @property
     def num_labels(self) -> int:
+        """How many labels id2label names."""
         return len(self.id2label)
 
     @property
     def label2id(self) -> dict[str, int]:
+        """id2label inverted: label name -> id."""
         return {label: index for index, label in self.id2label.items()}
 
     @property
     def head_size(self) -> int:
+        """The width of one attention head (hidden_size / num_attention_heads)."""
         return self.hidden_size // self.num_attention_heads
 
     def group_of_layer(self, layer: int) -> int:
@@ -86,6 +90,8 @@ class AlbertConfig:
         return int(layer / (self.num_hidden_layers / self.num_hidden_groups))
 
     def validate(self) -> None:
+        """Raise ConfigError naming every problem: sizes and their limits, floats, pad id, labels, divisibility,
+        activation, position embedding type, problem type."""
         problems = []
         positive = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
                     "num_attention_heads", "intermediate_size", "inner_group_num", "max_position_embeddings",
@@ -144,6 +150,8 @@ class AlbertConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AlbertConfig":
+        """A config from config.json's object: model_type must be albert, num_labels alone fills id2label, label2id is
+        dropped, unknown keys go to extra; ConfigError for anything invalid."""
         data = dict(data)
         model_type = data.pop("model_type", "albert")
         if model_type != "albert":
@@ -170,6 +178,7 @@ class AlbertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "AlbertConfig":
+        """The config read from a config.json; ConfigError where it is missing, unreadable or not a JSON object."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -189,6 +198,7 @@ class AlbertConfig:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
+        """config.json's content: the unknown keys, model_type albert, the fields, id2label by string, label2id."""
         data = asdict(self)
         extra = data.pop("extra")
         data["id2label"] = {str(k): v for k, v in self.id2label.items()}
@@ -196,6 +206,7 @@ class AlbertConfig:
         return {**extra, "model_type": "albert", **data}
 
     def save(self, directory: str | Path) -> Path:
+        """Write config.json into `directory`; returns its path."""
         path = Path(directory) / "config.json"
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
@@ -241,6 +252,7 @@ def float_problems(config: AlbertConfig) -> list[str]:
 
 
 def is_number(value: Any) -> bool:
+    """An int or a float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -32,11 +32,13 @@ class EngineError(ExportError, RuntimeError):
 
 @dataclass(frozen=True)
 class ShapeProfile:
+    """A TensorRT optimization profile: the minimum, optimum and maximum dims every input is built for."""
     minimum: tuple[int, ...]
     optimum: tuple[int, ...]
     maximum: tuple[int, ...]
 
     def as_lists(self) -> list[list[int]]:
+        """[min, opt, max] as lists of ints, as the engine info records the profile of each input."""
         return [list(self.minimum), list(self.optimum), list(self.maximum)]
 
 
@@ -89,6 +91,7 @@ def default_profile(rank: int, max_positions: int) -> ShapeProfile:
 
 
 def import_tensorrt(flavour: str = "auto"):
+    """The TensorRT module of `flavour` (auto: tensorrt_rtx, else tensorrt); EngineError where none is installed."""
     names = {"auto": ("tensorrt_rtx", "tensorrt"), "tensorrt_rtx": ("tensorrt_rtx",), "tensorrt": ("tensorrt",)}
     if flavour not in names:
         raise EngineError(f"unknown TensorRT flavour {flavour!r}; use tensorrt_rtx or tensorrt")
@@ -104,6 +107,7 @@ def import_tensorrt(flavour: str = "auto"):
 
 
 def flavour_of(trt) -> str:
+    """Which TensorRT the module `trt` is: tensorrt_rtx or tensorrt."""
     return "tensorrt_rtx" if trt.__name__.startswith("tensorrt_rtx") else "tensorrt"
 
 
@@ -151,6 +155,7 @@ def progress_monitor_for(trt):
 
 
 def parse_onnx(trt, builder, logger, onnx_path: Path):
+    """The TensorRT network parsed from the ONNX file (strongly typed); EngineError with the parser's errors."""
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     flags = 0 if flavour_of(trt) == "tensorrt_rtx" else 1 << int(strongly_typed)  # RTX is always strongly typed
     network = builder.create_network(flags)
@@ -162,6 +167,8 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
 
 
 def set_compute_capabilities(trt, config, wanted: tuple[str, ...]) -> None:
+    """Have a tensorrt_rtx builder config target the `wanted` compute capabilities (e.g. 8.0); EngineError for one
+    this TensorRT does not know."""
     config.num_compute_capabilities = len(wanted)
     for index, capability in enumerate(wanted):
         member = getattr(trt.ComputeCapability, "SM" + capability.replace(".", ""), None)

@@ -83,6 +83,7 @@ def max_opset() -> int:
 
 
 def check_opset(opset: int) -> int:
+    """`opset` where this exporter and the installed onnxruntime support it; ExportOptionError otherwise."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
         raise ExportOptionError(
             f"opset {opset!r} is not supported; choose {MIN_OPSET}..{max_opset()} "
@@ -92,37 +93,44 @@ def check_opset(opset: int) -> int:
 
 
 def check_layers(layers: str) -> str:
+    """`layers` where it is a layers mode (LAYER_MODES); ExportOptionError otherwise."""
     if layers not in LAYER_MODES:
         raise ExportOptionError(f"--layers {layers!r} is not a layers mode; choose {' or '.join(LAYER_MODES)}")
     return layers
 
 
 class EmbeddingsPiece(nn.Module):
+    """The model's embeddings as a module of their own, traced alone: ids, mask, types -> hidden, additive mask."""
     def __init__(self, model: AlbertForTask):
         super().__init__()
         self.albert = model.albert
 
     def forward(self, input_ids, attention_mask, token_type_ids):
+        """(hidden (B, S, H), additive mask (B, 1, 1, S)), as the model's embed() returns them."""
         return self.albert.embed(input_ids, attention_mask, token_type_ids)  # (B, S, H), (B, 1, 1, S)
 
 
 class LayerGroupPiece(nn.Module):
+    """One shared layer group as a module of its own, traced alone (with its attentions where asked for)."""
     def __init__(self, group: nn.Module, output_attentions: bool):
         super().__init__()
         self.group, self.output_attentions = group, output_attentions
 
     def forward(self, hidden, attention_bias):
+        """The group's output (B, S, H); with output_attentions, also its inner layers' softmaxes (I, B, N, S, S)."""
         if self.output_attentions:
             return self.group.with_attentions(hidden, attention_bias)  # (B, S, H), (I, B, N, S, S)
         return self.group(hidden, attention_bias)
 
 
 class HeadPiece(nn.Module):
+    """The model's pooler and task head as a module of their own, traced alone: hidden -> the bundle's outputs."""
     def __init__(self, model: AlbertForTask, outputs: list[str]):
         super().__init__()
         self.model, self.outputs = model, outputs
 
     def forward(self, hidden):
+        """The head's tensors named in `outputs`, in that order."""
         head = self.model.head(hidden)
         return tuple(head[name] for name in self.outputs)
 
@@ -221,6 +229,7 @@ def graph_stats(graph: onnx.ModelProto, model: nn.Module) -> dict[str, int]:
 
 
 def albert_version() -> str:
+    """The albert-export version, recorded as the producer of the graph and of the manifest."""
     from . import __version__
 
     return __version__
@@ -304,6 +313,7 @@ class ExportOptions:
 
 
 def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -> str:
+    """The task named by the checkpoint's config.json architectures (None: the default model's), logged with why."""
     if path_or_hub_id is None:
         task, reason = DEFAULT_MODEL_TASK, "the embedded default model"
     else:
@@ -316,6 +326,7 @@ def detect_task(path_or_hub_id: str | Path | None, log: Callable[[str], None]) -
 
 
 def default_output_dir(task: str, precision: str = "fp32") -> Path:
+    """The bundle's folder when no output is given: albert-{task}-{precision}."""
     return Path(f"albert-{task}-{precision}")
 
 
@@ -443,6 +454,7 @@ def engine_profile(options: ExportOptions, max_positions: int) -> ShapeProfile |
 
 
 def traced(model: AlbertForTask, options: ExportOptions, log: Callable[[str], None]) -> onnx.ModelProto:
+    """The reference model traced to ONNX (embeddings, layer groups, head) in the options' layers mode and opset."""
     with stage("traced", log) as done:
         graph = onnx_from_reference(model, options.layers, options.opset, options.left_out)
         done(f"embeddings, {model.config.num_hidden_groups} layer group(s) and the head at opset {options.opset}")
@@ -488,6 +500,8 @@ def validated(bundle: Path, model: AlbertForTask, options: ExportOptions, log: C
 
 
 def ort_model_bytes(bundle: Path, model_bytes: int, log: Callable[[str], None]) -> int:
+    """Write model.ort and its required operators config into the bundle; model.ort's size (logged against
+    model.onnx's)."""
     ort_model, _ = ort_from_onnx(bundle / MODEL, bundle)
     size = ort_model.stat().st_size
     log(f"wrote {ort_model.name} ({size / model_bytes:.3f} x model.onnx) and its required operators")
@@ -495,6 +509,7 @@ def ort_model_bytes(bundle: Path, model_bytes: int, log: Callable[[str], None]) 
 
 
 def built_engine(bundle: Path, profile: ShapeProfile, log: Callable[[str], None]) -> EngineInfo:
+    """Build the TensorRT engine of the bundle's model.onnx for `profile` and write it into the bundle; its info."""
     with stage(f"built {ENGINE}", log) as done:
         plan, info = engine_from_onnx(bundle / MODEL, profile, log=log)
         (bundle / ENGINE).write_bytes(plan)

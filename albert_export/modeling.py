@@ -28,10 +28,12 @@ class InputShapeError(ExportError, ValueError):
 
 
 def new_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation (HF's gelu_new), computed as HF computes it."""
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
 def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation with sqrt(2 / pi) folded into a constant (HF's gelu_fast)."""
     return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
 
 
@@ -59,6 +61,7 @@ def classifier_dropout(config: AlbertConfig) -> nn.Dropout:
 
 
 class AlbertEmbeddings(nn.Module):
+    """Word, position and token type embeddings (E wide), summed, layer-normed and dropped out."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
@@ -68,6 +71,7 @@ class AlbertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, S, E) of (B, S) ids and token types, positions counted from 0."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, S)
         embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         embeddings = embeddings + self.position_embeddings(positions)  # (B, S, E)
@@ -75,6 +79,7 @@ class AlbertEmbeddings(nn.Module):
 
 
 class AlbertAttention(nn.Module):
+    """Multi-head self-attention with its output projection, residual connection and LayerNorm."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -88,10 +93,12 @@ class AlbertAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, H) -> (B, N, S, D): one slice per attention head."""
         batch, seq, _ = x.shape
         return x.view(batch, seq, self.num_heads, self.head_size).transpose(1, 2)  # (B, N, S, D)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden after attention, residual and LayerNorm (B, S, H), the softmax probabilities (B, N, S, S))."""
         query = self.split_heads(self.query(hidden))
         key = self.split_heads(self.key(hidden))
         value = self.split_heads(self.value(hidden))
@@ -103,6 +110,7 @@ class AlbertAttention(nn.Module):
 
 
 class AlbertLayer(nn.Module):
+    """One transformer layer: attention, then the feed-forward network with its residual connection and LayerNorm."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.attention = AlbertAttention(config)
@@ -113,6 +121,7 @@ class AlbertLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the layer's output (B, S, H), its attention softmax (B, N, S, S))."""
         attended, probs = self.attention(hidden, mask)  # (B, S, H), (B, N, S, S)
         feed_forward = self.dropout(self.ffn_output(self.activation(self.ffn(attended))))
         return self.full_layer_layer_norm(feed_forward + attended), probs
@@ -126,6 +135,7 @@ class AlbertLayerGroup(nn.Module):
         self.albert_layers = nn.ModuleList(AlbertLayer(config) for _ in range(config.inner_group_num))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, S, H) after each of the group's inner layers in turn."""
         for layer in self.albert_layers:
             hidden, _ = layer(hidden, mask)
         return hidden  # (B, S, H)
@@ -140,6 +150,7 @@ class AlbertLayerGroup(nn.Module):
 
 
 class AlbertTransformer(nn.Module):
+    """The encoder: the E->H mapping (applied by AlbertModel.embed) and the layer groups the layers share."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.config = config
@@ -163,6 +174,7 @@ class AlbertTransformer(nn.Module):
 
 
 class AlbertModel(nn.Module):
+    """ALBERT without a task head: embeddings, encoder and (unless add_pooling_layer is False) the pooler."""
     def __init__(self, config: AlbertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.config = config
@@ -171,15 +183,18 @@ class AlbertModel(nn.Module):
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
 
     def embed(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden (B, S, H) after the embeddings and the E->H mapping, additive mask (B, 1, 1, S))."""
         embedded = self.embeddings(input_ids, token_type_ids)  # (B, S, E)
         hidden = self.encoder.embedding_hidden_mapping_in(embedded)  # (B, S, H)
         return hidden, additive_mask(attention_mask, hidden.dtype)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The pooler's output (B, H): tanh of a dense layer over each sequence's first ([CLS]) token."""
         return torch.tanh(self.pooler(hidden[:, 0]))  # (B, H)
 
 
 class AlbertMLMHead(nn.Module):
+    """The masked-LM head: dense, activation and LayerNorm down to E, then the decoder over the vocabulary."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
@@ -190,6 +205,7 @@ class AlbertMLMHead(nn.Module):
         self.activation = ACTIVATION_FUNCTIONS[config.hidden_act]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits (B, S, V) of hidden (B, S, H)."""
         hidden = self.LayerNorm(self.activation(self.dense(hidden)))  # (B, S, E)
         # on 2-D input the tied decoder traces as Gemm(transB=1) reading the word embeddings as they are; the 3-D
         # form is MatMul(x, Transpose(W)), which onnxruntime folds into a second, transposed copy of the table
@@ -197,12 +213,14 @@ class AlbertMLMHead(nn.Module):
 
 
 class AlbertSOPHead(nn.Module):
+    """The sentence-order prediction head: dropout and a 2-way classifier over the pooled output."""
     def __init__(self, config: AlbertConfig):
         super().__init__()
         self.dropout = classifier_dropout(config)
         self.classifier = nn.Linear(config.hidden_size, 2)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The two sentence-order logits (B, 2) of the pooled output (B, H)."""
         return self.classifier(self.dropout(pooled))  # (B, 2)
 
 
@@ -226,10 +244,13 @@ class AlbertForTask(nn.Module):
             spec.name for spec in TASKS.values() if spec.torch_head == type(self).__name__)
 
     def head(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{ONNX output name: tensor} of the encoder's output (B, S, H); each task's class computes its own."""
         raise NotImplementedError
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=None,
                 output_attentions=None) -> dict[str, torch.Tensor]:
+        """{ONNX output name: tensor} of the inputs (mask all ones, types all zeros where left out); with
+        hidden_states and attentions too where asked for."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -253,11 +274,13 @@ class AlbertForTask(nn.Module):
 
 
 class AlbertForFeatureExtraction(AlbertForTask):
+    """ALBERT's last hidden state and pooler output, without a task head."""
     def head(self, hidden):
         return {"last_hidden_state": hidden, "pooler_output": self.albert.pool(hidden)}
 
 
 class AlbertForPreTraining(AlbertForTask):
+    """ALBERT with the masked-LM and sentence-order heads it is pre-trained with."""
     def __init__(self, config):
         super().__init__(config)
         self.predictions = AlbertMLMHead(config)
@@ -272,6 +295,7 @@ class AlbertForPreTraining(AlbertForTask):
 
 
 class AlbertForMaskedLM(AlbertForTask):
+    """ALBERT with the masked-LM head (no pooler)."""
     pooled = False
 
     def __init__(self, config):
@@ -284,6 +308,7 @@ class AlbertForMaskedLM(AlbertForTask):
 
 
 class AlbertForSequenceClassification(AlbertForTask):
+    """ALBERT with a classifier over the pooled output: one logit per label."""
     def __init__(self, config):
         super().__init__(config)
         self.dropout = classifier_dropout(config)
@@ -294,6 +319,7 @@ class AlbertForSequenceClassification(AlbertForTask):
 
 
 class AlbertForTokenClassification(AlbertForTask):
+    """ALBERT with a classifier over every token: one logit per label (no pooler)."""
     pooled = False
 
     def __init__(self, config):
@@ -306,6 +332,7 @@ class AlbertForTokenClassification(AlbertForTask):
 
 
 class AlbertForQuestionAnswering(AlbertForTask):
+    """ALBERT with a start and an end logit per token, for extractive answer spans (no pooler)."""
     pooled = False
 
     def __init__(self, config):
@@ -346,6 +373,7 @@ TASK_MODELS = task_table(lambda spec: [(spec.name, globals()[spec.torch_head])])
 
 
 def model_for_task(config: AlbertConfig, task: str) -> AlbertForTask:
+    """The reference model of `task` for `config`, its weights as initialized; ConfigError for a task with no head."""
     if task not in TASK_MODELS:
         raise ConfigError(f"no ALBERT head for task {task!r}")
     model = TASK_MODELS[task](config)

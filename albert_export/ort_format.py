@@ -39,6 +39,7 @@ def ort_optimized_session_options(target: Path):
 
 
 def save_optimized(model_path: Path, target: Path) -> Path:
+    """Have onnxruntime save `model_path` optimized to `target` (ORT format for a .ort target); returns target."""
     import onnxruntime as ort
 
     try:

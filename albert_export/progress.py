@@ -53,6 +53,7 @@ def configure(level: int = logging.INFO) -> None:
 
 
 def log(message: str) -> None:
+    """`message` as one info line of the albert_export logger (the stages' default log)."""
     LOGGER.info(message)
 
 

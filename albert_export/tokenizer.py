@@ -147,6 +147,7 @@ def tokenizer_from_spiece(
 # --- a checkpoint's tokenizer directory -------------------------------------------------------------------
 
 def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} where there is no such file; TokenizerError for anything but a JSON object."""
     if not path.is_file():
         return {}
     try:
@@ -159,6 +160,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def token_text(value: Any) -> str | None:
+    """A special token's text, from a string or a serialized AddedToken; None for anything else."""
     if isinstance(value, dict):  # serialized AddedToken
         value = value.get("content")
     return value if isinstance(value, str) else None
@@ -247,6 +249,7 @@ def tokenizer_from_pretrained(path_dir: str | Path) -> tuple[Tokenizer, Tokenize
 
 
 def largest_token_id(tokenizer: Tokenizer) -> int:
+    """The largest id in the tokenizer's vocabulary, added tokens included (0 for an empty one)."""
     return max(tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
 
 

@@ -29,6 +29,7 @@ ROLE_ALIASES = {"bos": "cls", "eos": "sep"}
 
 
 def special_tokens_map(settings: TokenizerSettings) -> dict[str, str]:
+    """special_tokens_map.json's entries: each role's token, bos and eos as cls and sep where not set themselves."""
     roles = dict(settings.special_tokens)
     roles.update({alias: roles[role] for alias, role in ROLE_ALIASES.items() if role in roles and alias not in roles})
     return {f"{role}_token": text for role, text in sorted(roles.items())}
@@ -45,6 +46,8 @@ def with_special_tokens(source: dict[str, Any], settings: TokenizerSettings) -> 
 
 
 def tokenizer_config(checkpoint_config: dict[str, Any], settings: TokenizerSettings, max_length: int) -> dict[str, Any]:
+    """The bundle's tokenizer_config.json: the checkpoint's, with the runtime's special tokens, settings and
+    max_length."""
     config = with_special_tokens(checkpoint_config, settings)
     config.setdefault("tokenizer_class", TOKENIZER_CLASS)
     config.setdefault("remove_space", True)

@@ -15,6 +15,7 @@ ANY_OUTPUT = "*"
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far an output may be from the reference: |actual - expected| <= atol + rtol * |expected|."""
     atol: float
     rtol: float = 0.0
 

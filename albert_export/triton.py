@@ -56,16 +56,19 @@ PYTHON_MAX_BATCH_SIZE = 16  # requests per execute(); their windows share forwar
 
 
 class TritonError(ExportError, ValueError):
+    """The --triton repository cannot be written: its folder, the bundle's name or the model refuse it."""
     pass
 
 
 @dataclass(frozen=True)
 class Tensor:
+    """An input or output as config.pbtxt declares it: name, Triton data type, dims."""
     name: str
     data_type: str
     dims: tuple[int, ...]  # without the batch axis; -1 for a dynamic axis
 
     def pbtxt(self) -> str:
+        """Its config.pbtxt entry, on one line."""
         return f'  {{ name: "{self.name}" data_type: {self.data_type} dims: [ {", ".join(map(str, self.dims))} ] }}'
 
 
@@ -100,6 +103,7 @@ def model_tensors(model_path: Path) -> tuple[list[Tensor], list[Tensor], list[st
 
 def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[Tensor], *, max_batch_size: int,
                  max_queue_delay_us: int, instances: int, kind: str, extra: str = "") -> str:
+    """config.pbtxt of a model Triton batches dynamically (onnxruntime, openvino, TensorRT), `extra` appended."""
     return "\n".join([
         MARKER,
         f'name: "{name}"',
@@ -116,6 +120,7 @@ def model_config(name: str, platform: str, inputs: list[Tensor], outputs: list[T
 
 def python_config(name: str, stage: str, inputs: list[Tensor], outputs: list[Tensor], bundle: str,
                   instances: int) -> str:
+    """config.pbtxt of a Python-backend stage (`stage`: preprocess or postprocess) reading the bundle at `bundle`."""
     def full(t: Tensor) -> Tensor:  # max_batch_size 0: the batch axis is part of dims
         return Tensor(t.name, t.data_type, (-1, *t.dims)) if t.name not in ("REQUEST", "RESPONSE") else t
 
@@ -194,6 +199,7 @@ def model_names(name: str, backend: str, has_engine: bool = False) -> dict[str, 
 
 
 def check_model_name(name: str) -> str:
+    """`name` where it can name a Triton model; TritonError otherwise."""
     if not MODEL_NAME.match(name):
         raise TritonError(f"the bundle's name {name!r} cannot name a Triton model (it names the models and goes into "
                           "config.pbtxt): use letters, digits, _ . - only, starting with a letter, digit or _, at "
@@ -232,9 +238,12 @@ class RepositoryWriter:
         self.check(model_names(self.name, backend, has_engine=True))
 
     def refuse(self, why: str) -> None:
+        """Raise TritonError: the --triton directory, and `why` it cannot be used."""
         raise TritonError(f"--triton {self.shown} {why}; choose another --triton directory")
 
     def check(self, names: dict[str, str]) -> None:
+        """Refuse a --triton target that cannot hold a repository, or has models `names` that --overwrite may not
+        replace."""
         target, bundle = self.target, self.bundle_target
         if target == bundle or bundle in target.parents:
             self.refuse("is the bundle's own folder or inside it")
@@ -317,6 +326,8 @@ class RepositoryWriter:
 
 def write_models(bundle, repository: Path, names: dict[str, str], backend: str, options: dict,
                  python_instances: int) -> None:
+    """Write `bundle`'s models into `repository`: the model (and TensorRT engine), the pre- and postprocess stages and
+    their ensemble; or, for the python backend, one model."""
     def bundle_copy(version: Path) -> None:
         version.mkdir(parents=True)
         for file in bundle.manifest.files:

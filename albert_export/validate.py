@@ -64,6 +64,8 @@ class AgreementError(ValidationError):
 
 @dataclass
 class Comparison:
+    """One output's largest differences from the reference over the validated shapes, and whether all were within
+    tolerance."""
     max_abs: float = 0.0
     max_rel: float = 0.0
     worst_shape: tuple[int, ...] = ()
@@ -83,12 +85,14 @@ def validation_inputs(shape: tuple[int, ...], vocab_size: int, type_vocab_size: 
 
 
 def reference_outputs(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The PyTorch model's outputs for `inputs`, as float32 numpy arrays, computed without gradients."""
     with torch.no_grad():
         outputs = model(**{name: torch.from_numpy(array) for name, array in inputs.items()})
     return {name: tensor.float().numpy() for name, tensor in outputs.items()}
 
 
 def onnx_session(model_path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of the model (`threads`: its intra-op threads)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
