@@ -99,7 +99,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
-        """The manifest that manifest.json's object describes; BundleError naming what is malformed or of another format."""
+        """The manifest in manifest.json's object; BundleError naming what is malformed or of another format."""
         if not isinstance(data, dict):
             raise BundleError("manifest.json is malformed: not a JSON object; re-export the bundle")
         fmt = data.get("format")

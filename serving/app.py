@@ -66,7 +66,7 @@ async def answer_json(content: Any, limits: Limits) -> Response:
 
 
 async def read_json(request: Request, limits: Limits) -> Any:
-    """The request's body parsed as JSON; RequestError (413 where it is over the body limit) otherwise."""
+    """The request's body parsed as JSON; RequestError 413 over the size limit, 408 past the read timeout, else 400."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise RequestError(413, f"the request body has {declared} bytes; this server takes at most "
@@ -129,7 +129,7 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        """Start the batchers and loop handlers for the app's life and stop them when it ends."""
+        """For the app's life, a started batcher per model and the loop's exception handler; batchers stopped after."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self.notices.loop_exception)  # e.g. accept() out of descriptors: one line
         self.closing = loop.create_future()

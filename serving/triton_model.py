@@ -118,7 +118,7 @@ class Prepared:
 class TritonPythonModel:
     """The Triton Python backend model running a bundle's pipeline or one of its stages."""
     def initialize(self, args: dict[str, Any]) -> None:
-        """Load the pipeline and read the stage and limits from the model's config."""
+        """Load the bundle's pipeline for the configured stage, and the model outputs and input limits of the config."""
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.stage = parameters.get("stage")
