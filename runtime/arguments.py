@@ -26,6 +26,7 @@ class Parser(argparse.ArgumentParser):
     its usage block first): albert-run, albert-serve and albert-export say it alike."""
 
     def error(self, message: str):
+        """Exit with status 2 and the message, pointing at --help."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -47,9 +48,11 @@ class Range:
     maximum_is: str = ""  # what the maximum is, where that is not obvious ("the CPUs this process may use")
 
     def bound(self) -> float | None:
+        """The largest allowed value (computed now where `maximum` is a callable), or None for no upper limit."""
         return self.maximum() if callable(self.maximum) else self.maximum
 
     def describe(self) -> str:
+        """The values the range allows, in words for error messages ("a positive integer", "an integer from 1 to 8")."""
         what, maximum = ("an integer" if self.kind is int else "a finite number"), self.bound()
         if maximum is not None:
             why = f" ({self.maximum_is})" if self.maximum_is else ""
@@ -59,6 +62,7 @@ class Range:
         return f"{what} of at least {_show(self.minimum)}"
 
     def holds(self, value: Any) -> bool:
+        """Whether `value` is a finite real of the range's kind within its minimum and bound (booleans never are)."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
@@ -149,6 +153,7 @@ def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
 
 
 def comma_list(text: str) -> list[str]:
+    """The comma-separated words of `text`, stripped; an argparse error where an item is empty."""
     items = [item.strip() for item in text.split(",")]
     if not all(items):
         raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give words separated by commas")

@@ -36,6 +36,7 @@ LABEL_ID = re.compile(r"[0-9]+")  # ASCII digits: "²" and "٣" are digits to st
 
 @dataclass
 class TensorSpec:
+    """One model input or output as the manifest lists it: name, numpy dtype and dims (symbolic or fixed)."""
     name: str
     dtype: str  # numpy dtype name: "int64", "float32", "float16"
     dims: list[str | int]
@@ -43,6 +44,7 @@ class TensorSpec:
 
 @dataclass
 class TokenizerSettings:
+    """How the bundle's tokenizer is applied: max length, casing, accents, special tokens, decode cleanup."""
     max_length: int
     do_lower_case: bool
     keep_accents: bool = False
@@ -52,6 +54,7 @@ class TokenizerSettings:
 
 @dataclass
 class Validation:
+    """What the export's check against the reference found: tolerances, differences and the shapes tried."""
     tolerance: dict[str, float]  # output -> atol used
     max_abs_diff: dict[str, float]
     max_rel_diff: dict[str, float] = field(default_factory=dict)
@@ -64,6 +67,7 @@ class Validation:
 
 @dataclass
 class EngineInfo:
+    """The TensorRT engine a bundle carries: flavour, version, optimization profiles, GPU compute capabilities."""
     flavour: str  # "tensorrt" | "tensorrt_rtx"
     version: str
     profiles: list[dict[str, list[list[int]]]]  # per profile: input name -> [min dims, opt dims, max dims]
@@ -72,6 +76,7 @@ class EngineInfo:
 
 @dataclass
 class Manifest:
+    """manifest.json: what a bundle holds (task, layers, precision, opset, tensors) and how it was made."""
     task: str
     layers: str  # "unrolled" | "loop"
     precision: str  # "fp32" | "fp16" | "int8"
@@ -89,10 +94,12 @@ class Manifest:
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes (absent in older bundles)
 
     def to_json(self) -> str:
+        """The manifest as indented JSON text, ending in a newline."""
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
+        """The manifest in manifest.json's object; BundleError naming what is malformed or of another format."""
         if not isinstance(data, dict):
             raise BundleError("manifest.json is malformed: not a JSON object; re-export the bundle")
         fmt = data.get("format")
@@ -142,6 +149,7 @@ def _check_shapes(manifest: Manifest) -> None:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The hex SHA-256 digest of the file at `path`, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -151,16 +159,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class Bundle:
+    """A loaded bundle: its directory, manifest and model config."""
     root: Path
     manifest: Manifest
     config: dict[str, Any]
 
     @property
     def model_path(self) -> Path:
+        """The bundle's model.onnx."""
         return self.root / MODEL
 
     @property
     def tokenizer_path(self) -> Path:
+        """The bundle's tokenizer file."""
         return self.root / TOKENIZER
 
     @property
@@ -178,6 +189,7 @@ class Bundle:
 
     @property
     def id2label(self) -> dict[int, str]:
+        """The config's id2label with integer keys (empty when it has none)."""
         return {int(k): v for k, v in self.config.get("id2label", {}).items()}
 
 

@@ -144,6 +144,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Answer each input line with the bundle's pipeline; 0 when all were read and none failed, else 1."""
     from .pipeline import Pipeline
 
     device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The albert-run command: its exit status, errors printed in one line to stderr."""
     args = parser().parse_args(argv)
     show_warning, warnings.showwarning = warnings.showwarning, _show_warning
     try:

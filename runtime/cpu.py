@@ -59,6 +59,7 @@ def cpu_description(cpuinfo: str | None = None, max_isa: str | None = None) -> d
 
 
 def openvino_installed() -> bool:
+    """Whether the openvino package can be imported."""
     return importlib.util.find_spec("openvino") is not None
 
 

@@ -24,6 +24,7 @@ ALTERNATIVES = {"cpu": " (or [gpu] for onnxruntime-gpu with CUDA)"}
 
 
 def install_command(extra: str) -> str:
+    """The pip command that installs this package with `extra`."""
     return f"pip install '{PACKAGE}[{extra}]'"
 
 

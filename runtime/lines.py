@@ -49,6 +49,7 @@ def ready_lines(read: Callable[[int], bytes], limit: int = MAX_BATCH) -> Iterato
 
 
 def decode_line(raw: bytes, number: int) -> str:
+    """One input line as text, without a trailing CR or a leading byte order mark; InputError if not UTF-8 or blank."""
     if raw.endswith(b"\r"):
         raw = raw[:-1]
     try:
@@ -115,6 +116,7 @@ class LineRunner:
         return True
 
     def group(self, lines: list[tuple[int, bytes]]) -> bool:
+        """Answer a group of numbered lines in order, reporting each bad one; False where a failure stops the run."""
         items: list[tuple[int, Any, BaseException | None]] = []
         for number, raw in lines:
             try:

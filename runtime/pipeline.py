@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def head_for(task: str) -> Head:
+    """The task head module for `task` (runtime.tasks.<head>), imported on first use."""
     name = TASKS[task].head
     try:
         return importlib.import_module(f"{__package__}.tasks.{name}")
@@ -332,6 +333,7 @@ class Pipeline:
 
     @property
     def config(self) -> dict[str, Any]:
+        """The bundle's model config."""
         return self.bundle.config
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written befor
 
 @dataclass
 class BatchRunner:
+    """Runs features through a backend in padded batches and cuts each output back to its own length."""
     backend: Backend
     sequence_axes: dict[str, tuple[int, ...]]  # output name -> axes (batch axis included) to cut back
     batch_size: int = 8
@@ -35,9 +36,11 @@ class BatchRunner:
         check_number("batch_size", self.batch_size)  # bool refused too
 
     def with_batch_size(self, batch_size: int) -> "BatchRunner":
+        """A copy of this runner with another batch size."""
         return replace(self, batch_size=batch_size)
 
     def run(self, features: list[Feature]) -> list[dict[str, np.ndarray]]:
+        """The backend's outputs for each feature, in order, batching features of equal leading shape by length."""
         def key(index: int):
             shape = features[index]["input_ids"].shape
             return shape[:-1], shape[-1]

@@ -25,6 +25,7 @@ ALBERT_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "<pad>", "mask":
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizers Tokenizer in the file at `path`, with truncation and padding off."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_truncation()
     tokenizer.no_padding()
@@ -97,6 +98,7 @@ def _preview(text: str | tuple[str, str], width: int = 40) -> str:
 
 
 def feature_from_encoding(encoding: Encoding) -> Feature:
+    """An encoding's ids, attention mask and type ids as int64 arrays."""
     return {
         "input_ids": np.asarray(encoding.ids, dtype=np.int64),
         "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
@@ -140,6 +142,7 @@ def decode(
     skip_special_tokens: bool = False,
     clean_up_tokenization_spaces: bool = False,
 ) -> str:
+    """The text of `ids`, optionally without special tokens and with transformers' tokenization-space cleanup."""
     text = tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
     return clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
@@ -204,10 +207,12 @@ class PipelineTokenizer:
 
     @property
     def model_max_length(self) -> int:
+        """The longest input, in tokens, the pipeline encodes."""
         return self._model_max_length
 
     @model_max_length.setter
     def model_max_length(self, value: int) -> None:
+        """Set the longest input; OptionError unless an integer from 1 to the model's positions."""
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self.max_positions:
             raise OptionError(
                 f"model_max_length must be an integer from 1 to {self.max_positions} (the model's positions), "
@@ -225,6 +230,7 @@ class PipelineTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The size of the base vocabulary, added tokens not counted."""
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=False)
 
     def __call__(
@@ -283,9 +289,11 @@ class PipelineTokenizer:
             columns[name] = [list(row) + [fills[name]] * (length - len(row)) for row in rows]
 
     def encode(self, text: str, text_pair: str | None = None, **options) -> list[int]:
+        """The input ids of `text` (and `text_pair`), as calling the tokenizer gives them."""
         return self(text, text_pair, **options)["input_ids"]
 
     def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None):
+        """The text of one id or a sequence of ids; cleanup defaults to the bundle's setting."""
         ids = [int(token_ids)] if np.ndim(token_ids) == 0 else [int(i) for i in token_ids]
         clean = clean_up_tokenization_spaces
         if clean is None:
@@ -294,14 +302,17 @@ class PipelineTokenizer:
                       clean_up_tokenization_spaces=clean)
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
+        """The tokens of `text` (and `pair`), without special tokens unless asked."""
         return self.backend_tokenizer.encode(text, pair, add_special_tokens=add_special_tokens).tokens
 
     def convert_ids_to_tokens(self, ids):
+        """The token of one id, or the list of tokens of a sequence of ids."""
         if np.ndim(ids) == 0:
             return self.backend_tokenizer.id_to_token(int(ids))
         return [self.backend_tokenizer.id_to_token(int(i)) for i in ids]
 
     def convert_tokens_to_ids(self, tokens):
+        """The id of one token, or the ids of a list of tokens; unknown tokens give the unk id."""
         def one(token: str) -> int | None:
             found = self.backend_tokenizer.token_to_id(token)
             return self.unk_token_id if found is None else found

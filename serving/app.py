@@ -43,11 +43,14 @@ from .requests import Limits, RequestError, hf_call, response_json
 
 
 class JSON(JSONResponse):
+    """A JSON response rendered as the server writes every answer (see response_json)."""
     def render(self, content: Any) -> bytes:
+        """The content as UTF-8 JSON bytes, as response_json writes it."""
         return response_json(content).encode("utf-8")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
+    """A JSON error response {"error": message} with `status` and any extra headers."""
     return JSON({"error": message}, status_code=status, headers=headers)
 
 
@@ -63,6 +66,7 @@ async def answer_json(content: Any, limits: Limits) -> Response:
 
 
 async def read_json(request: Request, limits: Limits) -> Any:
+    """The request's body parsed as JSON; RequestError 413 over the size limit, 408 past the read timeout, else 400."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise RequestError(413, f"the request body has {declared} bytes; this server takes at most "
@@ -90,6 +94,7 @@ async def read_json(request: Request, limits: Limits) -> Any:
 
 
 class Server:
+    """The HTTP server of a set of pipelines: their batchers, limits, routes and lifespan."""
     def __init__(self, pipelines: dict[str, Pipeline], limits: Limits = Limits(), notices=None):
         from .connections import Notices
 
@@ -113,15 +118,18 @@ class Server:
         loop.call_later(max(grace - 0.25, 0.0), lambda: self.closing.done() or self.closing.set_result(None))
 
     def model_threads_busy(self) -> bool:
+        """Whether any model's batcher has a run in its thread now."""
         return any(batcher.thread_busy for batcher in self.batchers.values())
 
     def model(self, name: str) -> Pipeline:
+        """The pipeline named `name`; RequestError 404 naming the models served otherwise."""
         if name not in self.pipelines:
             raise RequestError(404, f"no model named {name!r}; this server has {', '.join(sorted(self.pipelines))}")
         return self.pipelines[name]
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
+        """For the app's life, a started batcher per model and the loop's exception handler; batchers stopped after."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self.notices.loop_exception)  # e.g. accept() out of descriptors: one line
         self.closing = loop.create_future()
@@ -152,6 +160,7 @@ class Server:
         return observe
 
     async def answer(self, request: Request, route: str, handler) -> Response:
+        """The response of `handler` to one request on `route`, timed and counted in the metrics."""
         started = time.perf_counter()
         name = request.path_params.get("name", "")
         label = name if name in self.pipelines else ""
@@ -192,6 +201,7 @@ class Server:
                                 "or send fewer inputs")
 
     async def hf(self, request: Request, name: str) -> Response:
+        """Answer an HF Inference API call to the model `name`."""
         pipe = self.model(name)
         call = hf_call(await read_json(request, self.limits), pipe.task, self.limits)
         try:
@@ -203,6 +213,7 @@ class Server:
             return await answer_json(await self._await(future), self.limits)
 
     async def v2_infer(self, request: Request, name: str) -> Response:
+        """Answer a KServe v2 inference request to the model `name`."""
         pipe = self.model(name)
         body = await read_json(request, self.limits)
         inputs = v2_tensors(body, pipe)
@@ -225,6 +236,7 @@ class Server:
         return await answer_json(answer, self.limits)
 
     async def v2_metadata(self, request: Request, name: str) -> Response:
+        """The KServe v2 metadata of the model `name`, from its bundle's manifest."""
         pipe = self.model(name)
         manifest = pipe.bundle.manifest
 
@@ -236,6 +248,7 @@ class Server:
                      "inputs": specs(manifest.inputs), "outputs": specs(manifest.outputs)})
 
     def app(self) -> Starlette:
+        """The Starlette application serving the routes."""
         def route(path: str, handler, methods=("GET",), label: str | None = None):
             async def endpoint(request: Request) -> Response:
                 return await self.answer(request, label or path, handler)

@@ -46,6 +46,7 @@ class Job:
         self.remaining = len(prepared.windows)
 
     def next_window(self) -> dict[str, np.ndarray] | None:
+        """The job's next window to send to the model, or None when all were sent."""
         windows = self.prepared.windows
         return windows[self.sent] if self.sent < len(windows) else None
 
@@ -59,6 +60,7 @@ def near(shape: tuple[int, ...], anchor: tuple[int, ...]) -> bool:
 
 
 class Batcher:
+    """Gathers one model's calls into batches of windows and runs them in a thread."""
     def __init__(
         self,
         pipe: Pipeline,
@@ -87,6 +89,7 @@ class Batcher:
         self.worker: asyncio.Task | None = None
 
     def start(self) -> None:
+        """Start the batcher's worker task on the running loop."""
         self.wake = asyncio.Event()
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -105,6 +108,7 @@ class Batcher:
 
     @property
     def thread_busy(self) -> bool:
+        """Whether a batch is running in the model's thread now."""
         return self.running > 0
 
     @property
@@ -172,6 +176,7 @@ class Batcher:
             self.running -= 1
 
     def waiting_windows(self) -> int:
+        """How many windows of the queued jobs are not yet sent to the model."""
         return sum(len(job.prepared.windows) - job.sent for job in self.jobs)
 
     def take(self) -> list[tuple[Job, int]]:

@@ -36,6 +36,7 @@ PROG = "albert-serve"
 
 
 def parser() -> argparse.ArgumentParser:
+    """The albert-serve command line parser."""
     p = Parser(prog=PROG, description="Serve albert-export bundles over HTTP, with dynamic batching.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle directories; each is served under its name")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_pipelines(args: argparse.Namespace) -> dict:
+    """The pipelines of the bundles given, by the name each is served under."""
     from runtime import pipeline
 
     names: dict[str, str] = {}
@@ -93,6 +95,7 @@ def load_pipelines(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve the bundles as the arguments ask; the exit status."""
     try:  # the serve extra's packages, before anything is loaded
         import uvicorn  # noqa: F401
 
@@ -218,6 +221,7 @@ def run_workers(args: argparse.Namespace) -> int:
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host and port, for the server to listen on."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when their proto says TCP; without
@@ -233,6 +237,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The albert-serve command: its exit status."""
     args = parser().parse_args(argv)
     return guarded(lambda: run(args))
 

@@ -61,6 +61,7 @@ def descriptor_room() -> int:
 
 
 def raw_response(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 response with a JSON error body, as bytes, for a connection refused below the app."""
     body = json.dumps({"error": message}).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
@@ -81,9 +82,11 @@ def guarded_protocol(guard: Guard) -> type:
 
 
 class GuardedH11Protocol(H11Protocol):
+    """Uvicorn's h11 protocol with the guard's limits on connections and read time."""
     guard: Guard
 
     def connection_made(self, transport) -> None:
+        """Register the connection with the guard and start its read timer."""
         super().connection_made(transport)
         self.read_timer = None
         guard = self.guard
@@ -109,11 +112,13 @@ class GuardedH11Protocol(H11Protocol):
         return cycle is None or cycle.response_complete or (cycle.more_body and not cycle.response_started)
 
     def connection_lost(self, exc) -> None:
+        """Forget the connection in the guard and stop its read timer."""
         self.guard.open.pop(self, None)
         self._stop_read_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Pass the data on, starting the read timer at the first byte of a new request."""
         if self.read_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._start_read_timer()  # the first byte of a keep-alive connection's next request
         super().data_received(data)
@@ -121,9 +126,11 @@ class GuardedH11Protocol(H11Protocol):
             self._stop_read_timer()  # headers complete: the body's bound is the app's (read_json)
 
     def on_response_complete(self) -> None:
+        """Let uvicorn arm its keep-alive timeout once a response is complete."""
         super().on_response_complete()  # arms uvicorn's keep-alive timeout for the idle time until the next request
 
     def refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer with an error response and close the connection, unless it is closing."""
         self._stop_read_timer()
         if self.transport.is_closing():
             return

@@ -15,6 +15,7 @@ import httpx
 
 @dataclass
 class Answer:
+    """The server's answer to one body: its index, HTTP status (0 for none) and parsed body."""
     index: int
     status: int  # 0: no answer (connection failed, or the time limit was reached)
     body: Any
@@ -49,4 +50,5 @@ async def send_all(url: str, bodies: list[Any], concurrency: int, time_limit: fl
 
 
 def run(url: str, bodies: list[Any], concurrency: int, time_limit: float = 60.0) -> list[Answer]:
+    """The answers to `bodies` posted to `url` with at most `concurrency` requests in flight."""
     return asyncio.run(send_all(url, bodies, concurrency, time_limit))

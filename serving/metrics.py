@@ -8,6 +8,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
+    """The server's Prometheus metrics, in a registry of their own."""
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter(

@@ -35,6 +35,7 @@ class CallFailed(ServingError):
 
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 1})
 class AlbertDeployment:
+    """A Ray Serve deployment answering HF Inference API calls with a bundle's pipeline, batched."""
     def __init__(self, bundle: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.005,
                  **pipeline_options: Any):
         self.pipe = pipeline(bundle, batch_size=max_batch_size, **pipeline_options)
@@ -45,6 +46,7 @@ class AlbertDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def batched(self, calls: list) -> list:
+        """The answers to a batch of calls, run in a thread; records the batch's size."""
         self.batch_sizes.append(sum(call.size for call in calls))
         return await asyncio.to_thread(answer_calls, self.pipe, calls)
 
@@ -71,6 +73,7 @@ class AlbertDeployment:
         return Response(response_json(answer), status_code=status, media_type="application/json")
 
     def stats(self) -> dict[str, Any]:
+        """This replica's id and the sizes of the batches it ran."""
         return {"replica": serve.get_replica_context().replica_id.unique_id, "batch_sizes": list(self.batch_sizes)}
 
 

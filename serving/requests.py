@@ -30,6 +30,7 @@ from .errors import ServingError
 
 @dataclass(frozen=True)
 class Limits:
+    """What the server accepts: batch size and delay, queue length and request limits."""
     max_batch_size: int = 8  # inputs per batch
     max_delay: float = 0.005  # seconds the first call of a batch waits for more
     max_queue: int = 256  # calls waiting per model; past it: 503
@@ -45,6 +46,7 @@ class Limits:
 
 
 class RequestError(ServingError):
+    """An error answered with an HTTP status (and optional headers) and one message."""
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers
@@ -76,6 +78,7 @@ class Prepared:
 
 @dataclass
 class Call:
+    """One request's inputs and parameters for a pipeline."""
     inputs: Any
     params: dict[str, Any]
     single: bool  # inputs is one input, not a list
@@ -83,6 +86,7 @@ class Call:
 
     @property
     def size(self) -> int:
+        """How many inputs the call holds (at least 1)."""
         return 1 if self.single else max(len(self.inputs), 1)
 
     def prepare(self, pipe: Pipeline, limits: "Limits | None" = None) -> Prepared:
@@ -152,6 +156,7 @@ def checked_input(item: Any, task: str, limits: Limits) -> Any:
 
 
 def hf_call(body: Any, task: str, limits: Limits) -> Call:
+    """The call an HF Inference API body makes; InputError where the body is malformed."""
     if not isinstance(body, dict) or "inputs" not in body:
         raise InputError('the request body is a JSON object {"inputs": ..., "parameters": {...}}')
     unknown = sorted(set(body) - {"inputs", "parameters", "options"})
@@ -172,4 +177,5 @@ def hf_call(body: Any, task: str, limits: Limits) -> Call:
 
 
 def response_json(result: Any) -> str:
+    """A result as JSON text, non-ASCII kept, NaN refused, numpy values converted."""
     return json.dumps(result, ensure_ascii=False, allow_nan=False, default=json_value)

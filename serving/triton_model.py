@@ -40,6 +40,7 @@ CLIENT_ERRORS = (InputError, OptionError, CallError, InputKeyError, UnknownTaskE
 
 
 class BadRequest(InputError):
+    """A Triton request that is malformed."""
     pass
 
 
@@ -51,10 +52,12 @@ class NoEngine:
         self.output_names = [spec.name for spec in bundle.manifest.outputs]
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """StageError: a preprocess or postprocess stage runs no model."""
         raise StageError("a preprocess or postprocess stage runs no model; the ensemble's model step does")
 
 
 def request_body(request) -> Any:
+    """The JSON body in the request's REQUEST tensor; BadRequest where it is missing or malformed."""
     tensor = pb_utils.get_input_tensor_by_name(request, "REQUEST")
     if tensor is None:
         raise BadRequest("the request has no REQUEST tensor; send the HF Inference API JSON as a BYTES tensor REQUEST")
@@ -72,11 +75,13 @@ def request_body(request) -> Any:
 
 
 def error_response(exc: BaseException):
+    """A Triton error response for `exc`: INVALID_ARG for client errors, else INTERNAL."""
     code = pb_utils.TritonError.INVALID_ARG if isinstance(exc, CLIENT_ERRORS) else pb_utils.TritonError.INTERNAL
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(one_line(exc), code))
 
 
 def text_response(result: Any):
+    """A Triton response whose RESPONSE tensor holds the result as JSON."""
     return pb_utils.InferenceResponse(output_tensors=[
         pb_utils.Tensor("RESPONSE", np.array([response_json(result).encode("utf-8")], dtype=np.object_))])
 
@@ -92,6 +97,7 @@ class Prepared:
         self.windows = [window for features in self.features for window in features.windows]
 
     def answer(self, pipe: Pipeline, outputs: list[dict[str, np.ndarray]]) -> Any:
+        """The results of each input from the model's outputs for its windows."""
         results, start = [], 0
         for features in self.features:
             results.append(pipe.postprocess(features, outputs[start:start + len(features.windows)]))
@@ -110,7 +116,9 @@ class Prepared:
 
 
 class TritonPythonModel:
+    """The Triton Python backend model running a bundle's pipeline or one of its stages."""
     def initialize(self, args: dict[str, Any]) -> None:
+        """Load the bundle's pipeline for the configured stage, and the model outputs and input limits of the config."""
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.stage = parameters.get("stage")
@@ -127,11 +135,13 @@ class TritonPythonModel:
                              max_input_chars=int(parameters.get("max_input_chars", Limits.max_input_chars)))
 
     def execute(self, requests: list) -> list:
+        """The responses to the requests, each run by the configured stage."""
         if self.stage == "pipeline":
             return self.run_pipeline(requests)
         return [self.guarded(self.preprocess if self.stage == "preprocess" else self.postprocess, r) for r in requests]
 
     def guarded(self, step, request):
+        """The step's response to the request, or its error response where the step fails."""
         try:
             return step(request)
         except BaseException as exc:  # one request's bad input is that request's error
@@ -168,6 +178,7 @@ class TritonPythonModel:
         return responses
 
     def preprocess(self, request):
+        """The model inputs of one request's windows."""
         prepared = Prepared(self.pipe, request_body(request), self.limits)
         choices = {window["input_ids"].shape[:-1] for window in prepared.windows}
         if len(choices) > 1:
@@ -178,6 +189,7 @@ class TritonPythonModel:
             pb_utils.Tensor(name, batch[name].astype(np.int64)) for name in self.pipe.runner.backend.input_names])
 
     def postprocess(self, request):
+        """The JSON response made from the model's outputs for one request's windows."""
         prepared = Prepared(self.pipe, request_body(request), self.limits)
         rows = len(prepared.windows)
         outputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.model_outputs}
@@ -191,4 +203,5 @@ class TritonPythonModel:
         return text_response(prepared.answer(self.pipe, per_window))
 
     def finalize(self) -> None:
+        """Release the pipeline."""
         self.pipe = None

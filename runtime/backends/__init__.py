@@ -27,6 +27,7 @@ BACKEND_OPTIONS = {"onnxruntime": {"low_memory", "spinning"}, "openvino": {"hint
 
 @dataclass(frozen=True)
 class Device:
+    """Where a backend runs: the CPU or one CUDA GPU by index."""
     kind: str  # "cpu" | "cuda"
     index: int = 0
     cpu_fallback: bool = False  # given as an int (or None): transformers then runs on the CPU when there is no GPU
@@ -53,6 +54,7 @@ def parse_device(device: Any) -> Device:
 
 
 class Backend(Protocol):
+    """What a pipeline needs of a backend: its input and output names and infer()."""
     input_names: list[str]  # what the model takes, in order
     output_names: list[str]
 

@@ -105,6 +105,7 @@ class FeedCheck:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "FeedCheck":
+        """The check for a bundle's model: its manifest's inputs and the vocabulary sizes its config gives."""
         config = bundle.config if isinstance(bundle.config, dict) else {}
         return cls(tuple(bundle.manifest.inputs), _config_int(config, "vocab_size"),
                    _config_int(config, "type_vocab_size"), _config_int(config, "max_position_embeddings"))
@@ -254,6 +255,7 @@ class BaseBackend:
         return self.run(self.feeds(inputs))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the engine on checked feeds, returning every output by name; each backend implements it."""
         raise NotImplementedError
 
 

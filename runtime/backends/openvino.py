@@ -67,6 +67,7 @@ def _tensors(ports) -> list[ModelTensor]:
 
 
 class OpenVINOBackend(BaseBackend):
+    """A backend running a bundle's model.onnx with OpenVINO."""
     source = "model.onnx (as OpenVINO reads it)"
 
     def __init__(
@@ -126,6 +127,7 @@ class OpenVINOBackend(BaseBackend):
             self._idle.append(request)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the feeds on an infer request and return copies of its outputs by name."""
         request = self._acquire()
         try:
             request.infer({i: feeds[name] for i, name in enumerate(self.input_names) if name in feeds})

@@ -33,10 +33,12 @@ _PROVIDER_ALIASES = {
 
 
 def cuda_available() -> bool:
+    """Whether this onnxruntime offers the CUDAExecutionProvider."""
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def default_providers(device: str, device_id: int = 0) -> list:
+    """The execution providers for `device`; BackendError saying how to switch where CUDA is asked for but missing."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if not cuda_available():
@@ -101,6 +103,7 @@ def _tensors(args) -> list[ModelTensor]:
 
 
 class OnnxRuntimeBackend(BaseBackend):
+    """A backend running a bundle's model.onnx with an onnxruntime InferenceSession."""
     source = "model.onnx"
 
     def __init__(
@@ -139,6 +142,7 @@ class OnnxRuntimeBackend(BaseBackend):
         self.io_binding = io_binding
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session on the feeds (through an IO binding when enabled) and return its outputs by name."""
         if not self.io_binding:
             return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
         binding = self.session.io_binding()

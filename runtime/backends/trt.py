@@ -63,6 +63,7 @@ def _check(result):
 
 
 class TensorRTBackend(BaseBackend):
+    """A backend running a bundle's engine.plan with TensorRT on a CUDA GPU."""
     source = "engine.plan"
 
     def __init__(self, engine_path: str | Path, flavour: str | None = None):
@@ -112,6 +113,7 @@ class TensorRTBackend(BaseBackend):
         return pointer
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Copy the feeds to the GPU, run the engine on its stream and return its outputs by name."""
         if not self.active:
             raise BackendError("the TensorRT backend was deactivated; call activate() before infer()")
         cudart, stream = self.cudart, self.stream

@@ -13,6 +13,7 @@ from ..tokenizer import Feature, special_token_id
 
 
 class Runner(Protocol):
+    """What a task head needs to run features through the model."""
     def run(self, features: list[Feature]) -> list[dict[str, np.ndarray]]:
         """Batch the features (right padding, grouped by length), run the backend, and return one output dict
         per feature, in order, with the batch axis removed and sequence axes cut back to that feature's
@@ -21,6 +22,7 @@ class Runner(Protocol):
 
 @dataclass
 class TaskContext:
+    """What a task head works with: the bundle's tokenizer, a runner, its config and max length."""
     tokenizer: Tokenizer  # the bundle's tokenizer.json, no truncation/padding configured
     runner: Runner
     config: dict[str, Any]  # the bundle's HF-style config.json
@@ -30,6 +32,7 @@ class TaskContext:
 
     @property
     def id2label(self) -> dict[int, str]:
+        """The config's id2label with integer keys (empty when it has none)."""
         return {int(k): v for k, v in self.config.get("id2label", {}).items()}
 
     def labels(self, count: int) -> list[str]:

@@ -20,6 +20,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function of each logit."""
     return 1.0 / (1.0 + np.exp(-logits))
 
 
@@ -74,11 +75,13 @@ def tokenizer_options(ctx: TaskContext, options: dict[str, Any] | None, **given:
 
 
 def encode_features(ctx: TaskContext, texts: list, truncation: Any, max_length: int | None = None):
+    """The encodings of `texts` and their features, truncated as asked, at most max_length tokens."""
     encodings = encode(ctx.tokenizer, texts, max_length=max_length or ctx.max_length, truncation=truncation)
     return encodings, [feature_from_encoding(e) for e in encodings]
 
 
 def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    """`value` as an int when it is one of at least 1 (or None where allowed), else OptionError naming `name`."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -87,6 +90,7 @@ def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
 
 
 def non_negative_int(name: str, value: Any) -> int:
+    """`value` as an int when it is one of at least 0, else OptionError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise OptionError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)

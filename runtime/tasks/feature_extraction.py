@@ -41,12 +41,14 @@ def pooled(hidden: np.ndarray, pooling: str) -> np.ndarray:
 
 
 def optional_output(output: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The output `name` as float32; OptionError saying how to re-export where the bundle lacks it."""
     if name not in output:
         raise OptionError(f"this bundle has no {name} output; re-export it with albert-export {EXPORT_FLAGS[name]}")
     return output[name].astype(np.float32)
 
 
 def layer_index(layer: Any, count: int) -> int:
+    """hidden_state_layer as an index from 0, negatives counting from the last; OptionError when out of range."""
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -count <= layer < count:
         raise OptionError(f"hidden_state_layer must be an integer in {-count}..{count - 1} (0 is the embedding "
                           f"output, {count - 1} or -1 the last layer), got {layer!r}")
@@ -55,6 +57,7 @@ def layer_index(layer: Any, count: int) -> int:
 
 @dataclass(frozen=True)
 class FeatureSettings:
+    """The feature-extraction parameters of one call, checked."""
     pooling: str
     truncation: Any
     max_length: int
@@ -65,6 +68,7 @@ class FeatureSettings:
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> FeatureSettings:
+    """The feature-extraction parameters checked; CallError for unknown ones."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         raise CallError(f"feature-extraction got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
@@ -79,12 +83,14 @@ def settings(ctx: TaskContext, params: dict[str, Any]) -> FeatureSettings:
 
 
 def preprocess(ctx: TaskContext, item: Any, settings: FeatureSettings) -> Features:
+    """The features of one feature-extraction input."""
     text = text_or_pair(item, "feature-extraction", pairs=False)
     _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
     return Features(features, settings)
 
 
 def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    """The hidden states (pooled or per token) of one input, as arrays or nested lists."""
     s, output = features.settings, outputs[0]
     convert = (lambda value: value) if s.return_tensors else (lambda value: value.tolist())
     hidden = output["last_hidden_state"].astype(np.float32)  # (S, H)

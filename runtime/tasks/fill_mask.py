@@ -25,6 +25,7 @@ LOGITS = TASKS["fill-mask"].outputs[0]
 
 
 def mask_token_id(ctx: TaskContext) -> int:
+    """The id of the tokenizer's mask token; OptionError where it has none."""
     mask_id = ctx.token_id("mask")
     if mask_id is None:
         raise OptionError("the bundle's tokenizer defines no mask token; fill-mask needs one (special_tokens.mask)")
@@ -32,6 +33,7 @@ def mask_token_id(ctx: TaskContext) -> int:
 
 
 def no_mask(ctx: TaskContext) -> str:
+    """The message HF gives for an input without a mask token."""
     return f"No mask_token ({ctx.special_tokens['mask']}) found on the input"
 
 
@@ -94,12 +96,14 @@ class ProposalText:
         self._token_str: dict[int, str] = {}
 
     def token_str(self, token: int) -> str:
+        """The decoded text of one token, cached."""
         text = self._token_str.get(token)
         if text is None:
             text = self._token_str[token] = decode(self.tokenizer, [token], clean_up_tokenization_spaces=self.clean)
         return text
 
     def full(self, input_ids: np.ndarray, position: int, token: int) -> str:
+        """The input text with `token` put at `position`, decoded without padding."""
         tokens = input_ids.copy()
         tokens[position] = token
         if self.pad_id is not None:
@@ -167,6 +171,7 @@ def mask_predictions(
 
 @dataclass(frozen=True)
 class FillMaskSettings:
+    """The fill-mask parameters of one call, checked."""
     top_k: int
     truncation: Any
     max_length: int
@@ -175,6 +180,7 @@ class FillMaskSettings:
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> FillMaskSettings:
+    """The fill-mask parameters checked; CallError for unknown ones."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         raise CallError(f"fill-mask got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
@@ -186,6 +192,7 @@ def settings(ctx: TaskContext, params: dict[str, Any]) -> FillMaskSettings:
 
 
 def preprocess(ctx: TaskContext, item: Any, settings: FillMaskSettings) -> Features:
+    """The features of one fill-mask input; NoMaskTokenError for an empty text."""
     if isinstance(item, str) and not item.strip():  # HF: tokenized to [CLS] [SEP], so no mask either
         raise NoMaskTokenError("fill-mask", "albert", f"{no_mask(ctx)}: the text is empty")
     text = text_or_pair(item, "fill-mask", pairs=False)
@@ -196,6 +203,7 @@ def preprocess(ctx: TaskContext, item: Any, settings: FillMaskSettings) -> Featu
 
 
 def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    """The top proposals for each mask of one input (one list where there is a single mask)."""
     s = features.settings
     rows = mask_predictions(ctx, features.windows[0]["input_ids"], outputs[0][LOGITS], s.top_k, s.targets)
     return rows[0] if len(rows) == 1 else rows

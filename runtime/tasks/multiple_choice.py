@@ -35,12 +35,14 @@ def _prompt_and_choices(item: Any) -> tuple[str, list[str]]:
 
 @dataclass(frozen=True)
 class ChoiceSettings:
+    """The multiple-choice parameters of one call, checked."""
     top_k: int | None
     truncation: Any
     max_length: int
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> ChoiceSettings:
+    """The multiple-choice parameters checked; CallError for unknown ones."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         raise CallError(f"multiple-choice got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
@@ -59,6 +61,7 @@ def preprocess(ctx: TaskContext, item: Any, settings: ChoiceSettings) -> Feature
 
 
 def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> list:
+    """The choices ranked by softmax score, best first."""
     choices, top_k = features.state, features.settings.top_k
     scores = softmax(outputs[0][LOGITS].astype(np.float32))
     order = np.argsort(-scores, kind="stable")

@@ -27,6 +27,7 @@ SENTENCE_ORDER_LABELS = ("original", "swapped")
 
 @dataclass(frozen=True)
 class PretrainingSettings:
+    """The pretraining parameters of one call, checked."""
     top_k: int
     targets: np.ndarray | None
     truncation: Any
@@ -34,6 +35,7 @@ class PretrainingSettings:
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> PretrainingSettings:
+    """The pretraining parameters checked; CallError for unknown ones."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         raise CallError(f"pretraining got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
@@ -45,12 +47,14 @@ def settings(ctx: TaskContext, params: dict[str, Any]) -> PretrainingSettings:
 
 
 def preprocess(ctx: TaskContext, item: Any, settings: PretrainingSettings) -> Features:
+    """The features of one pretraining input (a text or a pair)."""
     text = text_or_pair(item, "pretraining", pairs=True)
     _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
     return Features(features, settings)
 
 
 def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> dict:
+    """The sentence-order scores, best first, and the masked-token predictions of one input."""
     s, output = features.settings, outputs[0]
     order = softmax(output["sop_logits"].astype(np.float32))
     sentence_order = [{"label": label, "score": float(p)} for label, p in zip(SENTENCE_ORDER_LABELS, order)]

@@ -37,6 +37,7 @@ PARAMETERS = TASKS["question-answering"].parameters
 
 @dataclass(frozen=True)
 class QASettings:
+    """The question-answering parameters of one call, checked."""
     max_seq_len: int
     doc_stride: int
     padding: str  # "do_not_pad" | "longest" | "max_length"
@@ -67,6 +68,7 @@ class Window:
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> QASettings:
+    """The question-answering parameters checked (see settings_from_params)."""
     return settings_from_params(ctx, params)
 
 
@@ -150,6 +152,7 @@ CALL = CallForm(items=items_from_inputs, inputs=inputs_from_call, list_of_one_gi
 
 
 def items_from_keywords(question: Any, context: Any) -> list[dict[str, Any]]:
+    """The question/context items that question= and context= keywords give."""
     if isinstance(question, list) and isinstance(context, str):
         return [{"question": q, "context": context} for q in question]
     if isinstance(question, list) and isinstance(context, list):
@@ -179,6 +182,7 @@ def _example_from_item(item: Any) -> tuple[str, str]:
 
 
 def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings:
+    """The question-answering parameters checked; unknown ones warned about and ignored."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         warnings.warn(f"question-answering ignores unknown parameters {unknown}", UserWarning, stacklevel=3)
@@ -221,6 +225,7 @@ def settings_from_params(ctx: TaskContext, params: dict[str, Any]) -> QASettings
 
 
 def pair_special_tokens(tokenizer: Tokenizer) -> int:
+    """How many special tokens the tokenizer adds to a pair of texts."""
     processor = tokenizer.post_processor
     return 0 if processor is None else processor.num_special_tokens_to_add(True)
 

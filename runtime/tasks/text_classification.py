@@ -27,6 +27,7 @@ _NOT_GIVEN = ""  # HF's sentinel: top_k=None means "all labels"
 
 
 def default_function(config: dict[str, Any], num_labels: int) -> str:
+    """The function HF applies to the logits by default: none, sigmoid or softmax, from the config."""
     problem_type = config.get("problem_type")
     if problem_type == "regression":
         return "none"
@@ -61,6 +62,7 @@ def _item(item: Any):
 
 @dataclass(frozen=True)
 class ClassificationSettings:
+    """The text-classification parameters of one call, checked."""
     top_k: int | None
     legacy: bool  # top_k not given: the best label alone, HF's legacy form
     function_to_apply: str | None
@@ -69,6 +71,7 @@ class ClassificationSettings:
 
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> ClassificationSettings:
+    """The text-classification parameters checked; CallError for unknown ones."""
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
         raise CallError(f"text-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
@@ -82,12 +85,14 @@ def settings(ctx: TaskContext, params: dict[str, Any]) -> ClassificationSettings
 
 
 def preprocess(ctx: TaskContext, item: Any, settings: ClassificationSettings) -> Features:
+    """The features of one text-classification input (a text or a pair)."""
     text = text_or_pair(_item(item), "text-classification", pairs=True)
     _, features = encode_features(ctx, [text], settings.truncation, settings.max_length)
     return Features(features, settings)
 
 
 def postprocess(ctx: TaskContext, features: Features, outputs: list[dict[str, np.ndarray]]) -> Any:
+    """The labels and scores of one input, after the function to apply."""
     s = features.settings
     logits = outputs[0][LOGITS].astype(np.float32)
     function = (s.function_to_apply or default_function(ctx.config, len(ctx.id2label) or logits.shape[-1])).lower()

@@ -51,6 +51,7 @@ CALL = CallForm(items=items_from_inputs)
 
 @dataclass(frozen=True)
 class NERSettings:
+    """The token-classification parameters of one call, checked."""
     strategy: str | None  # None: none asked for (HF then aggregates as "none")
     ignore_labels: list[str]
     stride: int | None
@@ -245,6 +246,7 @@ def entities_from_chunks(
 def gather_pre_entities(
     ctx: TaskContext, sentence: str, chunk: Chunk, scores: np.ndarray, offsets: list, strategy: str
 ) -> list[dict]:
+    """The scored tokens of one chunk of `sentence`, with their offsets, before aggregation."""
     tokenizer = ctx.tokenizer
     word_aware = bool(getattr(tokenizer.model, "continuing_subword_prefix", None))
     unk_id = ctx.token_id("unk")
@@ -280,6 +282,7 @@ def gather_pre_entities(
 
 
 def aggregate(ctx: TaskContext, pre_entities: list[dict], strategy: str) -> list[dict]:
+    """The entities that the pre-entities make under the aggregation strategy."""
     if not pre_entities:
         return []
     id2label = ctx.labels(pre_entities[0]["scores"].shape[-1])
@@ -332,6 +335,7 @@ def aggregate_word(ctx: TaskContext, entities: list[dict], strategy: str, id2lab
 
 
 def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str, id2label: list[str]) -> list[dict]:
+    """The entities with subword tokens merged into their words under `strategy`."""
     word_entities = []
     word_group = None
     for entity in entities:
@@ -348,6 +352,7 @@ def aggregate_words(ctx: TaskContext, entities: list[dict], strategy: str, id2la
 
 
 def group_sub_entities(ctx: TaskContext, entities: list[dict]) -> dict:
+    """One entity for a group of tokens: its label without the B-/I- prefix, mean score, word and span."""
     first = entities[0]["score"]
     if len(entities) == 1 and isinstance(first, np.float32) and not np.isnan(first):
         score = first  # what nanmean and mean of one float32 give, without their ~20 us per group
