@@ -1,7 +1,7 @@
 """Every public definition of the documented packages says in its docstring what it is for.
 
 A method that overrides a documented method of a base class in the same module (a fusion's pattern / check /
-rewrite) inherits its contract and needs none. Packages join DOCUMENTED as their definitions are documented."""
+rewrite) inherits its contract and needs none. Every shipped package is in DOCUMENTED."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTED = ("graphs", "calibration")
+DOCUMENTED = ("graphs", "calibration", "runtime", "serving", "albert_export")
 
 
 def definitions(tree: ast.Module):
