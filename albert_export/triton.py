@@ -57,7 +57,6 @@ PYTHON_MAX_BATCH_SIZE = 16  # requests per execute(); their windows share forwar
 
 class TritonError(ExportError, ValueError):
     """The --triton repository cannot be written: its folder, the bundle's name or the model refuse it."""
-    pass
 
 
 @dataclass(frozen=True)
