@@ -134,24 +134,6 @@ def number(name: str) -> Callable[[str], float]:
     return parse
 
 
-def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """A finite number of `kind` (int or float) no smaller than `minimum` (the options RANGES does not name)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < minimum:
-            bound = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
-            raise argparse.ArgumentTypeError(f"{text} {bound}")
-        return value
-
-    return parse
-
-
 def comma_list(text: str) -> list[str]:
     """The comma-separated words of `text`, stripped; an argparse error where an item is empty."""
     items = [item.strip() for item in text.split(",")]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime import pipeline
-from runtime.arguments import RANGES, at_least, check_number, cpu_count, number
+from runtime.arguments import RANGES, check_number, cpu_count, number
 from runtime.backends import check_feeds
 from runtime.backends.base import ModelTensor, check_io, dims_agree
 from runtime.bundle import MANIFEST, BundleError, TensorSpec, load_bundle
@@ -71,14 +71,6 @@ def test_the_command_line_type_of_an_entry(name, text, message):
         number(name)(text)
     assert str(refused.value) == message
     assert number("port")("8080") == 8080 and number("timeout_s")("0.5") == 0.5
-
-
-@pytest.mark.parametrize("text, message", [("inf", "'inf' is not a finite number"), ("nan", "'nan' is not a finite number"),
-                                           ("-1", "-1 must not be negative")])
-def test_at_least_refuses_what_is_not_finite(text, message):
-    with pytest.raises(argparse.ArgumentTypeError) as refused:
-        at_least(0, float)(text)
-    assert str(refused.value) == message
 
 
 GOOD = {"input_ids": [[2, 10, 3]], "attention_mask": [[1, 1, 1]], "token_type_ids": [[0, 0, 0]]}
