@@ -31,8 +31,10 @@ from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 from runtime.extras import missing_module_line
 
 from .errors import ListenError
+from .requests import Limits
 
 PROG = "albert-serve"
+DEFAULTS = Limits()  # the limits' defaults, in serving.requests.Limits alone
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,25 +45,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=number("port"), default=8000,
                    help="0: any free port (the address is printed on stderr)")
-    p.add_argument("--max-batch-size", type=number("max_batch_size"), default=8, help="inputs run together (default 8)")
-    p.add_argument("--max-delay-ms", type=number("max_delay_ms"), default=5.0,
-                   help="how long a batch waits for more requests (default 5)")
-    p.add_argument("--max-queue", type=number("max_queue"), default=256, help="requests waiting per model before 503")
-    p.add_argument("--timeout-s", type=number("timeout_s"), default=30.0,
+    p.add_argument("--max-batch-size", type=number("max_batch_size"), default=DEFAULTS.max_batch_size,
+                   help="inputs run together (default %(default)s)")
+    p.add_argument("--max-delay-ms", type=number("max_delay_ms"), default=DEFAULTS.max_delay * 1000,
+                   help="how long a batch waits for more requests (default %(default)s)")
+    p.add_argument("--max-queue", type=number("max_queue"), default=DEFAULTS.max_queue,
+                   help="requests waiting per model before 503")
+    p.add_argument("--timeout-s", type=number("timeout_s"), default=DEFAULTS.timeout,
                    help="per request, queueing included")
-    p.add_argument("--max-request-bytes", type=number("max_request_bytes"), default=1 << 20)
-    p.add_argument("--max-response-bytes", type=number("max_response_bytes"), default=16 << 20,
+    p.add_argument("--max-request-bytes", type=number("max_request_bytes"), default=DEFAULTS.max_request_bytes)
+    p.add_argument("--max-response-bytes", type=number("max_response_bytes"), default=DEFAULTS.max_response_bytes,
                    help="largest answer (default 16 MiB); a v2 request whose outputs would exceed it is refused "
                         "before it runs")
-    p.add_argument("--max-windows", type=number("max_windows"), default=2048,
-                   help="model windows one request may make (QA/NER chunks, multiple-choice rows; default 2048)")
-    p.add_argument("--max-answers", type=number("max_answers"), default=10_000,
-                   help="answers one request may ask for (fill-mask: masks x top_k; default 10000)")
-    p.add_argument("--max-input-chars", type=number("max_input_chars"), default=100_000, help="per text of one input")
-    p.add_argument("--max-inputs", type=number("max_inputs"), default=256, help="inputs in one request's list")
-    p.add_argument("--max-header-bytes", type=number("max_header_bytes"), default=16384, help="request line and headers")
-    p.add_argument("--read-timeout-s", type=number("read_timeout_s"), default=10.0,
-                   help="a request's line and headers, then its body, each within this (default 10)")
+    p.add_argument("--max-windows", type=number("max_windows"), default=DEFAULTS.max_windows,
+                   help="model windows one request may make (QA/NER chunks, multiple-choice rows; default %(default)s)")
+    p.add_argument("--max-answers", type=number("max_answers"), default=DEFAULTS.max_answers,
+                   help="answers one request may ask for (fill-mask: masks x top_k; default %(default)s)")
+    p.add_argument("--max-input-chars", type=number("max_input_chars"), default=DEFAULTS.max_input_chars,
+                   help="per text of one input")
+    p.add_argument("--max-inputs", type=number("max_inputs"), default=DEFAULTS.max_inputs,
+                   help="inputs in one request's list")
+    p.add_argument("--max-header-bytes", type=number("max_header_bytes"), default=DEFAULTS.max_header_bytes,
+                   help="request line and headers")
+    p.add_argument("--read-timeout-s", type=number("read_timeout_s"), default=DEFAULTS.read_timeout,
+                   help="a request's line and headers, then its body, each within this (default %(default)s)")
     p.add_argument("--max-connections", type=number("max_connections"), default=1000,
                    help="open connections (default 1000, always below the file-descriptor limit)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
@@ -117,7 +124,7 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
     SIGTERM. `ready`: a pipe to tell the parent this worker is serving (instead of printing the address)."""
     import uvicorn
 
-    from .app import Limits, Server
+    from .app import Server
     from .connections import Guard, Notices, descriptor_room, guarded_protocol
 
     room = descriptor_room()
