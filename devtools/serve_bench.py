@@ -139,8 +139,9 @@ async def load(host: str, port: int, path: str, bodies: list[bytes], concurrency
 
 def answer_of(pipe, request: Any) -> Any:
     """pipeline()'s answer as JSON reads it back (a QA request in HF's keyword form, as its warning asks)."""
-    answer = pipe(**request) if isinstance(request, dict) else pipe(request)
-    return json.loads(json.dumps(answer, default=lambda v: v.item()))
+    from serving.requests import response_json  # as the servers write it
+
+    return json.loads(response_json(pipe(**request) if isinstance(request, dict) else pipe(request)))
 
 
 def hf_body(request: Any) -> bytes:
@@ -351,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.requests, args.concurrency = 32, "1,8"
-        args.long_chars = 0 if args.long_chars is None else args.long_chars
         args.workers, args.peers = args.workers or "1", args.peers or "none"
-    args.long_chars = 20000 if args.long_chars is None else args.long_chars
+    if args.long_chars is None:
+        args.long_chars = 0 if args.quick else 20000
     workers = [int(w) for w in (args.workers or f"1,{cpu_count()}").split(",")]
     peers = [] if args.peers == "none" else (args.peers.split(",") if args.peers else list(PEERS))
     clients_list = [int(c) for c in args.concurrency.split(",")]
