@@ -217,6 +217,18 @@ def threads_of(args) -> list[str]:
     return ["--threads", str(args.threads)] if args.threads else []
 
 
+def tritonserver(repository: Path, http_port: int, grpc_port: int, *options: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of scripts/setup-triton.sh's tritonserver serving `repository` on 127.0.0.1,
+    strict model configs, no metrics port (the bench's Triton row and tests/test_triton_server.py start it so)."""
+    command = [str(TRITON / "bin" / "tritonserver"), "--model-repository", str(repository), "--backend-directory",
+               str(TRITON / "backends"), "--strict-model-config", "true", *options, "--http-address", "127.0.0.1",
+               "--http-port", str(http_port), "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc_port),
+               "--allow-metrics", "false"]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PATH"] = f"{TRITON_ENV / 'bin'}:{env.get('PATH', '')}"  # the python backend's stub runs the first python3
+    return command, env
+
+
 def peer(name: str, bundle: Path, args, workers: int, scratch: Path) -> Server:
     port = free_port()
     if name in ("litserve", "ray"):
@@ -230,12 +242,7 @@ def peer(name: str, bundle: Path, args, workers: int, scratch: Path) -> Server:
 
     repository = write_repository(bundle, scratch / "triton", backend="python", overwrite=True)
     model = bundle.resolve().name
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["PATH"] = f"{TRITON_ENV / 'bin'}:{env.get('PATH', '')}"  # the python backend's stub runs in this python3
-    command = [str(TRITON / "bin" / "tritonserver"), "--model-repository", str(repository), "--backend-directory",
-               str(TRITON / "backends"), "--strict-model-config", "true", "--http-address", "127.0.0.1",
-               "--http-port", str(port), "--grpc-address", "127.0.0.1", "--grpc-port", str(free_port()),
-               "--allow-metrics", "false"]
+    command, env = tritonserver(repository, port, free_port())
 
     def encode(request: Any) -> bytes:
         return json.dumps({"inputs": [{"name": "REQUEST", "shape": [1, 1], "datatype": "BYTES",

@@ -28,13 +28,11 @@ import onnxruntime as ort
 import pytest
 
 from albert_export.triton import write_repository
+from devtools.serve_bench import TRITON, TRITON_ENV, tritonserver
 from runtime import pipeline
 from serving.requests import response_json
 from tests.test_runtime_heads import assert_same
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / ".triton" / "server" / "pytriton" / "tritonserver"
-STUB_ENV = ROOT / ".triton" / "env"
 SCORE_ATOL = 1e-5  # Triton may batch a request with others: onnxruntime's kernels round per batch shape
 READY_S = 120  # seconds to wait for the server (3-7 s seen for these models on 2 cores)
 SEED = "Plants create [MASK] through photosynthesis."
@@ -97,9 +95,9 @@ def bundles(handmade_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundles, tmp_path_factory):
-    binary = SERVER / "bin" / "tritonserver"
-    if not binary.is_file() or not (STUB_ENV / "bin" / "python").is_file():
-        message = f"no Triton server at {binary} or stub environment {STUB_ENV}: run scripts/setup-triton.sh"
+    binary = TRITON / "bin" / "tritonserver"
+    if not binary.is_file() or not (TRITON_ENV / "bin" / "python").is_file():
+        message = f"no Triton server at {binary} or stub environment {TRITON_ENV}: run scripts/setup-triton.sh"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -112,14 +110,9 @@ def server(bundles, tmp_path_factory):
     while grpc == http:
         grpc = free_port()
     log = repository.parent / "tritonserver.log"
-    command = [str(binary), "--model-repository", str(repository), "--backend-directory", str(SERVER / "backends"),
-               "--strict-model-config", "true", "--model-control-mode", "explicit",
-               *(f"--load-model={model}" for model in models),
-               "--http-address", "127.0.0.1", "--http-port", str(http),
-               "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc), "--allow-metrics", "false"]
     # the python backend's stub runs in the first python3 on PATH: the numpy<2 environment, not this venv
-    env = {**os.environ, "PATH": f"{STUB_ENV / 'bin'}:{os.environ.get('PATH', '')}"}
-    env.pop("PYTHONPATH", None)
+    command, env = tritonserver(repository, http, grpc, "--model-control-mode", "explicit",
+                                *(f"--load-model={model}" for model in models))
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     running = Server(process, http, grpc, log)
