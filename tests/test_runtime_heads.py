@@ -239,6 +239,12 @@ def test_text_classification_bad_inputs(classifier):
         call_head(text_classification, ctx, "fine", function_to_apply="tanh")
 
 
+def test_text_classification_takes_a_numpy_top_k_as_the_other_heads_do(classifier):
+    _, ctx, _ = classifier
+    expected = call_head(text_classification, ctx, "fine", top_k=2)
+    assert_same(call_head(text_classification, ctx, "fine", top_k=np.int64(2)), expected)
+
+
 # ---- feature-extraction -------------------------------------------------------------------------------------
 
 
