@@ -17,7 +17,7 @@ from transformers import AlbertForMaskedLM
 from transformers import pipeline as hf_pipeline
 
 from runtime.errors import InputError, OptionError, TruncationWarning
-from runtime.pipeline import call_head
+from runtime.pipelines import call_head
 from runtime.runner import BatchRunner
 from runtime.taskspec import SEQUENCE, TASKS
 from runtime.tasks import feature_extraction, fill_mask, multiple_choice, pretraining, text_classification
