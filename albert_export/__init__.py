@@ -6,7 +6,6 @@ torch, and on an install without the export extra says in one line which extra t
 from __future__ import annotations
 
 import importlib
-import sys
 import types
 
 from runtime import __version__
@@ -14,7 +13,7 @@ from runtime.extras import missing_module_line
 
 __all__ = ["AlbertConfig", "CheckpointError", "ConfigError", "ExportError", "export", "from_pretrained", "__version__"]
 _HOMES = {"AlbertConfig": "config", "ConfigError": "config", "CheckpointError": "checkpoint", "ExportError": "errors",
-          "from_pretrained": "checkpoint"}
+          "export": "exporter", "from_pretrained": "checkpoint"}
 
 
 def _module(name: str) -> types.ModuleType:
@@ -31,17 +30,3 @@ def __getattr__(name: str):
     if name in _HOMES:
         return getattr(_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    @property
-    def export(self):
-        """albert_export.export is the function (its module is albert_export.export in sys.modules)."""
-        return _module("export").export
-
-    @export.setter
-    def export(self, module) -> None:
-        pass  # the import system binds the submodule here; the function stays the package's `export`
-
-
-sys.modules[__name__].__class__ = _Package

@@ -208,7 +208,7 @@ def run(argv: list[str] | None) -> int:
     except Exception as exc:  # a usage error, said before torch is loaded
         return refuse(exc, 2)
     try:
-        from .export import ExportOptions, bundle_from_checkpoint
+        from .exporter import ExportOptions, bundle_from_checkpoint
     except ModuleNotFoundError as exc:  # an install without the export extra
         return refuse_missing(exc)
     # export()'s two halves: whatever the option check raises is a usage error (exit 2), what follows exits 1

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.arguments import is_integer
 from runtime.bundle import LABEL_ID
 from runtime.taskspec import TASKS, UnknownTaskError, task_table
 
@@ -98,13 +99,13 @@ class AlbertConfig:
                     "type_vocab_size")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_integer(value, numpy=False) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
             elif value > LIMITS[name]:
                 problems.append(f"{name} {value} exceeds the limit of {LIMITS[name]} this exporter accepts")
         problems += float_problems(self)
         pad = self.pad_token_id
-        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0
+        if pad is not None and (not is_integer(pad, numpy=False) or pad < 0
                                 or (isinstance(self.vocab_size, int) and pad >= self.vocab_size)):
             problems.append(f"pad_token_id must be a token id in 0..vocab_size-1 (or null), got {pad!r}")
         if not isinstance(self.tie_word_embeddings, bool):
@@ -158,8 +159,7 @@ class AlbertConfig:
             raise ConfigError(f"config.json describes a {model_type!r} model, not ALBERT")
         known = {f.name for f in fields(cls)} - {"extra"}
         num_labels = data.pop("num_labels", None)
-        if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)
-                                       or not 1 <= num_labels <= MAX_LABELS):
+        if num_labels is not None and (not is_integer(num_labels, numpy=False) or not 1 <= num_labels <= MAX_LABELS):
             raise ConfigError(f"invalid ALBERT config: num_labels must be an integer in 1..{MAX_LABELS}, "
                               f"got {num_labels!r}")
         if data.get("id2label") is None and num_labels is not None:
@@ -219,7 +219,7 @@ def labels_by_id(id2label: Any) -> dict[int, str]:
                           f"{type(id2label).__name__}")
     labels, keys = {}, {}
     for key, value in id2label.items():
-        if isinstance(key, int) and not isinstance(key, bool) and key >= 0:  # built in Python, not read from JSON
+        if is_integer(key, numpy=False) and key >= 0:  # built in Python, not read from JSON
             key = str(key)
         if not (isinstance(key, str) and LABEL_ID.fullmatch(key)):
             raise ConfigError(f"invalid ALBERT config: id2label key {key!r} is not a label id (0, 1, ...)")

@@ -7,14 +7,13 @@ needs a GPU at build time and targets the GPU it runs on).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.bundle import EngineInfo
-from runtime.extras import install_command
+from runtime.extras import first_importable, install_command
 from runtime.taskspec import INPUT_NAMES
 
 from .errors import ExportError, ExportOptionError
@@ -95,11 +94,9 @@ def import_tensorrt(flavour: str = "auto"):
     names = {"auto": ("tensorrt_rtx", "tensorrt"), "tensorrt_rtx": ("tensorrt_rtx",), "tensorrt": ("tensorrt",)}
     if flavour not in names:
         raise EngineError(f"unknown TensorRT flavour {flavour!r}; use tensorrt_rtx or tensorrt")
-    for name in names[flavour]:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
+    trt = first_importable(names[flavour])
+    if trt is not None:
+        return trt
     raise EngineError(
         f"no TensorRT found: {install_command('tensorrt')} (tensorrt-rtx, builds on CPU-only machines), "
         "or NVIDIA's datacenter `tensorrt` from NVIDIA's package index"

@@ -24,6 +24,7 @@ from calibration.agreement import HELD_OUT_SAMPLES, held_out_examples
 from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 from graphs.size import op_counts
+from runtime.arguments import is_integer
 
 from .errors import ExportError
 from .progress import bar, log, stage
@@ -50,7 +51,7 @@ def precision_from_options(fp16: bool = False, int8: bool = False, calibration_d
         raise PrecisionOptionError("--calibration-data/--calibration-method/--calibration-samples need --int8")
     if calibration_method not in METHODS:
         raise PrecisionOptionError(f"--calibration-method {calibration_method!r} is not one of {', '.join(METHODS)}")
-    if isinstance(calibration_samples, bool) or not isinstance(calibration_samples, int) or calibration_samples < 1:
+    if not is_integer(calibration_samples, numpy=False) or calibration_samples < 1:
         raise PrecisionOptionError(f"--calibration-samples must be a positive integer, got {calibration_samples!r}")
     if calibration_data is not None and not Path(calibration_data).is_file():
         raise PrecisionOptionError(f"--calibration-data {str(calibration_data)!r} is not a file; pass text lines, "

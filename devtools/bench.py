@@ -8,7 +8,7 @@ Candidates (same weights everywhere):
                           onnxruntime.transformers.optimizer.optimize_model(model_type="bert")
   anchor int8             that + onnxruntime.quantization.quantize_dynamic (QInt8 weights)
   ours {fp32,fp16,int8} x {unrolled,loop}
-                          the exporter's graph (albert_export.export.onnx_from_reference) + graphs.pipeline.optimize
+                          the exporter's graph (albert_export.exporter.onnx_from_reference) + graphs.pipeline.optimize
                           (profile per precision, see PROFILE) + the precision step of `albert-export --fp16/--int8`
   openvino ...            the same files in OpenVINO (runtime.backends.openvino, LATENCY hint; f32, and bf16
                           where the CPU has it): our int8 and fp32 unrolled graphs, and the anchor's, engine for engine
@@ -275,7 +275,7 @@ def build_ours(reference, tokenizer, work: Path, layer_modes: list[str], precisi
                calibration_samples: int) -> tuple[list[Candidate], dict]:
     import onnx
 
-    from albert_export.export import onnx_from_reference
+    from albert_export.exporter import onnx_from_reference
     from albert_export.precision import graph_at_precision
     from graphs.pipeline import optimize
 

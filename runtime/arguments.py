@@ -5,7 +5,8 @@ options, whose bounds depend on the installed onnx/onnxruntime and the precision
 
 `check_number(name, value)` checks a Python value (pipeline(), the backends; OptionError); `number(name)` is the
 argparse type of the same entry (the command lines then exit 2 with argparse's one line). A number is finite;
-an integer option takes an int (numpy's too), never a bool, a float or a string; an upper bound is a constant
+an integer option takes an int (numpy's too), never a bool, a float or a string (`is_integer`, the project's one
+test of "an integer, not a bool", the heads', the config's and the export options' too); an upper bound is a constant
 or, for threads, the CPUs this process may run on (more threads than CPUs only slows a run down, and each is an
 OS thread: 10**6 of them take minutes to start).
 """
@@ -28,6 +29,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """Exit with status 2 and the message, pointing at --help."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def is_integer(value: Any, numpy: bool = True) -> bool:
+    """Whether `value` is an integer and not a bool: an int, or a numpy integer too unless `numpy` is False (where
+    the value goes on to JSON or a protobuf as it is)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral if numpy else int)
 
 
 def cpu_count() -> int:
@@ -65,7 +74,7 @@ class Range:
         """Whether `value` is a finite real of the range's kind within its minimum and bound (booleans never are)."""
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False
-        if self.kind is int and not isinstance(value, numbers.Integral):
+        if self.kind is int and not is_integer(value):
             return False
         if not math.isfinite(value) or value < self.minimum:
             return False

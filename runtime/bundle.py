@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arguments import is_integer
 from .errors import BundleError
 
 FORMAT_VERSION = 1
@@ -128,18 +129,16 @@ class Manifest:
 
 
 def _check_shapes(manifest: Manifest) -> None:
-    def plain(value: Any, kind: type) -> bool:
-        return isinstance(value, kind) and not isinstance(value, bool)
-
+    files, sizes = manifest.files, manifest.sizes
     checks = [
-        (plain(manifest.task, str), "task is not a string"),
-        (isinstance(manifest.files, dict) and all(plain(k, str) and plain(v, str) for k, v in manifest.files.items()),
+        (isinstance(manifest.task, str), "task is not a string"),
+        (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()),
          "files is not a map of file names to sha256 strings"),
-        (isinstance(manifest.sizes, dict) and all(plain(k, str) and plain(v, int) for k, v in manifest.sizes.items()),
+        (isinstance(sizes, dict) and all(isinstance(k, str) and is_integer(v) for k, v in sizes.items()),
          "sizes is not a map of file names to byte counts"),
-        (all(plain(t.name, str) and isinstance(t.dims, list) for t in [*manifest.inputs, *manifest.outputs]),
+        (all(isinstance(t.name, str) and isinstance(t.dims, list) for t in [*manifest.inputs, *manifest.outputs]),
          "inputs/outputs are not lists of {name, dtype, dims}"),
-        (plain(manifest.tokenizer.max_length, int) and manifest.tokenizer.max_length > 0,
+        (is_integer(manifest.tokenizer.max_length) and manifest.tokenizer.max_length > 0,
          "tokenizer.max_length is not a positive integer"),
         (isinstance(manifest.tokenizer.special_tokens, dict), "tokenizer.special_tokens is not a map"),
     ]

@@ -36,16 +36,16 @@ from typing import Any
 
 from . import __version__
 from .arguments import Parser, comma_list, device_argument, number
-from .backends import BACKENDS
 from .errors import (AlbertRuntimeError, OptionError, UnknownParameterError, UnknownTaskError, UsageError, error_line,
                      is_failure)
-from .lines import LineRunner, byte_reader
 
 PROG = "albert-run"
 
 
 def parser() -> argparse.ArgumentParser:
     """Every option says what it does and its default; task options left out keep the HF pipeline's default."""
+    from .backends import BACKENDS
+
     p = Parser(prog=PROG, description="Run an albert-export bundle; one JSON line per input line.",
                                 epilog="Task options that are left out keep the Hugging Face pipeline's default "
                                        "(as shown); one that does not apply to the bundle's task is an error.")
@@ -145,7 +145,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def run(args: argparse.Namespace) -> int:
     """Answer each input line with the bundle's pipeline; 0 when all were read and none failed, else 1."""
-    from .pipeline import Pipeline
+    from .lines import LineRunner, byte_reader
+    from .pipelines import Pipeline
 
     device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
     pipe = Pipeline(args.bundle, backend=args.backend, device=device, batch_size=args.batch_size)
@@ -166,7 +167,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The albert-run command: its exit status, errors printed in one line to stderr."""
-    args = parser().parse_args(argv)
+    try:  # the backends (parser()), the line runner and the pipeline load here, with numpy, tokenizers and the heads
+        args = parser().parse_args(argv)
+        from . import lines, pipelines  # noqa: F401 - what run() uses
+    except KeyboardInterrupt:  # Ctrl-C while they load: exit 130 without a traceback (nothing was answered yet)
+        return 130
     show_warning, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return run(args)

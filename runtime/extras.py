@@ -6,6 +6,9 @@ environment overwrite each other's `onnxruntime` package (README, "Install").
 """
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 PACKAGE = "albert-export"
 EXPORT_MODULES = ("torch", "onnx", "safetensors", "huggingface_hub", "sentencepiece", "google", "tqdm")
 SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client", "h11", "httpx")
@@ -41,3 +44,13 @@ def missing_module_line(module: str, needed_for: str) -> str | None:
     distribution = DISTRIBUTION_OF_MODULE.get(top, top)
     hint = install_command(extra) + ALTERNATIVES.get(extra, "")
     return f"{distribution} is not installed; {needed_for} needs it: {hint}"
+
+
+def first_importable(names: tuple[str, ...]) -> ModuleType | None:
+    """The first of the modules `names` that imports, in that order; None where none does (the caller says why)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .errors import BackendError, InputError, OptionError, error_line, is_failure, one_line
-from .pipeline import head_for, split_outputs
+from .pipelines import head_for, split_outputs
 from .tasks.base import Features
 
 BLOCK = 1 << 16  # bytes asked for per read; a read returns less when less is ready

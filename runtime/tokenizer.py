@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from .arguments import is_integer
 from .errors import InputError, OptionError, TruncationWarning
 
 Feature = dict[str, np.ndarray]  # unbatched model inputs: input_ids/attention_mask/token_type_ids, (S,) or (C, S)
@@ -213,7 +214,7 @@ class PipelineTokenizer:
     @model_max_length.setter
     def model_max_length(self, value: int) -> None:
         """Set the longest input; OptionError unless an integer from 1 to the model's positions."""
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self.max_positions:
+        if not is_integer(value) or not 1 <= value <= self.max_positions:
             raise OptionError(
                 f"model_max_length must be an integer from 1 to {self.max_positions} (the model's positions), "
                 f"got {value!r}"

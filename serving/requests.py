@@ -9,7 +9,7 @@ The answer to a call is what `pipeline()(inputs, **parameters)` returns, through
 `Call.prepare` preprocesses its inputs (pipe.sanitize / pipe.preprocess) into windows, checking the request's
 work limits as it goes; the windows' outputs (pipe.forward, here or batched with other requests' windows by
 serving.batcher) go to `Prepared.finish`, which postprocesses each input and shapes the answer as
-runtime.pipeline.call_head does.
+runtime.pipelines.call_head does.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 from runtime import Pipeline
 from runtime.errors import InputError
 from runtime.lines import json_value, parse_line
-from runtime.pipeline import one_result, split_outputs
+from runtime.pipelines import one_result, split_outputs
 from runtime.tasks.base import Features
 
 from .errors import ServingError
@@ -62,7 +62,7 @@ class Prepared:
     items: list
     single: bool
     called_with: frozenset
-    settings: Any  # runtime.pipeline.Settings
+    settings: Any  # runtime.pipelines.Settings
     features: list[Features]
     windows: list[dict[str, np.ndarray]]
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import torch
 
 from albert_export.config import AlbertConfig
-from albert_export.export import pieces_from_torch
+from albert_export.exporter import pieces_from_torch
 from albert_export.modeling import model_for_task
 from graphs.assemble import assemble
 from graphs.walk import all_graphs

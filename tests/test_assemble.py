@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from albert_export.config import AlbertConfig
-from albert_export.export import pieces_from_torch
+from albert_export.exporter import pieces_from_torch
 from albert_export.modeling import model_for_task
 from albert_export.validate import reference_outputs, validation_inputs
 from graphs.assemble import AssemblyError, assemble, layer_runs

@@ -243,7 +243,7 @@ def qa_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("layers", ["unrolled", "loop"])
 def test_int8_export_writes_table_manifest_and_validates(qa_checkpoint, tmp_path, layers):
-    from albert_export.export import export
+    from albert_export.exporter import export
     from runtime.bundle import load_bundle
 
     path = export(qa_checkpoint, "qa", tmp_path / "bundle", layers=layers, int8=True,
@@ -298,7 +298,7 @@ def test_a_broken_int8_graph_fails_the_agreement_gate(qa_checkpoint, tmp_path, c
 
 
 def test_min_agreement_overrides_the_gate_and_is_recorded(qa_checkpoint, tmp_path, monkeypatch):
-    from albert_export.export import export
+    from albert_export.exporter import export
     from runtime.bundle import load_bundle
 
     shrunk_ranges(monkeypatch)
@@ -310,7 +310,7 @@ def test_min_agreement_overrides_the_gate_and_is_recorded(qa_checkpoint, tmp_pat
 
 
 def test_the_default_model_passes_the_gate_on_built_in_held_out_text(tmp_path):
-    from albert_export.export import export
+    from albert_export.exporter import export
     from runtime.bundle import load_bundle
 
     manifest = load_bundle(export(None, None, tmp_path / "b", int8=True, log=lambda message: None)).manifest
@@ -373,7 +373,7 @@ def test_precision_bundles_build_tensorrt_rtx_plans(qa_checkpoint, tmp_path, pre
     """The same file serves TensorRT: strongly typed fp16 casts and Q/DQ (int8 constants only into DQ)."""
     pytest.importorskip("tensorrt_rtx")
     from albert_export.engine import engine_from_onnx, parse_shapes
-    from albert_export.export import export
+    from albert_export.exporter import export
 
     for layers in ("unrolled", "loop"):
         options = {"int8": True, "calibration_samples": 8} if precision == "int8" else {"fp16": True}

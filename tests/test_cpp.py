@@ -17,7 +17,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from albert_export.export import export
+from albert_export.exporter import export
 from tests.conftest import DATA
 from tests.export_helpers import save_checkpoint
 from tests.test_runtime_heads import assert_same

@@ -8,7 +8,7 @@ import albert_export
 from albert_export.cli import main as cli_main
 from albert_export.config import AlbertConfig
 from albert_export.engine import EngineError, default_profile, engine_from_onnx, import_tensorrt, parse_shapes
-from albert_export.export import ExportOptionError
+from albert_export.exporter import ExportOptionError
 from albert_export.modeling import model_for_task
 from runtime.bundle import ENGINE, load_bundle
 from runtime.taskspec import INPUT_NAMES

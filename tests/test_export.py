@@ -3,6 +3,7 @@ opsets, the output directory rules, and failures that leave nothing behind."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import stat
@@ -17,7 +18,7 @@ from tokenizers import Tokenizer
 import albert_export
 from albert_export import validate as validate_module
 from albert_export.bundle_writer import OutputExistsError
-from albert_export.export import ExportOptionError, export, max_opset
+from albert_export.exporter import ExportOptionError, export, max_opset
 from albert_export.tokenizer import tokenizer_from_pretrained
 from albert_export.validate import ValidationError, onnx_session, validation_inputs
 from runtime.bundle import load_bundle
@@ -58,6 +59,14 @@ def test_every_task_in_both_modes_matches_the_reference_and_transformers(task, c
         for name in spec.outputs:
             np.testing.assert_allclose(results["loop", shape][name], results["unrolled", shape][name], atol=1e-6,
                                        rtol=0)
+
+
+def test_the_package_export_is_the_function_once_its_module_is_imported():
+    import albert_export.exporter  # binds the module as the package's `exporter`, never as its `export`
+    from albert_export import export as imported
+
+    assert inspect.isfunction(albert_export.export)
+    assert albert_export.export is imported is albert_export.exporter.export
 
 
 def test_bundle_holds_graph_tokenizer_config_and_manifest(checkpoint, tmp_path):
@@ -192,7 +201,7 @@ def test_interrupted_export_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("albert_export.export"), "validate_onnx", interrupted)
+    monkeypatch.setattr(importlib.import_module("albert_export.exporter"), "validate_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export(directory, "features", tmp_path / "b", log=quiet)
     assert list(tmp_path.iterdir()) == []

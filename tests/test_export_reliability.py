@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from albert_export import bundle_writer, cli
 from albert_export import validate as validate_module
 from albert_export.bundle_writer import MARKER, OutputExistsError, signals_deferred, sweep_stale_siblings
-from albert_export.export import export
+from albert_export.exporter import export
 from albert_export.tolerances import tolerance_for
 from runtime.bundle import load_bundle
 from tests.export_helpers import quiet, save_checkpoint
@@ -166,7 +166,7 @@ def test_unwritable_output_is_refused_before_tracing_naming_the_users_path(capsy
 STALLED_EXPORT = """
 import importlib, sys, time
 from albert_export import cli
-export_module = importlib.import_module("albert_export.export")
+export_module = importlib.import_module("albert_export.exporter")
 def stall(*args, **kwargs):
     print("stalled in", STAGE, file=sys.stderr, flush=True)
     time.sleep(300)

@@ -10,7 +10,7 @@ import torch
 
 from albert_export import from_pretrained
 from albert_export.bundle_writer import EXTERNAL_DATA
-from albert_export.export import export
+from albert_export.exporter import export
 from albert_export.validate import onnx_session, reference_outputs, validation_inputs
 from graphs.size import array_digest, stored_tensors, storage_report
 from onnx import numpy_helper

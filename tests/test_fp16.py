@@ -143,7 +143,7 @@ def test_a_graph_without_matmul_is_left_in_fp32():
 
 @pytest.mark.parametrize("layers", ["unrolled", "loop"])
 def test_fp16_export_validates_within_the_fp16_tolerance(tmp_path, layers):
-    from albert_export.export import export
+    from albert_export.exporter import export
     from runtime.bundle import load_bundle
     from tests.export_helpers import save_checkpoint
 

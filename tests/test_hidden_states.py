@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from albert_export import export, from_pretrained
-from albert_export.export import onnx_from_reference
+from albert_export.exporter import onnx_from_reference
 from albert_export.tolerances import tolerance_for
 from albert_export.validate import onnx_session, reference_outputs, validation_inputs
 from graphs.pipeline import optimize

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from albert_export.export import export
+from albert_export.exporter import export
 from runtime import pipeline
 from runtime.tokenizer import load_tokenizer
 from tests.export_helpers import quiet, save_checkpoint

@@ -17,7 +17,7 @@ from optimum.exporters.tasks import TasksManager
 from transformers import AutoTokenizer
 
 from albert_export.cli import main as cli_main
-from albert_export.export import export
+from albert_export.exporter import export
 from runtime.bundle import load_bundle
 from runtime.taskspec import TASKS
 from tests.export_helpers import hf_outputs, quiet, save_checkpoint

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from albert_export.cli import main as cli_main
-from albert_export.export import export
+from albert_export.exporter import export
 from albert_export.ort_format import ORT_MODEL, REQUIRED_OPERATORS, save_optimized
 from albert_export.validate import onnx_session, validation_inputs
 from runtime import pipeline

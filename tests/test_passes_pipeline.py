@@ -53,7 +53,7 @@ def exported(task: str, layers: str, opset: int = 17):
     import torch
 
     from albert_export.config import AlbertConfig
-    from albert_export.export import onnx_from_reference
+    from albert_export.exporter import onnx_from_reference
     from albert_export.modeling import model_for_task
 
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_export_with_optimize_writes_a_validated_fused_bundle(tmp_path, layers):
 
 
 def test_export_rejects_an_unknown_profile_before_tracing(tmp_path):
-    from albert_export.export import ExportOptionError, export
+    from albert_export.exporter import ExportOptionError, export
 
     with pytest.raises(ExportOptionError, match="none, portable, onnxruntime"):
         export(tmp_path / "missing-checkpoint", "question-answering", tmp_path / "out", optimize="fastest")

@@ -60,7 +60,7 @@ def test_options_only_one_engine_takes_decide_for_it():
 def test_pipeline_auto_says_what_it_picked_and_answers_alike(handmade_bundle, caplog):
     bundle = handmade_bundle("fill-mask")
     expected_backend, why = auto_backend("fp32")
-    with caplog.at_level(logging.INFO, logger="runtime.pipeline"):
+    with caplog.at_level(logging.INFO, logger="runtime.pipelines"):
         auto = pipeline(bundle, backend="auto", threads=1)
     assert auto.backend_choice == f"{expected_backend}: {why}"
     assert f"backend='auto' picked {expected_backend} for this fp32 bundle: {why}" in caplog.text
@@ -72,7 +72,7 @@ def test_pipeline_auto_says_what_it_picked_and_answers_alike(handmade_bundle, ca
 def test_auto_falls_back_to_onnxruntime_where_openvino_cannot_load_the_bundle(handmade_bundle, monkeypatch):
     import sys
 
-    module = sys.modules["runtime.pipeline"]  # (runtime.pipeline is also the function)
+    module = sys.modules["runtime.pipelines"]
     from runtime.errors import BackendError
 
     built = module.context_from_bundle

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime import pipeline
-from runtime.arguments import RANGES, check_number, cpu_count, number
+from runtime.arguments import RANGES, check_number, cpu_count, is_integer, number
 from runtime.backends import check_feeds
 from runtime.backends.base import ModelTensor, check_io, dims_agree
 from runtime.bundle import MANIFEST, BundleError, TensorSpec, load_bundle
@@ -57,6 +57,13 @@ def test_the_table_accepts_what_is_in_range():
     assert check_number("threads", np.int32(1)) == 1 and type(check_number("threads", np.int32(1))) is int
     assert check_number("timeout_s", 2) == 2 and check_number("max_delay_ms", 0.5) == 0.5
     assert all(entry.holds(entry.minimum) for entry in RANGES.values())
+
+
+def test_an_integer_is_an_int_or_a_numpy_integer_never_a_bool():
+    assert all(is_integer(value) for value in (0, -3, 2**70, np.int64(5), np.uint8(1)))
+    assert not any(is_integer(value) for value in (True, np.True_, 1.0, np.float32(1), "1", None))
+    assert is_integer(7, numpy=False) and not is_integer(np.int64(7), numpy=False)
+    assert not is_integer(False, numpy=False)
 
 
 @pytest.mark.parametrize("name, text, message", [

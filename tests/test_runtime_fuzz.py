@@ -24,7 +24,7 @@ from runtime.bundle import MANIFEST, BundleError
 from runtime.cli import main
 from runtime.errors import BackendError, InputError, OptionError
 from runtime.lines import LineRunner, decode_line, parse_line
-from runtime.pipeline import head_for
+from runtime.pipelines import head_for
 from runtime.taskspec import TASKS, UnknownTaskError
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 12)), deadline=None, derandomize=True, database=None,
@@ -150,7 +150,7 @@ FLAGS = ["--top-k", "--targets", "--function-to-apply", "--aggregation-strategy"
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_random_cli_option_values_exit_0_1_or_2_with_one_line(pipes, task, monkeypatch, capsys, handmade_bundle):
-    monkeypatch.setattr(sys.modules["runtime.pipeline"], "Pipeline", lambda *args, **kwargs: pipes[task])  # no reload
+    monkeypatch.setattr(sys.modules["runtime.pipelines"], "Pipeline", lambda *args, **kwargs: pipes[task])  # no reload
     good = GOOD[task]
     stdin = (json.dumps(good) if isinstance(good, dict) else good) + "\n"
 

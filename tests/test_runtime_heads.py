@@ -17,7 +17,7 @@ from transformers import AlbertForMaskedLM
 from transformers import pipeline as hf_pipeline
 
 from runtime.errors import InputError, OptionError, TruncationWarning
-from runtime.pipeline import call_head
+from runtime.pipelines import call_head
 from runtime.runner import BatchRunner
 from runtime.taskspec import SEQUENCE, TASKS
 from runtime.tasks import feature_extraction, fill_mask, multiple_choice, pretraining, text_classification
@@ -237,6 +237,12 @@ def test_text_classification_bad_inputs(classifier):
         call_head(text_classification, ctx, {"text": "fine", "text_pair": ""})
     with pytest.raises(OptionError, match="function_to_apply"):
         call_head(text_classification, ctx, "fine", function_to_apply="tanh")
+
+
+def test_text_classification_takes_a_numpy_top_k_as_the_other_heads_do(classifier):
+    _, ctx, _ = classifier
+    expected = call_head(text_classification, ctx, "fine", top_k=2)
+    assert_same(call_head(text_classification, ctx, "fine", top_k=np.int64(2)), expected)
 
 
 # ---- feature-extraction -------------------------------------------------------------------------------------

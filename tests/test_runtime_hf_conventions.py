@@ -25,7 +25,7 @@ from runtime.backends import Device, parse_device
 from runtime.cli import main as albert_run
 from runtime.cli import parser as albert_run_parser
 from runtime.errors import BackendError, InputError, OptionError, PipelineException
-from runtime.pipeline import ResultStream
+from runtime.pipelines import ResultStream
 from runtime.taskspec import UnknownTaskError
 from tests.handmade import hf_tokenizer, tiny_model
 from tests.test_runtime_heads import botchan_masked, mrpc_pairs

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from runtime.pipeline import call_head
+from runtime.pipelines import call_head
 from runtime.tasks import fill_mask
 from runtime.tasks import question_answering as qa
 from runtime.tasks import token_classification as ner

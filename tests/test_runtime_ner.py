@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForTokenClassification, AlbertTokenizerFast, pipeline
 
-from runtime.pipeline import call_head
+from runtime.pipelines import call_head
 from runtime.runner import BatchRunner
 from runtime.tasks import token_classification as ner
 from runtime.tasks.base import TaskContext

@@ -155,7 +155,7 @@ def test_checksum_mismatch_and_unverified_corruption(fill_mask_bundle, tmp_path)
 def test_every_head_is_a_head():
     """The Head protocol: each task's module has its CallForm and the stages settings / preprocess / postprocess
     (no run_each that tokenizes, runs and decodes in one call)."""
-    from runtime.pipeline import HEAD_MODULES, head_for
+    from runtime.pipelines import HEAD_MODULES, head_for
     from runtime.tasks.base import CallForm, Head
 
     for task in HEAD_MODULES:

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from transformers import AlbertConfig, AlbertForQuestionAnswering, AlbertTokenizerFast, pipeline
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from runtime.pipeline import call_head
+from runtime.pipelines import call_head
 from runtime.runner import BatchRunner
 from runtime.tasks import question_answering as qa
 from runtime.tasks.base import TaskContext

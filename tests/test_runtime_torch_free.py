@@ -73,3 +73,16 @@ def test_albert_run_without_torch_onnx_transformers(guarded_env, handmade_bundle
     assert [json.loads(line) for line in result.stdout.splitlines()] == [json.loads(json.dumps(pipeline(bundle)(SEED)))]
     result = child(guarded_env, ["-m", "runtime.cli", str(bundle)], stdin='{"text": nope}\n')
     assert result.returncode == 1 and result.stderr == "albert-run: line 1: invalid JSON (Expecting value at column 10)\n"
+
+
+def test_import_runtime_loads_nothing_until_pipeline_and_pipeline_stays_the_function(guarded_env):
+    code = ("import inspect, sys\n"
+            "import runtime\n"
+            "print('numpy' in sys.modules, 'tokenizers' in sys.modules)\n"
+            "import runtime.pipelines\n"
+            "from runtime import Pipeline, pipeline\n"
+            "print(inspect.isfunction(runtime.pipeline), pipeline is runtime.pipelines.pipeline,\n"
+            "      Pipeline is runtime.pipelines.Pipeline)\n")
+    result = child(guarded_env, ["-c", code])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False", "True True True"]

@@ -15,6 +15,7 @@ import runtime.backends.trt as trt_backend
 from runtime.backends import backend_from_bundle
 from runtime.bundle import ENGINE, MANIFEST, load_bundle, sha256_file
 from runtime.errors import BackendError
+from runtime.extras import first_importable
 
 
 def fake_tensorrt(name: str) -> types.ModuleType:
@@ -188,3 +189,12 @@ def test_garbage_collection_frees_what_an_active_backend_holds(fakes, tmp_path):
     backend.infer({"input_ids": np.zeros((1, 2), np.int64)})
     del backend
     assert cudart.buffers == {} and cudart.streams == set()
+
+
+def test_first_importable_follows_the_callers_order(fakes, monkeypatch):
+    modules, _ = fakes
+    assert first_importable(("tensorrt_rtx", "tensorrt")) is modules["tensorrt_rtx"]  # the build side's order
+    assert first_importable(("tensorrt", "tensorrt_rtx")) is modules["tensorrt"]  # the runtime's
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # import fails
+    assert first_importable(("tensorrt_rtx", "tensorrt")) is modules["tensorrt"]
+    assert first_importable(("tensorrt_rtx",)) is None

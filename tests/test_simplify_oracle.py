@@ -9,7 +9,7 @@ import onnxsim
 import pytest
 
 from albert_export.checkpoint import from_pretrained
-from albert_export.export import onnx_from_reference
+from albert_export.exporter import onnx_from_reference
 from graphs.passes.simplify import simplify
 from graphs.size import op_counts, stored_tensors, tensor_nbytes
 

@@ -22,7 +22,7 @@ def test_a_task_added_to_tasks_is_in_every_table(added_task):
     from albert_export.modeling import TASK_MODELS, AlbertForMultipleChoice
     from calibration.data import ENCODINGS
     from calibration.quantize import METRICS
-    from runtime.pipeline import HEAD_MODULES, HF_TASK_ALIASES, head_for
+    from runtime.pipelines import HEAD_MODULES, HF_TASK_ALIASES, head_for
     from runtime.taskspec import canonical_task, input_dims
 
     assert HEAD_MODULES["ranking"] == "multiple_choice" and head_for("ranking").CALL is not None
@@ -38,7 +38,7 @@ def test_every_task_config_is_whole():
     from albert_export import modeling
     from calibration.data import ENCODINGS
     from calibration.quantize import METRICS
-    from runtime.pipeline import head_for
+    from runtime.pipelines import head_for
 
     small = modeling.AlbertConfig(vocab_size=10, embedding_size=4, hidden_size=8, num_hidden_layers=1,
                                   num_attention_heads=2, intermediate_size=8, max_position_embeddings=8)

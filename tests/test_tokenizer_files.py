@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AlbertTokenizer, AutoTokenizer
 
-from albert_export.export import export
+from albert_export.exporter import export
 from albert_export.tokenizer_files import tokenizer_config
 from runtime.bundle import TokenizerSettings, load_bundle, sha256_file
 from runtime.tokenizer import load_tokenizer

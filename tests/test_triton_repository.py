@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from albert_export import cli
 
-export_module = importlib.import_module("albert_export.export")  # the package's `export` attribute is the function
+export_module = importlib.import_module("albert_export.exporter")
 triton_module = importlib.import_module("albert_export.triton")
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..arguments import is_integer
 from ..bundle import Bundle, BundleError
 from ..errors import BackendError, OptionError
 from ..extras import GPU_SWITCH, missing_module_line
@@ -43,7 +44,7 @@ def parse_device(device: Any) -> Device:
         return device
     if device is None:
         return Device("cuda", 0, cpu_fallback=True)
-    if isinstance(device, int) and not isinstance(device, bool):
+    if is_integer(device, numpy=False):
         return Device("cpu") if device < 0 else Device("cuda", device, cpu_fallback=True)
     if hasattr(device, "type") and hasattr(device, "index"):  # torch.device, without importing torch
         device = device.type if device.index is None else f"{device.type}:{device.index}"

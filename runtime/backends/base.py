@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import check_number
+from ..arguments import check_number, is_integer
 from ..bundle import Bundle, BundleError, TensorSpec
 from ..errors import BackendError, TensorError
 from ..taskspec import DYNAMIC_DIMS, SEQUENCE
@@ -91,7 +91,7 @@ def check_io(kind: str, declared: list[TensorSpec], actual: list[ModelTensor], s
 
 def _config_int(config: dict, key: str) -> int | None:
     value = config.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return value if is_integer(value) and value > 0 else None
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class FeedCheck:
         for dim, size in zip(spec.dims, shape):
             if size == 0:
                 raise TensorError(spec.name, f"input {spec.name} has shape {list(shape)}: its {dim} is empty")
-            if isinstance(dim, int) and not isinstance(dim, bool) and size != dim:
+            if is_integer(dim) and size != dim:
                 raise TensorError(spec.name, f"input {spec.name} has {size} for {dim}-sized axis; shape "
                                              f"{list(shape)} does not fit the model's {spec.dims}")
             if not isinstance(dim, str):

@@ -9,13 +9,12 @@ run by this project's CPU tests (no GPU there): they drive it with fakes of tens
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError
-from ..extras import install_command
+from ..extras import first_importable, install_command
 from .base import BaseBackend, ModelTensor
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")  # EngineInfo.flavour; without one recorded, tried in this order
@@ -29,11 +28,9 @@ def import_tensorrt(flavour: str | None = None):
         raise BackendError(f"the engine was built with {flavour!r}, not {' or '.join(FLAVOURS)}; rebuild it with "
                            "albert-export --engine tensorrt")
     names = FLAVOURS if flavour is None else (flavour,)
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
+    trt = first_importable(names)
+    if trt is not None:
+        return trt
     built = "" if flavour is None else f"the engine was built with {flavour}; "
     wanted = " or ".join(PACKAGE_OF_FLAVOUR[name] for name in names)
     raise BackendError(f"{built}the tensorrt backend needs the {wanted} ({install_command('tensorrt')}); "

@@ -55,7 +55,7 @@ def as_batch(inputs: Any, params: dict[str, Any] | None = None) -> tuple[list, b
 @dataclass(frozen=True)
 class CallForm:
     """How the task's HF pipeline reads one call: which inputs are one item and which a batch, and how the items'
-    results become the call's answer (runtime.pipeline.call_head applies it)."""
+    results become the call's answer (runtime.pipelines.call_head applies it)."""
 
     # (items, single) from a call's inputs; may pop the keyword arguments that are inputs (question=, context=)
     items: Callable[[Any, dict[str, Any]], tuple[list, bool]] = as_batch

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arguments import is_integer
 from ..errors import InputError, OptionError
 from ..tokenizer import encode, feature_from_encoding, require_text
 from .base import TaskContext
@@ -84,14 +85,14 @@ def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
     """`value` as an int when it is one of at least 1 (or None where allowed), else OptionError naming `name`."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_integer(value) or value < 1:
         raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def non_negative_int(name: str, value: Any) -> int:
     """`value` as an int when it is one of at least 0, else OptionError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    if not is_integer(value) or value < 0:
         raise OptionError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arguments import is_integer
 from ..errors import CallError, OptionError
 from ..taskspec import OPTIONAL_OUTPUTS, TASKS
 from .base import CallForm, Features, TaskContext
@@ -49,7 +50,7 @@ def optional_output(output: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 def layer_index(layer: Any, count: int) -> int:
     """hidden_state_layer as an index from 0, negatives counting from the last; OptionError when out of range."""
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -count <= layer < count:
+    if not is_integer(layer) or not -count <= layer < count:
         raise OptionError(f"hidden_state_layer must be an integer in {-count}..{count - 1} (0 is the embedding "
                           f"output, {count - 1} or -1 the last layer), got {layer!r}")
     return int(layer) % count

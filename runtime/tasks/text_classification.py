@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arguments import is_integer
 from ..errors import CallError, InputError, OptionError, UnknownChoiceError
 from ..taskspec import TASKS
 from .base import CallForm, Features, TaskContext
@@ -42,7 +43,7 @@ def _settings(ctx: TaskContext, top_k: Any, return_all_scores: Any) -> tuple[int
     """(top_k, legacy) as TextClassificationPipeline._sanitize_parameters decides them."""
     if return_all_scores is None:
         return_all_scores = ctx.config.get("return_all_scores")
-    if top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool)):
+    if top_k is None or is_integer(top_k):
         return positive_int("top_k", top_k, allow_none=True), False
     if top_k != _NOT_GIVEN:
         raise OptionError(f"top_k must be a positive integer or None, got {top_k!r}")

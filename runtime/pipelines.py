@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import check_number
 from .backends import Backend, backend_from_bundle
 from .bundle import Bundle, load_bundle
 from .cpu import auto_backend
@@ -381,9 +382,7 @@ class BundleModel:
 
 
 def _num_workers(value: Any) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise OptionError(f"num_workers must be a non-negative integer, got {value!r}")
-    return value
+    return None if value is None else check_number("num_workers", value)
 
 
 def _names_task(value: Any) -> bool:

@@ -32,6 +32,7 @@ from graphs.passes.decoder_view import view_tied_decoders
 from graphs.pipeline import PROFILES
 from graphs.pipeline import optimize as optimize_graph
 from graphs.size import array_digest, node_count, stored_tensors, tensor_nbytes, transposed_digest
+from runtime.arguments import is_integer
 from runtime.bundle import ENGINE, MODEL, TOKENIZER, EngineInfo, Manifest, TensorSpec, TokenizerSettings, Validation
 from runtime.taskspec import (
     BATCH, CHOICES, INPUT_NAMES, OPTIONAL_OUTPUTS, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS, canonical_task, dynamic_axes,
@@ -84,7 +85,7 @@ def max_opset() -> int:
 
 def check_opset(opset: int) -> int:
     """`opset` where this exporter and the installed onnxruntime support it; ExportOptionError otherwise."""
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+    if not is_integer(opset, numpy=False) or not MIN_OPSET <= opset <= max_opset():
         raise ExportOptionError(
             f"opset {opset!r} is not supported; choose {MIN_OPSET}..{max_opset()} "
             f"(what this exporter and the installed onnxruntime support; default {DEFAULT_OPSET})"
