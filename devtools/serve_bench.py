@@ -13,7 +13,7 @@ scripts/setup-triton.sh; a peer that is not installed is said and left out). Eve
 cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection per client: it costs far less
 CPU than httpx, which would otherwise be what is measured). Each row prints throughput, its ratio to the
 in-process row, p50/p99 latency, errors, answers equal to in-process, the mean batch (albert-serve: windows per
-engine run from /metrics, one worker; Triton: requests per execute()) and CPU milliseconds per request (this
+engine run from /metrics, every worker; Triton: requests per execute()) and CPU milliseconds per request (this
 process for in-process, the server's process tree for the servers, from /proc). For question-answering,
 --long-chars (default 20000; 0: none) adds the long-request table: one request of that many characters with
 doc_stride 121 (thousands of windows) sent to albert-serve while one client sends small requests one after
@@ -209,8 +209,7 @@ def albert_serve(bundle: Path, args, workers: int, *extra: str) -> Server:
         return metric_sum(text, "albert_serve_batch_size_count"), metric_sum(text, "albert_serve_batch_size_sum")
 
     label = "albert-serve, window batching" + (f", --workers {workers}" if workers > 1 else "")
-    return Server(label, command, f"/models/{bundle.resolve().name}", "/health", port=port,
-                  batch=batches if workers == 1 else None)
+    return Server(label, command, f"/models/{bundle.resolve().name}", "/health", port=port, batch=batches)
 
 
 def threads_of(args) -> list[str]:
