@@ -13,7 +13,7 @@ scripts/setup-triton.sh; a peer that is not installed is said and left out). Eve
 cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection per client: it costs far less
 CPU than httpx, which would otherwise be what is measured). Each row prints throughput, its ratio to the
 in-process row, p50/p99 latency, errors, answers equal to in-process, the mean batch (albert-serve: windows per
-engine run from /metrics, one worker; Triton: requests per execute()) and CPU milliseconds per request (this
+engine run from /metrics, every worker; Triton: requests per execute()) and CPU milliseconds per request (this
 process for in-process, the server's process tree for the servers, from /proc). For question-answering,
 --long-chars (default 20000; 0: none) adds the long-request table: one request of that many characters with
 doc_stride 121 (thousands of windows) sent to albert-serve while one client sends small requests one after
@@ -209,8 +209,7 @@ def albert_serve(bundle: Path, args, workers: int, *extra: str) -> Server:
         return metric_sum(text, "albert_serve_batch_size_count"), metric_sum(text, "albert_serve_batch_size_sum")
 
     label = "albert-serve, window batching" + (f", --workers {workers}" if workers > 1 else "")
-    return Server(label, command, f"/models/{bundle.resolve().name}", "/health", port=port,
-                  batch=batches if workers == 1 else None)
+    return Server(label, command, f"/models/{bundle.resolve().name}", "/health", port=port, batch=batches)
 
 
 def threads_of(args) -> list[str]:
@@ -365,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(w) for w in (args.workers or f"1,{cpu_count()}").split(",")]
     peers = [] if args.peers == "none" else (args.peers.split(",") if args.peers else list(PEERS))
     clients_list = [int(c) for c in args.concurrency.split(",")]
+    ceiling = None
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         bundle = args.bundle
@@ -374,14 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle = Path(export(None, args.task, scratch / args.task, validate=False, log=lambda message: None))
         pipe = pipeline(bundle, **({"threads": args.threads} if args.threads else {}))
         requests = requests_for(pipe.task, args.requests)
-        answer_of(pipe, requests[0])  # warm-up
-        seconds, expected = [], []
-        cpu, started = time.process_time(), time.perf_counter()
-        for request in requests:
-            t = time.perf_counter()
-            expected.append(answer_of(pipe, request))
-            seconds.append(time.perf_counter() - t)
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        seconds, expected, wall, cpu = one_by_one(pipe, requests)
         kind = cpu_description()
         print(f"CPU: {kind.get('model', 'unknown')} ({kind.get('kind', '?')}), {cpu_count()} CPUs; load average "
               f"{os.getloadavg()[0]:.1f}; bundle {bundle.resolve().name} ({pipe.task})")
@@ -391,6 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         line, anchor = row("pipeline() in-process, one by one", 1, seconds, wall, 0, len(requests), len(requests),
                            1.0, cpu * 1000 / len(requests), None)
         print(line, flush=True)
+        if max(workers) > 1 and not args.threads:
+            single_seconds, single_answers, single_wall, single_cpu = one_by_one(pipeline(bundle, threads=1), requests)
+            equal = sum(a == b for a, b in zip(single_answers, expected))
+            line, single = row("pipeline() in-process, one by one, 1 intra-op thread", 1, single_seconds, single_wall,
+                               0, equal, len(requests), 1.0, single_cpu * 1000 / len(requests), anchor)
+            print(line, flush=True)
+            ceiling = (f"{max(workers)} workers x the 1-thread rate: {max(workers) * single:.1f} req/s = "
+                       f"{max(workers) * single / anchor:.2f}x in-process, the most {max(workers)} processes give "
+                       "without gains from batching")
         servers = [albert_serve(bundle, args, count) for count in workers]
         for name in peers:
             missing = peer_missing(name)
@@ -408,9 +410,23 @@ def main(argv: list[str] | None = None) -> int:
                 measure(server, requests, expected, clients_list, args, anchor)
             finally:
                 server.stop()
+        if ceiling:
+            print(f"\nCeiling: {ceiling}.", flush=True)
         if pipe.task == "question-answering" and args.long_chars:
             long_request_table(bundle, pipe, args, scratch)
     return 0
+
+
+def one_by_one(pipe, requests: list[Any]) -> tuple[list[float], list[Any], float, float]:
+    """Each request through pipe in turn, after a warm-up: seconds each, answers, wall and CPU seconds in all."""
+    answer_of(pipe, requests[0])
+    seconds, answers = [], []
+    cpu, started = time.process_time(), time.perf_counter()
+    for request in requests:
+        t = time.perf_counter()
+        answers.append(answer_of(pipe, request))
+        seconds.append(time.perf_counter() - t)
+    return seconds, answers, time.perf_counter() - started, time.process_time() - cpu
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -141,8 +141,8 @@ class Server:
                 max_queue=self.limits.max_queue,
                 limits=self.limits,
                 on_batch=self._batch_observer(name),
+                on_depth=self.metrics.queue_depth.labels(name).set,
             )
-            self.metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)
             batcher.start()
         self.ready = True
         try:
@@ -267,7 +267,7 @@ class Server:
             return JSON([{"name": n, "task": p.task} for n, p in sorted(self.pipelines.items())])
 
         async def metrics(request, name):
-            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
         async def v2_model_ready(request, name):
             self.model(name)

@@ -70,6 +70,7 @@ class Batcher:
         max_queue: int = 256,
         limits: Limits | None = None,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        on_depth: Callable[[int], None] = lambda depth: None,
     ):
         self.pipe = pipe
         self.max_batch_size = max_batch_size
@@ -77,6 +78,7 @@ class Batcher:
         self.max_queue = max_queue
         self.limits = limits or Limits()
         self.on_batch = on_batch
+        self.on_depth = on_depth  # told each new depth (a gauge other worker processes' /metrics can read)
         self.host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-host")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-model")
         self.jobs: dict[Job, None] = {}  # requests with windows not yet sent, in arrival order
@@ -124,6 +126,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.admitted += 1
+        self.on_depth(self.depth)
         future.add_done_callback(self._answered)
         self.preparing += 1
         loop.create_task(self._prepare(call, future))
@@ -131,6 +134,7 @@ class Batcher:
 
     def _answered(self, future: asyncio.Future) -> None:
         self.admitted -= 1
+        self.on_depth(self.depth)
         if not future.cancelled():
             future.exception()  # retrieved: an answer nobody awaits any more logs nothing
 
@@ -160,10 +164,12 @@ class Batcher:
         if self.depth >= self.max_queue:
             raise QueueFull(f"the queue holds {self.max_queue} requests")
         self.raw += 1
+        self.on_depth(self.depth)
         future = asyncio.get_running_loop().run_in_executor(self.executor, self._counted, function, *args)
 
         def done(_):
             self.raw -= 1
+            self.on_depth(self.depth)
 
         future.add_done_callback(done)
         return future

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Callable
 
 from runtime import __version__
-from runtime.arguments import Parser, cpu_count, device_argument, number
+from runtime.arguments import RANGES, Parser, cpu_count, device_argument, number
 from runtime.backends import BACKENDS
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 from runtime.extras import missing_module_line
 
 from .errors import ListenError
+from .metrics import shared_between_processes
 from .requests import Limits
 
 PROG = "albert-serve"
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-delay-ms", type=number("max_delay_ms"), default=DEFAULTS.max_delay * 1000,
                    help="how long a batch waits for more requests (default %(default)s)")
     p.add_argument("--max-queue", type=number("max_queue"), default=DEFAULTS.max_queue,
-                   help="requests waiting per model before 503")
+                   help="requests taken per model (in each worker) before 503")
     p.add_argument("--timeout-s", type=number("timeout_s"), default=DEFAULTS.timeout,
                    help="per request, queueing included")
     p.add_argument("--max-request-bytes", type=number("max_request_bytes"), default=DEFAULTS.max_request_bytes)
@@ -70,13 +71,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--read-timeout-s", type=number("read_timeout_s"), default=DEFAULTS.read_timeout,
                    help="a request's line and headers, then its body, each within this (default %(default)s)")
     p.add_argument("--max-connections", type=number("max_connections"), default=1000,
-                   help="open connections (default 1000, always below the file-descriptor limit)")
+                   help="open connections per worker (default 1000, always below the file-descriptor limit)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--threads", type=number("threads"), default=None,
                    help=f"intra-op threads per model (1..{cpu_count()}, the CPUs)")
-    p.add_argument("--workers", type=number("workers"), default=1,
-                   help="processes sharing the listening socket, each with its own pipelines (default 1)")
+    p.add_argument("--workers", type=number("workers"), default=None,
+                   help=f"server processes on the one port, each with its own pipelines and its share of the "
+                        f"CPUs (default: one per CPU, {default_workers()} here; 1 on a GPU); /metrics sums them all")
     p.add_argument("--shutdown-timeout-s", type=number("shutdown_timeout_s"), default=30.0,
                    help="how long to wait for requests in flight on SIGTERM")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
@@ -93,7 +95,7 @@ def load_pipelines(args: argparse.Namespace) -> dict:
         if name in names:
             raise UsageError(f"{bundle} and {names[name]} are both named {name!r}; serve bundles with distinct names")
         names[name] = bundle
-    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    device = device_of(args)
     extra = {"threads": args.threads} if args.threads else {}
     return {
         name: pipeline(bundle, backend=args.backend, device=device, batch_size=args.max_batch_size, **extra)
@@ -103,20 +105,30 @@ def load_pipelines(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the bundles as the arguments ask; the exit status."""
-    try:  # the serve extra's packages, before anything is loaded
-        import uvicorn  # noqa: F401
+    if args.workers is None:
+        args.workers = default_workers() if device_of(args) == "cpu" else 1  # a GPU: one process feeds it
+    with shared_between_processes() if args.workers > 1 else contextlib.nullcontext():
+        try:  # the serve extra's packages, before anything is loaded
+            import uvicorn  # noqa: F401
 
-        from . import app, connections  # noqa: F401
-    except ModuleNotFoundError as exc:  # an install without the serve extra
-        line = missing_module_line(exc.name or "", PROG)
-        if line is None:
-            raise
-        print(f"{PROG}: error: {line}", file=sys.stderr)
-        return 1
+            from . import app, connections  # noqa: F401
+        except ModuleNotFoundError as exc:  # an install without the serve extra
+            line = missing_module_line(exc.name or "", PROG)
+            if line is None:
+                raise
+            print(f"{PROG}: error: {line}", file=sys.stderr)
+            return 1
+        return run_workers(args) if args.workers > 1 else serve(args)
 
-    if args.workers > 1:
-        return run_workers(args)
-    return serve(args)
+
+def default_workers() -> int:
+    """--workers' default on CPUs: one process per CPU (each then runs its models on one intra-op thread)."""
+    return min(cpu_count(), int(RANGES["workers"].maximum))
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """The device the models run on: --device, else the backend's own (tensorrt: cuda)."""
+    return args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
 
 
 def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready: int | None = None) -> int:
@@ -158,7 +170,7 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
         # h11 (its header limit is the one --max-header-bytes sets) with albert-serve's connection bounds
         http=guarded_protocol(Guard(args.read_timeout_s, max_connections, notices)),
     )
-    listener = listener or bound_socket(args.host, args.port)
+    listener = listener or bound_socket(args.host, args.port, shared=False)
     host, port = listener.getsockname()[:2]
     if max_connections < args.max_connections:
         print(f"{PROG}: at most {max_connections} connections: the file-descriptor limit (ulimit -n) leaves room for "
@@ -185,9 +197,14 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
 
 
 def run_workers(args: argparse.Namespace) -> int:
-    """--workers N: N processes accept on one listening socket, each with its own pipelines (intra-op threads
-    default to the CPUs / N); this process forwards SIGTERM/SIGINT to them and exits when they have."""
-    listener = bound_socket(args.host, args.port)
+    """--workers N: N processes, each with its own pipelines (intra-op threads default to the CPUs / N) and its
+    own listening socket on one port (SO_REUSEPORT: the kernel spreads connections over them evenly, where one
+    shared socket lets whichever worker wakes first take a burst of them all); this process holds the port,
+    forwards SIGTERM/SIGINT to them and exits when they have."""
+    with bound_socket(args.host, args.port, listen=False, shared=False) as alone:  # no other server has the port
+        port = alone.getsockname()[1]
+    held = bound_socket(args.host, port, listen=False)
+    host, port = held.getsockname()[:2]
     if args.threads is None:
         args.threads = max(1, cpu_count() // args.workers)
     read_end, write_end = os.pipe()
@@ -198,7 +215,7 @@ def run_workers(args: argparse.Namespace) -> int:
             os.close(read_end)
             code = 1
             try:  # every worker loads the same bundles: the first says why they cannot be served, once
-                code = guarded(lambda: serve(args, listener, ready=write_end), quiet=worker > 0)
+                code = guarded(lambda: serve(args, bound_socket(host, port), ready=write_end), quiet=worker > 0)
             finally:
                 sys.stderr.flush()
                 os._exit(code)
@@ -219,7 +236,6 @@ def run_workers(args: argparse.Namespace) -> int:
     if len(started) < args.workers:  # a worker failed before serving (it said why): stop the others
         forward(signal.SIGTERM, None)
     else:
-        host, port = listener.getsockname()[:2]
         names = sorted(Path(b).resolve().name for b in args.bundles)
         print(f"{PROG}: serving {', '.join(names)} with {args.workers} workers on http://{host}:{port}",
               file=sys.stderr, flush=True)
@@ -227,19 +243,21 @@ def run_workers(args: argparse.Namespace) -> int:
     return 0 if len(started) == args.workers and not any(codes) else max(max(codes), 1)
 
 
-def bound_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host and port, for the server to listen on."""
+def bound_socket(host: str, port: int, listen: bool = True, shared: bool = True) -> socket.socket:
+    """A TCP socket bound to host and port, listening unless not; shared: the workers' sockets bind it too."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when their proto says TCP; without
         # it every keep-alive answer waits ~40 ms for the client's delayed ACK (Nagle)
         listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
-        listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+        if listen:
+            listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
         raise ListenError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host") from None
-    listener.set_inheritable(True)
     return listener
 
 

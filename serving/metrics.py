@@ -1,15 +1,40 @@
-"""The server's Prometheus metrics, in a registry of its own (one per app, so tests can run several)."""
+"""The server's Prometheus metrics, in a registry of its own (one per app, so tests can run several).
+
+With --workers N the workers' metrics are one set: prometheus_client's multiprocess mode, in which every process
+writes its values to files in PROMETHEUS_MULTIPROC_DIR and /metrics, in whichever worker answers it, sums them.
+That mode is chosen when prometheus_client is first imported, so `shared_between_processes` is entered before it is.
+"""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@contextlib.contextmanager
+def shared_between_processes() -> Iterator[str]:
+    """Within it, the metrics of this process and of the ones it forks are one set, kept in a temporary folder."""
+    if "prometheus_client" in sys.modules:  # its value class is fixed: the workers would each count alone
+        raise RuntimeError("prometheus_client was imported before the workers' metrics were made shared")
+    with tempfile.TemporaryDirectory(prefix="albert-serve-metrics-") as directory:
+        os.environ[MULTIPROCESS_DIR] = directory
+        try:
+            yield directory
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 class Metrics:
     """The server's Prometheus metrics, in a registry of their own."""
     def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "albert_serve_requests", "Requests answered, by model, route and HTTP status", ["model", "route", "status"],
@@ -21,11 +46,11 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "albert_serve_queue_depth", "Requests taken and not yet answered, per model", ["model"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "albert_serve_requests_in_flight", "Requests received and not yet answered", ["model"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "albert_serve_batch_size", "Model windows run together in one batch (across requests)", ["model"],
@@ -40,3 +65,14 @@ class Metrics:
             "albert_serve_request_seconds", "Request latency, arrival to answer", ["model", "route"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+
+    def text(self) -> bytes:
+        """The Prometheus text of these metrics, every worker's summed when the workers share them."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, directory)
+        return generate_latest(registry)

@@ -133,7 +133,7 @@ def test_v2_answer_over_the_response_limit_is_refused_before_running(fill_mask):
 def test_v2_calls_count_in_the_queue(fill_mask, slow_site):
     import asyncio
 
-    args = ["--max-queue", "1", "--max-batch-size", "1", "--shutdown-timeout-s", "1"]
+    args = ["--max-queue", "1", "--max-batch-size", "1", "--shutdown-timeout-s", "1", "--workers", "1"]  # a queue each
     with albert_serve(fill_mask, args=args, site=slow_site) as (url, _):
         async def scenario():
             async with httpx.AsyncClient(trust_env=False, timeout=60) as http:

@@ -6,7 +6,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -142,3 +144,37 @@ def test_workers_share_the_socket_and_stop_together(fill_mask):
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert missing.stderr.startswith("albert-serve: error: bundle ")
+
+
+def test_by_default_a_worker_per_cpu_and_metrics_sum_them_all(fill_mask):
+    """No --workers: one process per CPU, each listening on the port (connections spread over all of them), which
+    no second server can share; /metrics, whichever worker answers it, counts every worker's requests, from the
+    files each wrote; the files go when the server stops."""
+    from serving import loadgen
+    from tests.test_serving import metric
+
+    cpus = len(os.sched_getaffinity(0))
+    with albert_serve(fill_mask) as (url, process):
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        assert len(children) == (cpus if cpus > 1 else 0)
+        if cpus == 1:
+            pytest.skip("one CPU: albert-serve runs one process, as --workers 1 (tested everywhere else)")
+        answers = loadgen.run(url + "/models/fill-mask", [{"inputs": SEED}] * 48, concurrency=16, time_limit=60)
+        assert [a.status for a in answers] == [200] * 48
+        again = subprocess.run([sys.executable, "-m", "serving.cli", str(fill_mask), "--port", url.rsplit(":", 1)[1]],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert again.returncode == 1 and again.stderr.count("\n") == 1  # its workers do not join ours
+        assert again.stderr.startswith("albert-serve: error: cannot listen on 127.0.0.1:"), again.stderr
+        shared, = (folder for folder in Path(tempfile.gettempdir()).glob("albert-serve-metrics-*")
+                   if any((folder / f"counter_{pid}.db").exists() for pid in children))
+        counted = {path.stem.rsplit("_", 1)[1] for path in shared.glob("counter_*.db")}
+        assert counted == set(children), (counted, children)  # every worker answered some of the 48
+        for _ in range(6):  # new connections: any worker may answer
+            text = httpx.get(url + "/metrics", trust_env=False, headers={"connection": "close"}).text
+            assert metric(text, "albert_serve_requests_total", model="fill-mask", route="/models", status="200") == 48
+            assert metric(text, "albert_serve_batch_size_sum", model="fill-mask") == 48
+            assert metric(text, "albert_serve_queue_depth", model="fill-mask") == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert not shared.exists()
