@@ -45,9 +45,9 @@ if ls is not None:
             return self.pipe(inputs, **parameters)
 
         def encode_response(self, output):
-            from serving.requests import response_json
+            from runtime.lines import answer_json
 
-            return json.loads(response_json(output))  # numpy scalars as JSON numbers, as albert-serve sends them
+            return json.loads(answer_json(output))  # numpy scalars as JSON numbers, as albert-serve sends them
 
 
 def litserve(bundle: Path, port: int, workers: int, threads: int | None) -> None:

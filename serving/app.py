@@ -36,17 +36,18 @@ from starlette.requests import ClientDisconnect
 from runtime import Pipeline
 from runtime.backends import check_feeds
 from runtime.errors import AlbertRuntimeError, BackendError, BundleError, TensorError, is_failure, one_line
+from runtime.lines import answer_json
 
 from .batcher import Batcher, QueueFull
 from .metrics import Metrics
-from .requests import Limits, RequestError, hf_call, response_json
+from .requests import Limits, RequestError, hf_call
 
 
 class JSON(JSONResponse):
-    """A JSON response rendered as the server writes every answer (see response_json)."""
+    """A JSON response rendered as the server writes every answer (see runtime.lines.answer_json)."""
     def render(self, content: Any) -> bytes:
-        """The content as UTF-8 JSON bytes, as response_json writes it."""
-        return response_json(content).encode("utf-8")
+        """The content as UTF-8 JSON bytes, as answer_json writes it."""
+        return answer_json(content).encode("utf-8")
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
@@ -54,10 +55,10 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSON({"error": message}, status_code=status, headers=headers)
 
 
-async def answer_json(content: Any, limits: Limits) -> Response:
+async def json_answer(content: Any, limits: Limits) -> Response:
     """A 200 JSON answer, serialized on a worker thread (a large answer must not stall the event loop), refused
     with 413 past --max-response-bytes."""
-    body = await asyncio.to_thread(lambda: response_json(content).encode("utf-8"))
+    body = await asyncio.to_thread(lambda: answer_json(content).encode("utf-8"))
     if len(body) > limits.max_response_bytes:
         raise RequestError(413, f"the answer has {len(body)} bytes; this server sends at most "
                                 f"{limits.max_response_bytes} (--max-response-bytes); ask for fewer inputs or a "
@@ -210,7 +211,7 @@ class Server:
             raise RequestError(503, f"model {name} is overloaded ({exc}); retry after a second",
                                {"Retry-After": "1"}) from None
         with self.metrics.in_flight.labels(name).track_inprogress():
-            return await answer_json(await self._await(future), self.limits)
+            return await json_answer(await self._await(future), self.limits)
 
     async def v2_infer(self, request: Request, name: str) -> Response:
         """Answer a KServe v2 inference request to the model `name`."""
@@ -233,7 +234,7 @@ class Server:
         answer = {"model_name": name, "id": body.get("id", ""), "outputs": [
             {"name": n, "shape": list(outputs[n].shape), "datatype": V2_DATATYPES[outputs[n].dtype.name],
              "data": outputs[n].ravel()} for n in wanted]}
-        return await answer_json(answer, self.limits)
+        return await json_answer(answer, self.limits)
 
     async def v2_metadata(self, request: Request, name: str) -> Response:
         """The KServe v2 metadata of the model `name`, from its bundle's manifest."""

@@ -23,10 +23,11 @@ from ray import serve
 
 from runtime import pipeline
 from runtime.errors import one_line
+from runtime.lines import answer_json
 
 from .batcher import answer_calls
 from .errors import ServingError
-from .requests import Limits, RequestError, hf_call, response_json
+from .requests import Limits, RequestError, hf_call
 
 
 class CallFailed(ServingError):
@@ -70,7 +71,7 @@ class AlbertDeployment:
             answer, status = {"error": str(exc)}, 400
         except ValueError as exc:  # the body is not JSON
             answer, status = {"error": f"the request body is not valid JSON ({exc})"}, 400
-        return Response(response_json(answer), status_code=status, media_type="application/json")
+        return Response(answer_json(answer), status_code=status, media_type="application/json")
 
     def stats(self) -> dict[str, Any]:
         """This replica's id and the sizes of the batches it ran."""

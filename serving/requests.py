@@ -21,7 +21,7 @@ import numpy as np
 
 from runtime import Pipeline
 from runtime.errors import InputError
-from runtime.lines import json_value, parse_line
+from runtime.lines import parse_line
 from runtime.pipelines import one_result, split_outputs
 from runtime.tasks.base import Features
 
@@ -175,7 +175,3 @@ def hf_call(body: Any, task: str, limits: Limits) -> Call:
         return Call([checked_input(item, task, limits) for item in inputs], params, single=False)
     return Call(checked_input(inputs, task, limits), params, single=True)
 
-
-def response_json(result: Any) -> str:
-    """A result as JSON text, non-ASCII kept, NaN refused, numpy values converted."""
-    return json.dumps(result, ensure_ascii=False, allow_nan=False, default=json_value)

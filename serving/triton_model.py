@@ -31,9 +31,10 @@ from runtime.bundle import load_bundle
 from runtime.errors import (
     BackendError, CallError, InputError, InputKeyError, OptionError, UnknownTaskError, is_failure, one_line,
 )
+from runtime.lines import answer_json
 
 from serving.errors import StageError
-from serving.requests import Limits, RequestError, hf_call, response_json
+from serving.requests import Limits, RequestError, hf_call
 
 STAGES = ("pipeline", "preprocess", "postprocess")
 CLIENT_ERRORS = (InputError, OptionError, CallError, InputKeyError, UnknownTaskError, RequestError)
@@ -83,7 +84,7 @@ def error_response(exc: BaseException):
 def text_response(result: Any):
     """A Triton response whose RESPONSE tensor holds the result as JSON."""
     return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("RESPONSE", np.array([response_json(result).encode("utf-8")], dtype=np.object_))])
+        pb_utils.Tensor("RESPONSE", np.array([answer_json(result).encode("utf-8")], dtype=np.object_))])
 
 
 class Prepared:

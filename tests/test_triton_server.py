@@ -30,7 +30,7 @@ import pytest
 from albert_export.triton import write_repository
 from devtools.serve_bench import TRITON, TRITON_ENV, tritonserver
 from runtime import pipeline
-from serving.requests import response_json
+from runtime.lines import answer_json
 from tests.test_runtime_heads import assert_same
 
 SCORE_ATOL = 1e-5  # Triton may batch a request with others: onnxruntime's kernels round per batch shape
@@ -62,7 +62,7 @@ PREPOST = "question-answering-ort"  # the default variant's bundle name in the s
 
 
 def expected(pipe, inputs, params):
-    return json.loads(response_json(pipe(inputs, **params)))
+    return json.loads(answer_json(pipe(inputs, **params)))
 
 
 def same(ours, theirs, where: str) -> None:
