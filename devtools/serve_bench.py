@@ -139,9 +139,9 @@ async def load(host: str, port: int, path: str, bodies: list[bytes], concurrency
 
 def answer_of(pipe, request: Any) -> Any:
     """pipeline()'s answer as JSON reads it back (a QA request in HF's keyword form, as its warning asks)."""
-    from serving.requests import response_json  # as the servers write it
+    from runtime.lines import answer_json  # as the servers write it
 
-    return json.loads(response_json(pipe(**request) if isinstance(request, dict) else pipe(request)))
+    return json.loads(answer_json(pipe(**request) if isinstance(request, dict) else pipe(request)))
 
 
 def hf_body(request: Any) -> bytes:
@@ -364,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(w) for w in (args.workers or f"1,{cpu_count()}").split(",")]
     peers = [] if args.peers == "none" else (args.peers.split(",") if args.peers else list(PEERS))
     clients_list = [int(c) for c in args.concurrency.split(",")]
-    ceiling = None
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         bundle = args.bundle
@@ -387,12 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         if max(workers) > 1 and not args.threads:
             single_seconds, single_answers, single_wall, single_cpu = one_by_one(pipeline(bundle, threads=1), requests)
             equal = sum(a == b for a, b in zip(single_answers, expected))
-            line, single = row("pipeline() in-process, one by one, 1 intra-op thread", 1, single_seconds, single_wall,
-                               0, equal, len(requests), 1.0, single_cpu * 1000 / len(requests), anchor)
-            print(line, flush=True)
-            ceiling = (f"{max(workers)} workers x the 1-thread rate: {max(workers) * single:.1f} req/s = "
-                       f"{max(workers) * single / anchor:.2f}x in-process, the most {max(workers)} processes give "
-                       "without gains from batching")
+            print(row("pipeline() in-process, one by one, 1 intra-op thread", 1, single_seconds, single_wall, 0,
+                      equal, len(requests), 1.0, single_cpu * 1000 / len(requests), anchor)[0], flush=True)
+            print(row(*processes_at_once(bundle, requests, expected, max(workers)), anchor)[0], flush=True)
         servers = [albert_serve(bundle, args, count) for count in workers]
         for name in peers:
             missing = peer_missing(name)
@@ -410,16 +406,46 @@ def main(argv: list[str] | None = None) -> int:
                 measure(server, requests, expected, clients_list, args, anchor)
             finally:
                 server.stop()
-        if ceiling:
-            print(f"\nCeiling: {ceiling}.", flush=True)
         if pipe.task == "question-answering" and args.long_chars:
             long_request_table(bundle, pipe, args, scratch)
     return 0
 
 
-def one_by_one(pipe, requests: list[Any]) -> tuple[list[float], list[Any], float, float]:
-    """Each request through pipe in turn, after a warm-up: seconds each, answers, wall and CPU seconds in all."""
-    answer_of(pipe, requests[0])
+def processes_at_once(bundle: Path, requests: list[Any], expected: list[Any], count: int) -> tuple:
+    """row()'s fields for `count` processes, each with its own pipeline on one intra-op thread, answering their
+    share of the requests one by one, all at once: what that many server workers could give with no HTTP and
+    no gains from batching (the CPUs' shared caches and memory included, which N x one process's rate is not)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results, start = context.Queue(), time.time() + 5 + count  # all load first, then start together
+
+    def share(part: int) -> None:
+        from runtime import pipeline
+
+        pipe = pipeline(bundle, threads=1)
+        answer_of(pipe, requests[0])
+        time.sleep(max(0.0, start - time.time()))
+        results.put((part, *one_by_one(pipe, requests[part::count], warm=False)))
+
+    workers = [context.Process(target=share, args=(part,)) for part in range(count)]
+    for worker in workers:
+        worker.start()
+    shares = sorted(results.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    seconds = [s for _, times, _, _, _ in shares for s in times]
+    equal = sum(answer == want for part, _, answers, _, _ in shares
+                for answer, want in zip(answers, expected[part::count]))
+    cpu = sum(cpu for *_, cpu in shares)
+    return (f"pipeline() in-process, {count} processes x 1 thread at once", count, seconds,
+            max(wall for _, _, _, wall, _ in shares), 0, equal, len(requests), 1.0, cpu * 1000 / len(requests))
+
+
+def one_by_one(pipe, requests: list[Any], warm: bool = True) -> tuple[list[float], list[Any], float, float]:
+    """Each request through pipe in turn (after a warm-up): seconds each, answers, wall and CPU seconds in all."""
+    if warm:
+        answer_of(pipe, requests[0])
     seconds, answers = [], []
     cpu, started = time.process_time(), time.perf_counter()
     for request in requests:
