@@ -7,7 +7,9 @@ peers serving the same pipeline (LitServe, Ray Serve, a real Triton), in one run
 
 Without --bundle, the embedded default model is exported for --task first (needs the export extra); requests
 are fill-mask texts of 4 to 40 words, or the SQuAD sample's questions. Rows: pipeline() in-process one request
-at a time (the anchor); albert-serve at each --workers and concurrency; each peer at each concurrency (LitServe
+at a time (the anchor); where a row has several workers, the same on one intra-op thread, and N processes of one
+thread each answering their share at once (what N workers could give without HTTP or gains from batching: the
+ceiling); albert-serve at each --workers and concurrency; each peer at each concurrency (LitServe
 and Ray Serve through devtools/serve_peers.py, Triton: `--triton-backend python` under tritonserver from
 scripts/setup-triton.sh; a peer that is not installed is said and left out). Every server is driven by the same
 cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection per client: it costs far less
