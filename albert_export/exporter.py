@@ -25,7 +25,7 @@ from torch import nn
 
 from calibration import load_examples
 from calibration.agreement import check_min_agreement
-from calibration.data import DEFAULT_MAX_LENGTH as CALIBRATION_MAX_LENGTH
+from calibration.data import CALIBRATION_MAX_LENGTH
 from graphs.assemble import ATTENTIONS, LAYER_MODES, Pieces, assemble, name_initializers
 from graphs.nodes import dims_of
 from graphs.passes.decoder_view import view_tied_decoders

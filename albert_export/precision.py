@@ -21,7 +21,7 @@ from calibration import (
     int8_from_fp32, load_examples, select,
 )
 from calibration.agreement import HELD_OUT_SAMPLES, held_out_examples
-from calibration.data import DEFAULT_MAX_LENGTH, DEFAULT_SAMPLES
+from calibration.data import CALIBRATION_MAX_LENGTH, DEFAULT_SAMPLES
 from graphs.passes.fp16 import convert_to_fp16
 from graphs.size import op_counts
 from runtime.arguments import is_integer
@@ -65,7 +65,7 @@ def graph_at_precision(
     *,
     task: str,
     tokenizer: Tokenizer,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    max_length: int = CALIBRATION_MAX_LENGTH,
     layers: str = "",
     vocab_size: int | None = None,
     calibration_data: str | Path | None = None,

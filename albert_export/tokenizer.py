@@ -27,7 +27,7 @@ SPIECE = "spiece.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 MODEL_CONFIG = "config.json"
-DEFAULT_MAX_LENGTH = 512
+UNSTATED_MAX_LENGTH = 512  # neither tokenizer_config.json nor config.json gives one: BERT's and ALBERT's
 # transformers writes int(1e30) as model_max_length when the checkpoint sets none
 _UNSET_MAX_LENGTH = 1 << 40
 
@@ -183,7 +183,7 @@ def _max_length(tokenizer_config: dict[str, Any], model_config: dict[str, Any]) 
     value = model_config.get("max_position_embeddings")
     if isinstance(value, int) and value > 0:
         return value
-    return DEFAULT_MAX_LENGTH
+    return UNSTATED_MAX_LENGTH
 
 
 def _normalizer_types(normalizer: dict[str, Any] | None) -> set[str]:

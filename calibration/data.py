@@ -25,7 +25,7 @@ from .errors import CalibrationDataError
 DEFAULT_DATA = Path(__file__).with_name("default.jsonl")
 DEFAULT_SAMPLES = 128
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_MAX_LENGTH = 384
+CALIBRATION_MAX_LENGTH = 384  # tokens per calibration example (SQuAD-style windows)
 GENERIC_QUESTION = "What is this text about?"
 JSONL_FIELDS = ("text", "text_pair", "question", "context", "prompt", "choices", "sentence", "sentence1",
                 "sentence2", "words", "tokens", "sent1", "sent2")
@@ -198,7 +198,7 @@ def _pad_batch(features: list[dict[str, np.ndarray]], pad_token_id: int) -> dict
 
 
 def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example], *,
-                        max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = DEFAULT_BATCH_SIZE,
+                        max_length: int = CALIBRATION_MAX_LENGTH, batch_size: int = DEFAULT_BATCH_SIZE,
                         pad_token_id: int | None = None) -> list[dict[str, np.ndarray]]:
     """Model inputs for `task`: batches of up to batch_size examples, right-padded to the longest
     (multiple choice: one example per batch, shaped (1, choices, sequence))."""

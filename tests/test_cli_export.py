@@ -169,6 +169,21 @@ def test_every_optimization_profile_is_an_optimize_choice():
     assert tuple(PROFILES) == PROFILE_NAMES == tuple(optimize.choices)
 
 
+def test_the_choices_of_every_flag_are_the_library_s_own():
+    """The parser names its choices without importing onnx or onnxruntime (--help and usage errors stay fast and
+    work without the export extra): each list must be the one the library checks against."""
+    from albert_export.engine import ENGINES
+    from albert_export.triton import BACKENDS
+    from calibration.ranges import METHODS
+    from graphs.assemble import LAYER_MODES
+
+    choices = {action.dest: tuple(action.choices) for action in cli.build_parser()._actions if action.choices}
+    assert choices["layers"] == LAYER_MODES
+    assert choices["calibration_method"] == METHODS
+    assert choices["engine"] == ENGINES
+    assert choices["triton_backend"] == BACKENDS
+
+
 def test_int8_without_the_attention_fusion_quantizes_every_matmul(capsys, tmp_path, checkpoint):
     import onnx
 

@@ -1,4 +1,4 @@
-"""The stage API (TEAM.md, DESIGN.md "Each head is three stages"): Pipeline.preprocess(item, **params) -> Features,
+"""The stage API (../shared/DESIGN.md, "Each head is three stages"): Pipeline.preprocess(item, **params) -> Features,
 Pipeline.forward(windows) -> per-window outputs (the only engine call), Pipeline.postprocess(features, outputs)
 -> exactly what run_each([item])[0] and pipe(item) give. Real bundles, onnxruntime CPU."""
 from __future__ import annotations
