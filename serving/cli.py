@@ -7,8 +7,9 @@
                  [--max-connections N] [--backend onnxruntime|openvino|tensorrt] [--device cpu|cuda] [--threads N]
                  [--workers N] [--shutdown-timeout-s T] [--log-level LEVEL] [--version]
 
-Each bundle is loaded once, before the server listens, and served as /models/{its directory's name}. SIGTERM
-or Ctrl-C: stop taking connections, answer the requests in flight, then exit 0.
+Each bundle is loaded once per worker, before the server listens, and served as /models/{its directory's name}.
+SIGTERM or Ctrl-C (the terminal's SIGINT to every worker): stop taking connections, answer the requests in
+flight, then exit 0 (130 after Ctrl-C, as albert-run and albert-export).
 Exit status: 2 usage errors (two bundles with one name, bad option values); 1 a bundle or backend that cannot
 be used, a missing package of the serve extra, or a port that cannot be bound. Messages are one
 "albert-serve: error: ..." line on stderr.
@@ -185,8 +186,14 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
     class Uvicorn(uvicorn.Server):
+        interrupted = False
+
         def handle_exit(self, sig, frame) -> None:
             server.begin_shutdown(args.shutdown_timeout_s)
+            if ready is not None and sig == signal.SIGINT and not self.interrupted:
+                # a worker: the terminal's Ctrl-C and the parent's SIGTERM come in either order, and uvicorn
+                # takes a SIGINT after a SIGTERM for a second Ctrl-C (a forced stop); only a second SIGINT is one
+                self.interrupted, sig = True, signal.SIGTERM
             super().handle_exit(sig, frame)
 
     Uvicorn(config).run(sockets=[listener])
@@ -222,7 +229,11 @@ def run_workers(args: argparse.Namespace) -> int:
         pids.append(pid)
     os.close(write_end)
 
+    interrupted = []
+
     def forward(signum, frame):
+        if signum == signal.SIGINT:
+            interrupted.append(signum)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -240,7 +251,9 @@ def run_workers(args: argparse.Namespace) -> int:
         print(f"{PROG}: serving {', '.join(names)} with {args.workers} workers on http://{host}:{port}",
               file=sys.stderr, flush=True)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-    return 0 if len(started) == args.workers and not any(codes) else max(max(codes), 1)
+    if len(started) < args.workers or any(code not in (0, 130) for code in codes):
+        return max(max(codes), 1)
+    return 130 if interrupted else 0  # Ctrl-C: 130, as with one worker, whichever signal each worker saw first
 
 
 def bound_socket(host: str, port: int, listen: bool = True, shared: bool = True) -> socket.socket:

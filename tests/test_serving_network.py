@@ -178,3 +178,31 @@ def test_by_default_a_worker_per_cpu_and_metrics_sum_them_all(fill_mask):
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     assert not shared.exists()
+
+
+def test_ctrl_c_reaches_every_worker_and_each_answers_what_it_holds(fill_mask):
+    """A terminal's Ctrl-C is SIGINT to the whole process group: the parent forwards SIGTERM too, and a worker
+    told twice still finishes its requests in flight (uvicorn forces an exit only on a second SIGINT); exit 130."""
+    import asyncio
+
+    from serving import loadgen
+    from tests.test_serving import metric
+
+    bodies = [{"inputs": [f"Busy {i} " * 12 + "[MASK]."] * 256} for i in range(6)]
+    with albert_serve(fill_mask) as (url, process):
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+
+        async def scenario():
+            sending = asyncio.create_task(loadgen.send_all(url + "/models/fill-mask", bodies, 6, time_limit=60))
+            async with httpx.AsyncClient(trust_env=False) as http:
+                while metric((await http.get(url + "/metrics")).text, "albert_serve_requests_in_flight") < 2:
+                    await asyncio.sleep(0.02)
+            for pid in [process.pid, *children]:  # as the terminal sends it (the test's own group is pytest's)
+                os.kill(int(pid), signal.SIGINT)
+            return await sending
+
+        answers = asyncio.run(scenario())
+        assert process.wait(30) == 130
+        log = process.stderr.read()
+        assert "Traceback" not in log, log[-4000:]
+    assert [a.status for a in answers] == [200] * 6
