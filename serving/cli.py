@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -215,11 +216,12 @@ def run_workers(args: argparse.Namespace) -> int:
     if args.threads is None:
         args.threads = max(1, cpu_count() // args.workers)
     read_end, write_end = os.pipe()
-    pids = []
+    parent, pids = os.getpid(), []
     for worker in range(args.workers):
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
+            stop_with(parent)
             code = 1
             try:  # every worker loads the same bundles: the first says why they cannot be served, once
                 code = guarded(lambda: serve(args, bound_socket(host, port), ready=write_end), quiet=worker > 0)
@@ -254,6 +256,15 @@ def run_workers(args: argparse.Namespace) -> int:
     if len(started) < args.workers or any(code not in (0, 130) for code in codes):
         return max(max(codes), 1)
     return 130 if interrupted else 0  # Ctrl-C: 130, as with one worker, whichever signal each worker saw first
+
+
+def stop_with(parent: int) -> None:
+    """A worker gets SIGTERM when its parent dies, even killed with SIGKILL (Linux's PR_SET_PDEATHSIG), instead of
+    serving on alone and holding the port."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def bound_socket(host: str, port: int, listen: bool = True, shared: bool = True) -> socket.socket:

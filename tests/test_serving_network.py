@@ -206,3 +206,21 @@ def test_ctrl_c_reaches_every_worker_and_each_answers_what_it_holds(fill_mask):
         log = process.stderr.read()
         assert "Traceback" not in log, log[-4000:]
     assert [a.status for a in answers] == [200] * 6
+
+
+def test_workers_stop_when_their_parent_is_killed(fill_mask):
+    """SIGKILL leaves the parent no time to stop its workers: they stop themselves and free the port."""
+    import socket
+
+    with albert_serve(fill_mask) as (url, process):
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        if not children:
+            pytest.skip("one CPU: albert-serve runs one process, as --workers 1")
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/{pid}") for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # no worker holds the port any more
