@@ -177,17 +177,23 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
     if max_connections < args.max_connections:
         print(f"{PROG}: at most {max_connections} connections: the file-descriptor limit (ulimit -n) leaves room for "
               "no more", file=sys.stderr)
-    if ready is None:
-        print(f"{PROG}: serving {', '.join(sorted(server.pipelines))} on http://{host}:{port}", file=sys.stderr,
-              flush=True)
-    else:
-        os.write(ready, b"1")
-        os.close(ready)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; a graceful stop is then a normal exit
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
 
     class Uvicorn(uvicorn.Server):
         interrupted = False
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            # said only now that uvicorn handles the stop signals: one sent on the word is never swallowed
+            if ready is None:
+                print(f"{PROG}: serving {', '.join(sorted(server.pipelines))} on http://{host}:{port}",
+                      file=sys.stderr, flush=True)
+            else:
+                os.write(ready, b"1")
+                os.close(ready)
 
         def handle_exit(self, sig, frame) -> None:
             server.begin_shutdown(args.shutdown_timeout_s)

@@ -221,6 +221,8 @@ def test_workers_stop_when_their_parent_is_killed(fill_mask):
         deadline = time.monotonic() + 30
         while any(os.path.exists(f"/proc/{pid}") for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(os.path.exists(f"/proc/{pid}") for pid in children)
+        left = {pid: open(f"/proc/{pid}/status").read().split("State:")[1].split("\n")[0].strip()
+                for pid in children if os.path.exists(f"/proc/{pid}")}
+        assert not left, left
         with socket.socket() as again:
             again.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # no worker holds the port any more
