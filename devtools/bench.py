@@ -144,8 +144,7 @@ def ort_session(path: Path, threads: int):
 RESIDENT_PROBE = """
 import json, sys
 import numpy as np
-def resident_mb():
-    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+from devtools.memory import resident_mb
 kind, path, threads, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if kind == "openvino":
     from runtime.backends.openvino import OpenVINOBackend as Engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ from onnx import numpy_helper
 from albert_export import export
 from runtime.bundle import load_bundle
 from tests.export_helpers import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]  # the probes import devtools.memory from it
 
 # the word embeddings dominate the parameters, so a second copy of them cannot hide in the slack
 TABLE_HEAVY = dict(vocab_size=30000, embedding_size=128, hidden_size=64, num_hidden_layers=2, num_hidden_groups=1,
@@ -60,10 +63,7 @@ def test_tied_decoder_is_one_table_after_onnxruntime_optimizations(bundles, tmp_
 PROBE_SETUP = """
 import json, sys
 import numpy as np
-
-def resident_mb():
-    status = open("/proc/self/status").read()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+from devtools.memory import resident_mb
 
 feed = {"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4)), "token_type_ids": np.zeros((1, 4))}
 """
@@ -87,7 +87,7 @@ def test_a_loaded_bundle_holds_each_weight_once(bundles, handmade_bundle, task, 
     bundle = bundles[task, layers]
     warm_up = load_bundle(handmade_bundle("question-answering")).model_path
     done = subprocess.run([sys.executable, "-c", RESIDENT_PROBE, str(bundle / "model.onnx"), str(warm_up),
-                           "1" if low_memory else "0"], capture_output=True, text=True, timeout=300)
+                           "1" if low_memory else "0"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     grown_mb = json.loads(done.stdout)
     assert grown_mb * 2**20 <= RESIDENT_BOUND * parameter_bytes(bundle), (grown_mb, parameter_bytes(bundle) / 2**20)
@@ -120,7 +120,7 @@ def test_openvino_gives_back_the_heap_its_frontend_freed(tmp_path):
     for _ in range(PROBES):
         for trim in grown:
             done = subprocess.run([sys.executable, "-c", OPENVINO_PROBE, str(model), str(model), trim],
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, timeout=300, cwd=ROOT)
             assert done.returncode == 0, done.stderr
             grown[trim].append(json.loads(done.stdout) * 2**20 / parameter_bytes(model.parent))
     # a load's growth is bimodal (2.20x or 2.55x trimmed, 2.95x or 3.34x untrimmed, 1 run in 8 high here): the
