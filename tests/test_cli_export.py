@@ -169,6 +169,28 @@ def test_every_optimization_profile_is_an_optimize_choice():
     assert tuple(PROFILES) == PROFILE_NAMES == tuple(optimize.choices)
 
 
+def test_export_its_options_and_the_flags_default_alike():
+    """export()'s keywords, ExportOptions' fields and albert-export's flags each state their defaults (the
+    signature documents itself, the flags show theirs in --help): every name they share has one default."""
+    import dataclasses
+    import inspect
+
+    from albert_export.exporter import ExportOptions, export
+
+    keywords = {name: p.default for name, p in inspect.signature(export).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    fields = {field.name: field.default for field in dataclasses.fields(ExportOptions)}
+    flags = {action.dest: action.default for action in cli.build_parser()._actions}
+    shared = set(keywords) & set(fields)
+    assert len(shared) >= 18, shared
+    for name in shared:
+        assert keywords[name] == fields[name], name
+        if name in flags:
+            assert flags[name] == keywords[name], name
+    for name in set(keywords) & set(flags) - shared:  # fp16, int8: flags of export(), not fields
+        assert flags[name] == keywords[name], name
+
+
 def test_the_choices_of_every_flag_are_the_library_s_own():
     """The parser names its choices without importing onnx or onnxruntime (--help and usage errors stay fast and
     work without the export extra): each list must be the one the library checks against."""
