@@ -2,7 +2,7 @@
 
 With --workers N the workers' metrics are one set: prometheus_client's multiprocess mode, in which every process
 writes its values to files in PROMETHEUS_MULTIPROC_DIR and /metrics, in whichever worker answers it, sums them.
-That mode is chosen when prometheus_client is first imported, so `shared_between_processes` is entered before it is.
+prometheus_client chooses that mode when it is first imported, so `shared_between_processes` is entered before.
 """
 from __future__ import annotations
 
@@ -20,14 +20,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 @contextlib.contextmanager
 def shared_between_processes() -> Iterator[str]:
     """Within it, the metrics of this process and of the ones it forks are one set, kept in a temporary folder."""
-    if "prometheus_client" in sys.modules:  # its value class is fixed: the workers would each count alone
-        raise RuntimeError("prometheus_client was imported before the workers' metrics were made shared")
+    values = sys.modules.get("prometheus_client.values")  # imported already (main() called in-process):
+    chosen = values and values.ValueClass  # the value class it chose from the environment then is replaced
     with tempfile.TemporaryDirectory(prefix="albert-serve-metrics-") as directory:
         os.environ[MULTIPROCESS_DIR] = directory
+        if values:
+            values.ValueClass = values.MultiProcessValue()
         try:
             yield directory
         finally:
             del os.environ[MULTIPROCESS_DIR]
+            if values:
+                values.ValueClass = chosen
 
 
 class Metrics:
