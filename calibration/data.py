@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from runtime.errors import InputError
 from runtime.taskspec import TASKS
-from runtime.tokenizer import encode, feature_from_encoding, stacked_feature
+from runtime.tokenizer import encode, feature_from_encoding, padded_batch, stacked_feature
 
 from .errors import CalibrationDataError
 
@@ -186,17 +186,6 @@ def _encode(tokenizer: Tokenizer, segments: list, max_length: int, question: boo
     return encode(tokenizer, segments, max_length=max_length, truncation=True)
 
 
-def _pad_batch(features: list[dict[str, np.ndarray]], pad_token_id: int) -> dict[str, np.ndarray]:
-    length = max(f["input_ids"].shape[-1] for f in features)
-    batch = {}
-    for name in ("input_ids", "attention_mask", "token_type_ids"):
-        fill = pad_token_id if name == "input_ids" else 0
-        rows = [np.pad(f[name], [(0, 0)] * (f[name].ndim - 1) + [(0, length - f[name].shape[-1])], constant_values=fill)
-                for f in features]
-        batch[name] = np.stack(rows)
-    return batch
-
-
 def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example], *,
                         max_length: int = CALIBRATION_MAX_LENGTH, batch_size: int = DEFAULT_BATCH_SIZE,
                         pad_token_id: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -213,5 +202,5 @@ def calibration_batches(tokenizer: Tokenizer, task: str, examples: list[Example]
         else:
             features.append(feature_from_encoding(encodings[0]))
     size = 1 if spec.multiple_choice else batch_size
-    return [_pad_batch(features[i:i + size], pad_token_id) for i in range(0, len(features), size)]
+    return [padded_batch(features[i:i + size], pad_token_id) for i in range(0, len(features), size)]
 

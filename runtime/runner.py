@@ -18,6 +18,7 @@ from .backends import Backend
 from .errors import BackendError, OptionError, is_failure, one_line
 from .taskspec import CHOICES, SEQUENCE, TASK_OUTPUTS_ON_REQUEST, TASKS
 from .tasks.base import Feature
+from .tokenizer import padded_batch
 
 LEGACY_SEQUENCE = "sequence"  # the sequence axis' name in bundles written before optimum's names
 
@@ -69,18 +70,10 @@ class BatchRunner:
         return results  # type: ignore[return-value]
 
     def _padded(self, batch: list[Feature]) -> dict[str, np.ndarray]:
-        length = max(f["input_ids"].shape[-1] for f in batch)
-        inputs = {}
         for name in self.backend.input_names:
             if name not in batch[0]:
                 raise OptionError(f"the model needs input {name!r}, which the task head does not produce")
-            fill = self.pad_token_id if name == "input_ids" else 0
-            first = batch[0][name]
-            padded = np.full((len(batch), *first.shape[:-1], length), fill, dtype=first.dtype)
-            for row, feature in enumerate(batch):
-                padded[row, ..., : feature[name].shape[-1]] = feature[name]
-            inputs[name] = padded
-        return inputs
+        return padded_batch(batch, self.pad_token_id, self.backend.input_names)
 
     def _row(self, name: str, value: np.ndarray, row: int, rows: int, length: int) -> np.ndarray:
         """Feature `row`'s part of a batch output (a view): batch axis taken, sequence axes cut to `length`."""

@@ -109,15 +109,23 @@ def feature_from_encoding(encoding: Encoding) -> Feature:
 
 def stacked_feature(encodings: Sequence[Encoding], pad_token_id: int) -> Feature:
     """Several encodings as one (C, S) feature padded on the right to the longest (multiple-choice)."""
-    length = max(len(e.ids) for e in encodings)
-    feature = {name: np.zeros((len(encodings), length), dtype=np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
-    feature["input_ids"].fill(pad_token_id)
-    for row, encoding in enumerate(encodings):
-        n = len(encoding.ids)
-        feature["input_ids"][row, :n] = encoding.ids
-        feature["attention_mask"][row, :n] = encoding.attention_mask
-        feature["token_type_ids"][row, :n] = encoding.type_ids
-    return feature
+    return padded_batch([feature_from_encoding(encoding) for encoding in encodings], pad_token_id)
+
+
+def padded_batch(features: Sequence[Feature], pad_token_id: int,
+                 names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids")) -> Feature:
+    """Features (arrays (..., S) by name) stacked on a new first axis, each padded on the right to the longest
+    S: input_ids with pad_token_id, the masks and type ids with 0."""
+    length = max(feature["input_ids"].shape[-1] for feature in features)
+    batch = {}
+    for name in names:
+        first = features[0][name]
+        padded = np.full((len(features), *first.shape[:-1], length), pad_token_id if name == "input_ids" else 0,
+                         dtype=first.dtype)
+        for row, feature in enumerate(features):
+            padded[row, ..., : feature[name].shape[-1]] = feature[name]
+        batch[name] = padded
+    return batch
 
 
 def clean_up_tokenization(text: str) -> str:
