@@ -1,6 +1,7 @@
 """Backends: dtype casting to what the model declares, options, and honest errors for what is not here."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -86,8 +87,16 @@ def test_tensorrt_backend_says_what_is_missing(handmade_bundle, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"][ENGINE] = sha256_file(copy / ENGINE)
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(BackendError, match="tensorrt|cuda-python|TensorRT cannot load"):
+    found = {name: importlib.util.find_spec(name) is not None for name in ("tensorrt", "tensorrt_rtx", "cuda")}
+    if not (found["tensorrt"] or found["tensorrt_rtx"]):  # the first thing missing is what the message names
+        expected = "the tensorrt backend needs the `tensorrt` package (NVIDIA's index) or `tensorrt-rtx` package"
+    elif not found["cuda"]:
+        expected = "the tensorrt backend needs cuda-python: "
+    else:  # both there, so the engine itself is read, and is no engine (or there is no GPU to load it on)
+        expected = f"TensorRT cannot load {copy / ENGINE}"
+    with pytest.raises(BackendError) as refused:
         pipeline(copy, backend="tensorrt", device="cuda")
+    assert str(refused.value).startswith(expected), str(refused.value)
     with pytest.raises(OptionError, match="takes neither"):
         pipeline(copy, backend="tensorrt", device="cuda", threads=2)
 
