@@ -368,3 +368,18 @@ def test_tokenizer_options_match_hf(mlm):
         call_head(feature_extraction, ctx_fe, texts[0], truncation=True, tokenize_kwargs={"truncation": True})
     with pytest.raises(OptionError, match="not supported"):
         call_head(fill_mask, ctx, "a [MASK]", tokenizer_kwargs={"stride": 3})
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "fill-mask", "multiple-choice", "pretraining",
+                                  "text-classification", "token-classification"])
+def test_a_head_called_directly_names_the_parameters_it_does_not_take(task):
+    """pipeline() refuses unknown parameters first (UnknownParameterError); a head's own settings() does too, for
+    callers of the stages, before it reads anything of its context."""
+    from runtime.errors import CallError
+    from runtime.pipelines import head_for
+    from runtime.taskspec import TASKS
+
+    with pytest.raises(CallError) as refused:
+        head_for(task).settings(None, {"bogus": 1, "another": 2})
+    known = sorted(TASKS[task].parameters)
+    assert str(refused.value) == f"{task} got unexpected parameters ['another', 'bogus']; known: {known}"

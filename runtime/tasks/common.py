@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..arguments import is_integer
-from ..errors import InputError, OptionError
+from ..errors import CallError, InputError, OptionError
 from ..tokenizer import encode, feature_from_encoding, require_text
 from .base import TaskContext
 
@@ -79,6 +79,13 @@ def encode_features(ctx: TaskContext, texts: list, truncation: Any, max_length: 
     """The encodings of `texts` and their features, truncated as asked, at most max_length tokens."""
     encodings = encode(ctx.tokenizer, texts, max_length=max_length or ctx.max_length, truncation=truncation)
     return encodings, [feature_from_encoding(e) for e in encodings]
+
+
+def refuse_unknown(task: str, params: dict[str, Any], known: frozenset[str] | set[str]) -> None:
+    """CallError naming the parameters `task` does not take, and those it does (HF's pipelines refuse them too)."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise CallError(f"{task} got unexpected parameters {unknown}; known: {sorted(known)}")
 
 
 def positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:

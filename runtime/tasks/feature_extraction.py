@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..arguments import is_integer
-from ..errors import CallError, OptionError
+from ..errors import OptionError
 from ..taskspec import OPTIONAL_OUTPUTS, TASKS
 from .base import CallForm, Features, TaskContext
-from .common import encode_features, text_or_pair, tokenizer_options
+from .common import encode_features, refuse_unknown, text_or_pair, tokenizer_options
 
 PARAMETERS = TASKS["feature-extraction"].parameters
 CALL = CallForm()
@@ -70,9 +70,7 @@ class FeatureSettings:
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> FeatureSettings:
     """The feature-extraction parameters checked; CallError for unknown ones."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"feature-extraction got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("feature-extraction", params, PARAMETERS)
     pooling = params.get("pooling")
     pooling = "none" if pooling is None else str(pooling).lower()
     if pooling not in POOLINGS:

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from tokenizers.decoders import Metaspace
 
-from ..errors import CallError, NoMaskTokenError, OptionError
+from ..errors import NoMaskTokenError, OptionError
 from ..taskspec import TASKS
 from ..tokenizer import clean_up_tokenization, decode
 from .base import CallForm, Features, TaskContext
-from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
+from .common import encode_features, positive_int, refuse_unknown, softmax, text_or_pair, tokenizer_options
 
 PARAMETERS = TASKS["fill-mask"].parameters
 CALL = CallForm(list_of_one_gives_its_result=True)
@@ -181,9 +181,7 @@ class FillMaskSettings:
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> FillMaskSettings:
     """The fill-mask parameters checked; CallError for unknown ones."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"fill-mask got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("fill-mask", params, PARAMETERS)
     top_k = positive_int("top_k", params.get("top_k", 5))
     truncation, max_length = tokenizer_options(ctx, params.get("tokenizer_kwargs"), truncation=params.get("truncation"))
     targets = params.get("targets")

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CallError, InputError
+from ..errors import InputError
 from ..taskspec import TASKS
 from ..tokenizer import encode, require_text, stacked_feature
 from .base import CallForm, Features, TaskContext
-from .common import positive_int, softmax, tokenizer_options
+from .common import positive_int, refuse_unknown, softmax, tokenizer_options
 
 PARAMETERS = TASKS["multiple-choice"].parameters
 LOGITS = TASKS["multiple-choice"].outputs[0]
@@ -43,9 +43,7 @@ class ChoiceSettings:
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> ChoiceSettings:
     """The multiple-choice parameters checked; CallError for unknown ones."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"multiple-choice got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("multiple-choice", params, PARAMETERS)
     top_k = positive_int("top_k", params.get("top_k"), allow_none=True)
     truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
                                                max_length=params.get("max_length"))

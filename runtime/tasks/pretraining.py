@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CallError
 from ..taskspec import TASKS
 from .base import CallForm, Features, TaskContext
-from .common import encode_features, positive_int, softmax, text_or_pair, tokenizer_options
+from .common import encode_features, positive_int, refuse_unknown, softmax, text_or_pair, tokenizer_options
 from .fill_mask import mask_predictions, target_ids
 
 PARAMETERS = TASKS["pretraining"].parameters
@@ -36,9 +35,7 @@ class PretrainingSettings:
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> PretrainingSettings:
     """The pretraining parameters checked; CallError for unknown ones."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"pretraining got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("pretraining", params, PARAMETERS)
     top_k = positive_int("top_k", params.get("top_k", 5))
     truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
                                                max_length=params.get("max_length"))

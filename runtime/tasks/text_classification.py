@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..arguments import is_integer
-from ..errors import CallError, InputError, OptionError, UnknownChoiceError
+from ..errors import InputError, OptionError, UnknownChoiceError
 from ..taskspec import TASKS
 from .base import CallForm, Features, TaskContext
-from .common import encode_features, positive_int, sigmoid, softmax, text_or_pair, tokenizer_options
+from .common import encode_features, positive_int, refuse_unknown, sigmoid, softmax, text_or_pair, tokenizer_options
 
 PARAMETERS = TASKS["text-classification"].parameters
 LOGITS = TASKS["text-classification"].outputs[0]
@@ -73,9 +73,7 @@ class ClassificationSettings:
 
 def settings(ctx: TaskContext, params: dict[str, Any]) -> ClassificationSettings:
     """The text-classification parameters checked; CallError for unknown ones."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"text-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("text-classification", params, PARAMETERS)
     top_k, legacy = _settings(ctx, params.get("top_k", _NOT_GIVEN), params.get("return_all_scores"))
     truncation, max_length = tokenizer_options(ctx, None, truncation=params.get("truncation"),
                                                max_length=params.get("max_length"), padding=params.get("padding"))

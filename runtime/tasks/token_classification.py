@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from runtime.errors import CallError, InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
+from runtime.errors import InputError, OptionError, TruncationWarning, UnknownChoiceError, is_failure, one_line
 from runtime.taskspec import TASKS
 from runtime.tasks.base import CallForm, Features, TaskContext
-from runtime.tasks.common import softmax
+from runtime.tasks.common import refuse_unknown, softmax
 from runtime.tokenizer import feature_from_encoding, truncating_copy
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
@@ -63,9 +63,7 @@ class NERSettings:
 def settings(ctx: TaskContext, params: dict[str, Any]) -> NERSettings:
     """Parameters as in HF: aggregation_strategy, ignore_labels, stride, is_split_into_words, delimiter,
     offset_mapping, and the deprecated grouped_entities / ignore_subwords."""
-    unknown = sorted(set(params) - PARAMETERS)
-    if unknown:
-        raise CallError(f"token-classification got unexpected parameters {unknown}; known: {sorted(PARAMETERS)}")
+    refuse_unknown("token-classification", params, PARAMETERS)
     delimiter = params.get("delimiter")
     strategy = _strategy_from_params(params)
     stride = params.get("stride")
