@@ -151,6 +151,11 @@ def comma_list(text: str) -> list[str]:
     return items
 
 
+def device_or_default(device: str | None, backend: str) -> str:
+    """--device as given, else the backend's own: cuda for tensorrt (its engines run on a GPU only), else cpu."""
+    return device or ("cuda" if backend == "tensorrt" else "cpu")
+
+
 def device_argument(text: str) -> str:
     """--device: cpu, cuda or cuda:N."""
     from .backends import parse_device  # here: the backends check their threads with this module's table

@@ -35,7 +35,7 @@ import warnings
 from typing import Any
 
 from . import __version__
-from .arguments import Parser, comma_list, device_argument, number
+from .arguments import Parser, comma_list, device_argument, device_or_default, number
 from .errors import (AlbertRuntimeError, OptionError, UnknownParameterError, UnknownTaskError, UsageError, error_line,
                      is_failure)
 
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from .lines import LineRunner, byte_reader
     from .pipelines import Pipeline
 
-    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    device = device_or_default(args.device, args.backend)
     pipe = Pipeline(args.bundle, backend=args.backend, device=device, batch_size=args.batch_size)
     options = head_options(args)
     check_options(pipe, options)

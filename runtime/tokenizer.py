@@ -17,6 +17,7 @@ from tokenizers import Encoding, Tokenizer
 
 from .arguments import is_integer
 from .errors import InputError, OptionError, TruncationWarning
+from .taskspec import INPUT_NAMES
 
 Feature = dict[str, np.ndarray]  # unbatched model inputs: input_ids/attention_mask/token_type_ids, (S,) or (C, S)
 
@@ -112,8 +113,7 @@ def stacked_feature(encodings: Sequence[Encoding], pad_token_id: int) -> Feature
     return padded_batch([feature_from_encoding(encoding) for encoding in encodings], pad_token_id)
 
 
-def padded_batch(features: Sequence[Feature], pad_token_id: int,
-                 names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids")) -> Feature:
+def padded_batch(features: Sequence[Feature], pad_token_id: int, names: Sequence[str] = INPUT_NAMES) -> Feature:
     """Features (arrays (..., S) by name) stacked on a new first axis, each padded on the right to the longest
     S: input_ids with pad_token_id, the masks and type ids with 0."""
     length = max(feature["input_ids"].shape[-1] for feature in features)

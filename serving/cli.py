@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from runtime import __version__
-from runtime.arguments import RANGES, Parser, cpu_count, device_argument, number
+from runtime.arguments import RANGES, Parser, cpu_count, device_argument, device_or_default, number
 from runtime.backends import BACKENDS
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 from runtime.extras import missing_module_line
@@ -97,7 +97,7 @@ def load_pipelines(args: argparse.Namespace) -> dict:
         if name in names:
             raise UsageError(f"{bundle} and {names[name]} are both named {name!r}; serve bundles with distinct names")
         names[name] = bundle
-    device = device_of(args)
+    device = device_or_default(args.device, args.backend)
     extra = {"threads": args.threads} if args.threads else {}
     return {
         name: pipeline(bundle, backend=args.backend, device=device, batch_size=args.max_batch_size, **extra)
@@ -107,8 +107,9 @@ def load_pipelines(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the bundles as the arguments ask; the exit status."""
-    if args.workers is None:
-        args.workers = default_workers() if device_of(args) == "cpu" else 1  # a GPU: one process feeds it
+    if args.workers is None:  # one process per CPU; a GPU is fed by one
+        on_cpu = device_or_default(args.device, args.backend) == "cpu"
+        args.workers = default_workers() if on_cpu else 1
     with shared_between_processes() if args.workers > 1 else contextlib.nullcontext():
         try:  # the serve extra's packages, before anything is loaded
             import uvicorn  # noqa: F401
@@ -126,11 +127,6 @@ def run(args: argparse.Namespace) -> int:
 def default_workers() -> int:
     """--workers' default on CPUs: one process per CPU (each then runs its models on one intra-op thread)."""
     return min(cpu_count(), int(RANGES["workers"].maximum))
-
-
-def device_of(args: argparse.Namespace) -> str:
-    """The device the models run on: --device, else the backend's own (tensorrt: cuda)."""
-    return args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
 
 
 def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready: int | None = None) -> int:
