@@ -11,7 +11,7 @@ from types import ModuleType
 
 PACKAGE = "albert-export"
 EXPORT_MODULES = ("torch", "onnx", "safetensors", "huggingface_hub", "sentencepiece", "google", "tqdm")
-SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client", "h11", "httpx")
+SERVE_MODULES = ("starlette", "uvicorn", "httptools", "prometheus_client", "h11", "httpx")
 EXTRA_OF_MODULE = {
     **{module: "export" for module in EXPORT_MODULES},
     **{module: "serve" for module in SERVE_MODULES},

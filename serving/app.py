@@ -291,7 +291,7 @@ class Server:
 
 
 class HeaderLimit:
-    """431 for a request line and headers over the limit (h11 bounds only what it has to buffer)."""
+    """431 for a complete request line and headers over the limit (serving.connections bounds those still arriving)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit

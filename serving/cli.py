@@ -164,9 +164,8 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=args.shutdown_timeout_s,
-        h11_max_incomplete_event_size=args.max_header_bytes,
-        # h11 (its header limit is the one --max-header-bytes sets) with albert-serve's connection bounds
-        http=guarded_protocol(Guard(args.read_timeout_s, max_connections, notices)),
+        ws="none",
+        http=guarded_protocol(Guard(args.read_timeout_s, max_connections, notices, args.max_header_bytes)),
     )
     listener = listener or bound_socket(args.host, args.port, shared=False)
     host, port = listener.getsockname()[:2]

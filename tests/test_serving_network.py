@@ -15,14 +15,14 @@ import pytest
 
 from tests.test_serving import ROOT, SEED, albert_serve
 
-# albert-serve as the [serve] extra installs it: uvicorn without uvloop or httptools (uvloop sets TCP_NODELAY on
-# every TCP socket by itself, asyncio only on sockets whose proto is IPPROTO_TCP)
+# albert-serve as the [serve] extra installs it: uvicorn without uvloop (uvloop sets TCP_NODELAY on every TCP socket
+# by itself, asyncio only on sockets whose proto is IPPROTO_TCP)
 PLAIN_UVICORN = """
 import sys
 
 class _NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"uvloop", "httptools"}:
+        if name.split(".")[0] == "uvloop":
             raise ImportError(f"{name} is not installed here")
         return None
 
@@ -91,6 +91,42 @@ def test_stalled_headers_and_bodies_get_a_408_and_good_requests_are_served_meanw
         "error": "the request line and headers did not arrive within 0.5 s (--read-timeout-s)"}
     assert json.loads(heads[2][1]) == {"error": "the request body did not arrive within 0.5 s (--read-timeout-s); "
                                                 "1 bytes came"}
+
+
+def test_headers_past_the_limit_bad_http_and_a_stalled_keep_alive_request_each_get_one_json_error(fill_mask):
+    """Headers still arriving past --max-header-bytes: a 431 before they end (the parser would keep them all);
+    bytes that are not HTTP: a 400; a keep-alive connection's second request stalling in its headers: a 408
+    after its first answer. Each one JSON error, then the connection closed; a good client is served meanwhile."""
+    import json
+    import select
+    import socket
+
+    with albert_serve(fill_mask, args=["--max-header-bytes", "2048", "--read-timeout-s", "1"]) as (url, process):
+        host, port = url.removeprefix("http://").split(":")
+        trickle, garbage, keep_alive = (socket.create_connection((host, int(port))) for _ in range(3))
+        trickle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nx-long: ")
+        for _ in range(6):  # sent until the answer comes: more after the server's close would reset the connection
+            if select.select([trickle], [], [], 0.1)[0]:
+                break
+            trickle.sendall(b"y" * 1024)
+        garbage.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 a TLS hello to a plain HTTP port\r\n\r\n")
+        keep_alive.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /health/live HTTP/1.1\r\nHo")
+        assert httpx.get(url + "/health", trust_env=False, timeout=30).status_code == 200
+        answers = [read_all(s) for s in (trickle, garbage, keep_alive)]
+        for sock in (trickle, garbage, keep_alive):
+            sock.close()
+    responses = [[part for part in answer.split(b"HTTP/1.1 ") if part] for answer in answers]
+    assert [len(r) for r in responses] == [1, 1, 2], answers
+    first, second = (part.split(b"\r\n\r\n", 1) for part in responses[2])
+    assert first[0].startswith(b"200 OK") and json.loads(first[1]) == {"status": "live"}
+    errors = [part.split(b"\r\n\r\n", 1) for part in (responses[0][0], responses[1][0], responses[2][1])]
+    assert [head.split(b"\r\n")[0] for head, _ in errors] == [
+        b"431 Request Header Fields Too Large", b"400 Bad Request", b"408 Request Timeout"]
+    assert [json.loads(body) for _, body in errors] == [
+        {"error": "the request line and headers are over 2048 bytes; this server takes at most 2048 "
+                  "(--max-header-bytes)"},
+        {"error": "the request is not valid HTTP/1.1; send a request line, headers and a body as RFC 9112 has them"},
+        {"error": "the request line and headers did not arrive within 1 s (--read-timeout-s)"}]
 
 
 def test_stalled_connections_past_the_descriptor_limit_do_not_lock_good_clients_out(fill_mask):
