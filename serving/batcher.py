@@ -10,6 +10,9 @@ of near-equal length (within `LENGTH_SLACK` of the batch's first window: padding
 choices, up to `max_batch_size` windows. It never waits while the engine is idle, except up to `max_delay` for
 requests still being preprocessed when the batch is not full. A request answered already (timed out,
 cancelled, refused at shutdown) takes no further batches.
+A small request skips the host thread: one of at most `INLINE_CHARS` characters is preprocessed on the event
+loop, and one of at most `INLINE_WINDOWS` windows and `INLINE_ANSWERS` answers postprocessed there, since for
+them the hop to the thread and back (and its GIL hand-offs) costs more than the work.
 """
 from __future__ import annotations
 
@@ -32,6 +35,13 @@ class QueueFull(ServingError):
 
 
 LENGTH_SLACK = (1.25, 8)  # a batch's windows are at most 1.25x + 8 tokens the length of its first one
+INLINE_CHARS = 2000  # ~0.2 ms of tokenizing: what the event loop may do itself between two other events
+INLINE_WINDOWS, INLINE_ANSWERS = 2, 64
+
+
+def finished_inline(prepared: Prepared) -> bool:
+    """Whether the request's postprocessing is small enough to run on the event loop."""
+    return len(prepared.windows) <= INLINE_WINDOWS and prepared.answers <= INLINE_ANSWERS
 
 
 class Job:
@@ -128,8 +138,11 @@ class Batcher:
         self.admitted += 1
         self.on_depth(self.depth)
         future.add_done_callback(self._answered)
-        self.preparing += 1
-        loop.create_task(self._prepare(call, future))
+        if call.chars <= INLINE_CHARS:
+            self._prepare_here(call, future)
+        else:
+            self.preparing += 1
+            loop.create_task(self._prepare(call, future))
         return future
 
     def _answered(self, future: asyncio.Future) -> None:
@@ -143,14 +156,23 @@ class Batcher:
         try:
             prepared = await loop.run_in_executor(self.host, call.prepare, self.pipe, self.limits)
         except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
-            if not is_failure(exc):
-                raise
-            if not future.done():
-                future.set_exception(exc)
+            refuse(future, exc)
             return
         finally:
             self.preparing -= 1
             self.wake.set()
+        self._queue(prepared, future)
+
+    def _prepare_here(self, call: Call, future: asyncio.Future) -> None:
+        try:
+            prepared = call.prepare(self.pipe, self.limits)
+        except BaseException as exc:
+            refuse(future, exc)
+            return
+        self._queue(prepared, future)
+        self.wake.set()
+
+    def _queue(self, prepared: Prepared, future: asyncio.Future) -> None:
         if future.done():
             return
         job = Job(prepared, future)
@@ -247,9 +269,15 @@ class Batcher:
                     self._finish(job)
 
     def _finish(self, job: Job) -> None:
-        """Postprocess on the host thread; the answer (or the error) goes to the request's future."""
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self.host, job.prepared.finish, self.pipe, job.outputs)
+        """Postprocess (on the host thread unless finished_inline); the answer or the error goes to the request's
+        future."""
+        if finished_inline(job.prepared):
+            try:
+                job.future.set_result(job.prepared.finish(self.pipe, job.outputs))
+            except BaseException as exc:
+                refuse(job.future, exc)
+            return
+        running = asyncio.get_running_loop().run_in_executor(self.host, job.prepared.finish, self.pipe, job.outputs)
 
         def deliver(done: asyncio.Future) -> None:
             if job.future.done():
@@ -262,6 +290,14 @@ class Batcher:
                 job.future.set_result(done.result())
 
         running.add_done_callback(deliver)
+
+
+def refuse(future: asyncio.Future, exc: BaseException) -> None:
+    """The request's answer is the error its stage raised; what is not a failure (a KeyboardInterrupt) goes on up."""
+    if not is_failure(exc):
+        raise exc
+    if not future.done():
+        future.set_exception(exc)
 
 
 def answer_calls(pipe: Pipeline, calls: list[Call], limits: Limits | None = None) -> list[tuple[bool, Any]]:

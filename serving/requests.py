@@ -65,6 +65,7 @@ class Prepared:
     settings: Any  # runtime.pipelines.Settings
     features: list[Features]
     windows: list[dict[str, np.ndarray]]
+    answers: int = 0  # answers asked for, all inputs together (see answers_asked)
 
     def finish(self, pipe: Pipeline, outputs: list[dict[str, np.ndarray]]) -> Any:
         """The call's answer from its windows' outputs: each input postprocessed, shaped as call_head shapes it."""
@@ -88,6 +89,11 @@ class Call:
     def size(self) -> int:
         """How many inputs the call holds (at least 1)."""
         return 1 if self.single else max(len(self.inputs), 1)
+
+    @property
+    def chars(self) -> int:
+        """How many characters the call's texts hold, every input and field together."""
+        return text_chars(self.inputs)
 
     def prepare(self, pipe: Pipeline, limits: "Limits | None" = None) -> Prepared:
         """Preprocess every input (InputError/OptionError as pipe(inputs, **params) raises them), refusing with
@@ -116,7 +122,7 @@ class Call:
                     raise RequestError(413, f"the answer would take over {limits.max_response_bytes} bytes "
                                             "(--max-response-bytes; each fill-mask proposal repeats the text); ask "
                                             "for a smaller top_k or send shorter texts")
-        return Prepared(items, single, frozenset(self.params), settings, features, windows)
+        return Prepared(items, single, frozenset(self.params), settings, features, windows, answers)
 
     def answer(self, pipe: Pipeline, limits: "Limits | None" = None) -> Any:
         """What pipeline()(inputs, **params) returns, through the stages in one forward."""
@@ -137,6 +143,15 @@ def answers_asked(pipe: Pipeline, feature: Features) -> int:
     masks = int(np.count_nonzero(ids == mask_id))
     vocab = len(settings.targets) if getattr(settings, "targets", None) is not None else pipe.config.get("vocab_size")
     return masks * (min(top_k, vocab) if isinstance(vocab, int) else top_k)
+
+
+def text_chars(value: Any) -> int:
+    """Characters of every string in an input or a list of them (texts, questions, contexts, choices)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    return sum(text_chars(v) for v in value) if isinstance(value, list) else 0
 
 
 def checked_input(item: Any, task: str, limits: Limits) -> Any:

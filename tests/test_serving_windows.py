@@ -156,3 +156,100 @@ def test_limits_defaults_match_the_command_line():
     limits = Limits()
     assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s) == (
         limits.max_windows, limits.max_answers, limits.max_response_bytes, limits.read_timeout)
+
+
+class HostRecorder:
+    """A batcher's host executor that records which stage each job it is given runs."""
+
+    def __init__(self, host):
+        self.host, self.stages = host, []
+
+    def submit(self, function, *args):
+        self.stages.append(function.__name__)
+        return self.host.submit(function, *args)
+
+    def shutdown(self, **kwargs):
+        self.host.shutdown(**kwargs)
+
+
+def outcome(future: asyncio.Future):
+    """A finished future's answer, or its error's type and message."""
+    return future.result() if future.exception() is None else (type(future.exception()), str(future.exception()))
+
+
+def test_small_requests_skip_the_host_thread_and_every_answer_and_error_is_as_on_it(handmade_bundle, monkeypatch):
+    """A short text is preprocessed and, when its windows and answers are few, postprocessed on the event loop;
+    a long text, many windows or many answers go to the host thread. Answers and errors are the same either way
+    and pipeline()'s."""
+    import serving.batcher as batcher_module
+
+    pipe = pipeline(handmade_bundle("fill-mask"))
+    short = "the [MASK] grows in the sun."
+    long = short + " plants grow." * 180  # 2368 characters, cut to the model's 128 tokens
+    cut = {"truncation": True}
+    cases = [  # (call, the stages it runs on the host thread)
+        (Call(short, {}, single=True), []),
+        (Call([short, short], {}, single=False), []),
+        (Call(short, {"top_k": 65}, single=True), ["finish"]),  # 65 answers: past INLINE_ANSWERS
+        (Call([short] * 3, {}, single=False), ["finish"]),  # 3 windows: past INLINE_WINDOWS
+        (Call(long, {"top_k": 2, **cut}, single=True), ["prepare"]),
+        (Call(long, {"top_k": 65, **cut}, single=True), ["prepare", "finish"]),
+        (Call("no mask here", {}, single=True), []),
+        (Call(short, {"top_k": 0}, single=True), []),
+        (Call(short, {"top_k": 600}, single=True), []),  # over --max-answers: 413 before anything runs
+        (Call("no mask here " * 200, cut, single=True), ["prepare"]),
+    ]
+    assert batcher_module.INLINE_CHARS < len(long) and len(short) * 3 < batcher_module.INLINE_CHARS
+
+    def answered(inline: bool):
+        if not inline:
+            monkeypatch.setattr(batcher_module, "INLINE_CHARS", -1)
+            monkeypatch.setattr(batcher_module, "INLINE_WINDOWS", -1)
+
+        async def scenario():
+            batcher = Batcher(pipe, max_batch_size=4, max_delay=0.0, limits=Limits(max_answers=500))
+            batcher.host = HostRecorder(batcher.host)
+            batcher.start()
+            stages, outcomes = [], []
+            for call, _ in cases:
+                before = len(batcher.host.stages)
+                future = batcher.submit(call)
+                await asyncio.wait([future])
+                outcomes.append(outcome(future))
+                stages.append(batcher.host.stages[before:])
+            await batcher.stop()
+            return stages, outcomes
+
+        return asyncio.run(scenario())
+
+    stages, inline = answered(inline=True)
+    assert stages == [expected for _, expected in cases]
+    all_stages, on_the_thread = answered(inline=False)
+    assert all(stage == ["prepare", "finish"] for stage in all_stages[:6])
+    assert inline == on_the_thread
+    assert inline[:6] == [pipe(call.inputs, **call.params) for call, _ in cases[:6]]
+    assert [kind.__name__ for kind, _ in inline[6:]] == ["NoMaskTokenError", "OptionError", "RequestError",
+                                                          "NoMaskTokenError"]
+    assert "over 500 answers (--max-answers" in inline[8][1]
+
+
+def test_small_answers_are_serialized_on_the_loop_large_ones_on_a_thread(monkeypatch):
+    import numpy as np
+
+    import serving.app as app_module
+
+    threaded = []
+
+    async def to_thread(function):
+        threaded.append(function)
+        return function()
+
+    monkeypatch.setattr(app_module.asyncio, "to_thread", to_thread)
+    small = [{"score": 0.5, "token": 7, "token_str": "sun", "sequence": "the sun grows."}] * 5
+    large = [{"score": 0.5, "token": 7}] * 200
+    for content, on_a_thread in [(small, False), (large, True), ("x" * 64 * 300, True), (np.zeros(300), True),
+                                 ({"a": [[1, 2]] * 100}, False), ({"a": [[1, 2]] * 200}, True)]:
+        before = len(threaded)
+        body = asyncio.run(app_module.json_answer(content, Limits())).body
+        assert body == app_module.answer_json(content).encode("utf-8")
+        assert (len(threaded) > before) == on_a_thread, content
