@@ -101,6 +101,7 @@ RANGES: dict[str, Range] = {
     # albert-serve (serving.requests.Limits holds their defaults)
     "port": Range(int, 0, 65535),
     "max_batch_size": Range(int, 1, 4096),
+    "max_batch_tokens": Range(int, 1, 1 << 24),
     "max_delay_ms": Range(float, 0, 60_000, "one minute"),
     "max_queue": Range(int, 1, 1_000_000),
     "timeout_s": Range(float, 0.001, 86_400, "one day"),

@@ -7,7 +7,9 @@ One `Batcher` per model, two threads beside the event loop:
 The worker task forms each batch from the windows waiting, request by request in turn (one window from each
 request per round, so a request with thousands of windows interleaves with small ones instead of blocking them),
 of near-equal length (within `LENGTH_SLACK` of the batch's first window: padding stays small) and equal
-choices, up to `max_batch_size` windows. It never waits while the engine is idle, except up to `max_delay` for
+choices, up to `max_batch_size` windows and `Limits.max_batch_tokens` tokens as padded (a window longer than
+that runs alone): two workers' batches of 16 QA windows of 128 tokens cost 10-17 % more per window than
+batches of 8, their activations no longer in the caches. It never waits while the engine is idle, except up to `max_delay` for
 requests still being preprocessed when the batch is not full. A request answered already (timed out,
 cancelled, refused at shutdown) takes no further batches.
 A small request skips the host thread: one of at most `INLINE_CHARS` characters is preprocessed on the event
@@ -219,18 +221,24 @@ class Batcher:
         order = jobs[start:] + jobs[:start]
         self.turn = start + 1
         anchor = order[0].next_window()["input_ids"].shape
+        rows = int(np.prod(anchor[:-1]))  # multiple choice: choices per window
         batch: list[tuple[Job, int]] = []
+        longest = 0
         added = True
         while added and len(batch) < self.max_batch_size:
             added = False
             for job in order:
                 window = job.next_window()
-                if window is not None and near(window["input_ids"].shape, anchor):
-                    batch.append((job, job.sent))
-                    job.sent += 1
-                    added = True
-                    if len(batch) == self.max_batch_size:
-                        break
+                if window is None or not near(window["input_ids"].shape, anchor):
+                    continue
+                length = max(longest, window["input_ids"].shape[-1])
+                if batch and (len(batch) + 1) * rows * length > self.limits.max_batch_tokens:
+                    return batch
+                batch.append((job, job.sent))
+                job.sent += 1
+                longest, added = length, True
+                if len(batch) == self.max_batch_size:
+                    break
         return batch
 
     async def _work(self) -> None:

@@ -49,7 +49,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=number("port"), default=8000,
                    help="0: any free port (the address is printed on stderr)")
     p.add_argument("--max-batch-size", type=number("max_batch_size"), default=DEFAULTS.max_batch_size,
-                   help="inputs run together (default %(default)s)")
+                   help="windows run together (default %(default)s)")
+    p.add_argument("--max-batch-tokens", type=number("max_batch_tokens"), default=DEFAULTS.max_batch_tokens,
+                   help="tokens run together, padding included (default %(default)s; a longer window runs alone): "
+                        "past ~1024, two workers' batches outgrow the CPU caches and each window costs more")
     p.add_argument("--max-delay-ms", type=number("max_delay_ms"), default=DEFAULTS.max_delay * 1000,
                    help="how long a batch waits for more requests (default %(default)s)")
     p.add_argument("--max-queue", type=number("max_queue"), default=DEFAULTS.max_queue,
@@ -143,6 +146,7 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
     max_connections = min(args.max_connections, room)
     limits = Limits(
         max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
         max_delay=args.max_delay_ms / 1000,
         max_queue=args.max_queue,
         timeout=args.timeout_s,

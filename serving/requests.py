@@ -31,7 +31,8 @@ from .errors import ServingError
 @dataclass(frozen=True)
 class Limits:
     """What the server accepts: batch size and delay, queue length and request limits."""
-    max_batch_size: int = 8  # inputs per batch
+    max_batch_size: int = 8  # windows per batch
+    max_batch_tokens: int = 1024  # tokens per batch, padding included (one window past it runs alone)
     max_delay: float = 0.005  # seconds the first call of a batch waits for more
     max_queue: int = 256  # calls waiting per model; past it: 503
     timeout: float = 30.0  # seconds per request, queue wait included; past it: 504

@@ -38,6 +38,7 @@ def server(fill_mask):
     ("--threads", "1.5", f"must be an integer from 1 to {len(os.sched_getaffinity(0))} (the CPUs this process may "
                          "use), got '1.5'"),
     ("--max-batch-size", "-3", "must be an integer from 1 to 4096, got '-3'"),
+    ("--max-batch-tokens", "0", "must be an integer from 1 to 16777216, got '0'"),
     ("--read-timeout-s", "0", "must be a finite number from 0.01 to 3600 (one hour), got '0'"),
     ("--workers", "true", "must be an integer from 1 to 64, got 'true'"),
 ])

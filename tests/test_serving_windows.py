@@ -154,8 +154,31 @@ def test_limits_defaults_match_the_command_line():
 
     args = parser().parse_args(["bundle"])
     limits = Limits()
-    assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s) == (
-        limits.max_windows, limits.max_answers, limits.max_response_bytes, limits.read_timeout)
+    assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s, args.max_batch_tokens) == (
+        limits.max_windows, limits.max_answers, limits.max_response_bytes, limits.read_timeout, limits.max_batch_tokens)
+
+
+def test_a_batch_holds_at_most_max_batch_tokens_padded_and_a_longer_window_runs_alone(qa, monkeypatch):
+    """Windows of 8 to 32 tokens under a budget of 100: every batch's windows x its longest window's length is
+    at most 100, a 128-token window (over the budget alone) runs by itself, and every answer is pipeline()'s."""
+    recorder = Recorder(qa)
+    monkeypatch.setattr(qa, "forward", recorder)
+    items = [({"question": "Who?", "context": "Bob lives in Paris. " * (1 + i % 5)}, {"max_seq_len": 32})
+             for i in range(10)]
+    items.append(({"question": "Who?", "context": "Bob lives in Paris. " * 40}, {"max_seq_len": 128}))
+
+    async def scenario():
+        batcher = Batcher(qa, max_batch_size=8, max_delay=0.05, limits=Limits(max_batch_tokens=100))
+        batcher.start()
+        answers = await asyncio.gather(*[batcher.submit(Call(item, params, single=True)) for item, params in items])
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [qa(item, **params) for item, params in items]
+    lengths = [[shape[-1] for shape in shapes] for shapes in recorder.batches]
+    assert all(len(batch) * max(batch) <= 100 for batch in lengths if len(batch) > 1), lengths
+    assert [128] in lengths and any(len(batch) > 2 for batch in lengths), lengths
 
 
 class HostRecorder:
