@@ -14,7 +14,9 @@ requests still being preprocessed when the batch is not full. A request answered
 cancelled, refused at shutdown) takes no further batches.
 A small request skips the host thread: one of at most `INLINE_CHARS` characters is preprocessed on the event
 loop, and one of at most `INLINE_WINDOWS` windows and `INLINE_ANSWERS` answers postprocessed there, since for
-them the hop to the thread and back (and its GIL hand-offs) costs more than the work.
+them the hop to the thread and back (and its GIL hand-offs) costs more than the work. A long request's stages
+(over `BULK_CHARS` characters, over `BULK_WINDOWS` windows) run on a thread of their own, so the small
+requests' stages never queue behind its seconds of tokenizing or decoding.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class QueueFull(ServingError):
 LENGTH_SLACK = (1.25, 8)  # a batch's windows are at most 1.25x + 8 tokens the length of its first one
 INLINE_CHARS = 2000  # ~0.2 ms of tokenizing: what the event loop may do itself between two other events
 INLINE_WINDOWS, INLINE_ANSWERS = 2, 64
+BULK_CHARS, BULK_WINDOWS = 20_000, 64
 
 
 def finished_inline(prepared: Prepared) -> bool:
@@ -92,6 +95,7 @@ class Batcher:
         self.on_batch = on_batch
         self.on_depth = on_depth  # told each new depth (a gauge other worker processes' /metrics can read)
         self.host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-host")
+        self.bulk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-bulk")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="albert-serve-model")
         self.jobs: dict[Job, None] = {}  # requests with windows not yet sent, in arrival order
         self.turn = 0  # which request opens the next batch
@@ -118,6 +122,7 @@ class Batcher:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
         self.host.shutdown(wait=False, cancel_futures=True)
+        self.bulk.shutdown(wait=False, cancel_futures=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -156,7 +161,8 @@ class Batcher:
     async def _prepare(self, call: Call, future: asyncio.Future) -> None:
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(self.host, call.prepare, self.pipe, self.limits)
+            thread = self.bulk if call.chars > BULK_CHARS else self.host
+            prepared = await loop.run_in_executor(thread, call.prepare, self.pipe, self.limits)
         except BaseException as exc:  # tokenizers' Rust panics derive from BaseException only
             refuse(future, exc)
             return
@@ -277,15 +283,16 @@ class Batcher:
                     self._finish(job)
 
     def _finish(self, job: Job) -> None:
-        """Postprocess (on the host thread unless finished_inline); the answer or the error goes to the request's
-        future."""
+        """Postprocess (on the loop when finished_inline, else on the host or the bulk thread); the answer or the
+        error goes to the request's future."""
         if finished_inline(job.prepared):
             try:
                 job.future.set_result(job.prepared.finish(self.pipe, job.outputs))
             except BaseException as exc:
                 refuse(job.future, exc)
             return
-        running = asyncio.get_running_loop().run_in_executor(self.host, job.prepared.finish, self.pipe, job.outputs)
+        thread = self.bulk if len(job.prepared.windows) > BULK_WINDOWS else self.host
+        running = asyncio.get_running_loop().run_in_executor(thread, job.prepared.finish, self.pipe, job.outputs)
 
         def deliver(done: asyncio.Future) -> None:
             if job.future.done():

@@ -181,18 +181,18 @@ def test_a_batch_holds_at_most_max_batch_tokens_padded_and_a_longer_window_runs_
     assert [128] in lengths and any(len(batch) > 2 for batch in lengths), lengths
 
 
-class HostRecorder:
-    """A batcher's host executor that records which stage each job it is given runs."""
+class StageRecorder:
+    """A batcher's executor that records, in a list shared with the others, which stage each job it is given runs."""
 
-    def __init__(self, host):
-        self.host, self.stages = host, []
+    def __init__(self, executor, label: str, stages: list[str]):
+        self.executor, self.label, self.stages = executor, label, stages
 
     def submit(self, function, *args):
-        self.stages.append(function.__name__)
-        return self.host.submit(function, *args)
+        self.stages.append(f"{self.label} {function.__name__}")
+        return self.executor.submit(function, *args)
 
     def shutdown(self, **kwargs):
-        self.host.shutdown(**kwargs)
+        self.executor.shutdown(**kwargs)
 
 
 def outcome(future: asyncio.Future):
@@ -200,29 +200,34 @@ def outcome(future: asyncio.Future):
     return future.result() if future.exception() is None else (type(future.exception()), str(future.exception()))
 
 
-def test_small_requests_skip_the_host_thread_and_every_answer_and_error_is_as_on_it(handmade_bundle, monkeypatch):
+def test_each_request_s_stages_run_where_its_size_says_and_every_answer_and_error_is_as_anywhere(
+        handmade_bundle, monkeypatch):
     """A short text is preprocessed and, when its windows and answers are few, postprocessed on the event loop;
-    a long text, many windows or many answers go to the host thread. Answers and errors are the same either way
-    and pipeline()'s."""
+    longer texts, more windows or answers go to the host thread, and a long request's (over BULK_CHARS characters,
+    over BULK_WINDOWS windows) to the bulk thread. Answers and errors are the same wherever the stages run and
+    are pipeline()'s."""
     import serving.batcher as batcher_module
 
     pipe = pipeline(handmade_bundle("fill-mask"))
     short = "the [MASK] grows in the sun."
     long = short + " plants grow." * 180  # 2368 characters, cut to the model's 128 tokens
     cut = {"truncation": True}
-    cases = [  # (call, the stages it runs on the host thread)
+    cases = [  # (call, where its stages run off the event loop)
         (Call(short, {}, single=True), []),
         (Call([short, short], {}, single=False), []),
-        (Call(short, {"top_k": 65}, single=True), ["finish"]),  # 65 answers: past INLINE_ANSWERS
-        (Call([short] * 3, {}, single=False), ["finish"]),  # 3 windows: past INLINE_WINDOWS
-        (Call(long, {"top_k": 2, **cut}, single=True), ["prepare"]),
-        (Call(long, {"top_k": 65, **cut}, single=True), ["prepare", "finish"]),
+        (Call(short, {"top_k": 65}, single=True), ["host finish"]),  # 65 answers: past INLINE_ANSWERS
+        (Call([short] * 3, {}, single=False), ["host finish"]),  # 3 windows: past INLINE_WINDOWS
+        (Call(long, {"top_k": 2, **cut}, single=True), ["host prepare"]),
+        (Call(long, {"top_k": 65, **cut}, single=True), ["host prepare", "host finish"]),
+        (Call(long * 9, cut, single=True), ["bulk prepare"]),  # 21,312 characters: past BULK_CHARS
+        (Call([short] * 65, {}, single=False), ["bulk finish"]),  # 65 windows: past BULK_WINDOWS
         (Call("no mask here", {}, single=True), []),
         (Call(short, {"top_k": 0}, single=True), []),
         (Call(short, {"top_k": 600}, single=True), []),  # over --max-answers: 413 before anything runs
-        (Call("no mask here " * 200, cut, single=True), ["prepare"]),
+        (Call("no mask here " * 200, cut, single=True), ["host prepare"]),
     ]
-    assert batcher_module.INLINE_CHARS < len(long) and len(short) * 3 < batcher_module.INLINE_CHARS
+    answers = 8
+    assert len(short) * 65 < batcher_module.INLINE_CHARS < len(long) < batcher_module.BULK_CHARS < len(long) * 9
 
     def answered(inline: bool):
         if not inline:
@@ -231,29 +236,31 @@ def test_small_requests_skip_the_host_thread_and_every_answer_and_error_is_as_on
 
         async def scenario():
             batcher = Batcher(pipe, max_batch_size=4, max_delay=0.0, limits=Limits(max_answers=500))
-            batcher.host = HostRecorder(batcher.host)
+            stages: list[str] = []
+            batcher.host = StageRecorder(batcher.host, "host", stages)
+            batcher.bulk = StageRecorder(batcher.bulk, "bulk", stages)
             batcher.start()
-            stages, outcomes = [], []
+            ran, outcomes = [], []
             for call, _ in cases:
-                before = len(batcher.host.stages)
+                before = len(stages)
                 future = batcher.submit(call)
                 await asyncio.wait([future])
                 outcomes.append(outcome(future))
-                stages.append(batcher.host.stages[before:])
+                ran.append(stages[before:])
             await batcher.stop()
-            return stages, outcomes
+            return ran, outcomes
 
         return asyncio.run(scenario())
 
-    stages, inline = answered(inline=True)
-    assert stages == [expected for _, expected in cases]
-    all_stages, on_the_thread = answered(inline=False)
-    assert all(stage == ["prepare", "finish"] for stage in all_stages[:6])
-    assert inline == on_the_thread
-    assert inline[:6] == [pipe(call.inputs, **call.params) for call, _ in cases[:6]]
-    assert [kind.__name__ for kind, _ in inline[6:]] == ["NoMaskTokenError", "OptionError", "RequestError",
-                                                          "NoMaskTokenError"]
-    assert "over 500 answers (--max-answers" in inline[8][1]
+    ran, inline = answered(inline=True)
+    assert ran == [expected for _, expected in cases]
+    ran_off_the_loop, off_the_loop = answered(inline=False)
+    assert all(len(stages) == 2 for stages in ran_off_the_loop[:answers])
+    assert inline == off_the_loop
+    assert inline[:answers] == [pipe(call.inputs, **call.params) for call, _ in cases[:answers]]
+    assert [kind.__name__ for kind, _ in inline[answers:]] == ["NoMaskTokenError", "OptionError", "RequestError",
+                                                                "NoMaskTokenError"]
+    assert "over 500 answers (--max-answers" in inline[answers + 2][1]
 
 
 def test_small_answers_are_serialized_on_the_loop_large_ones_on_a_thread(monkeypatch):
