@@ -1,11 +1,14 @@
 """Benchmark albert-serve on loopback against the same requests answered by pipeline() in-process, and against
 peers serving the same pipeline (LitServe, Ray Serve, a real Triton), in one run.
 
-    python -m devtools.serve_bench [--task fill-mask|question-answering] [--bundle DIR] [--requests N]
+    python -m devtools.serve_bench [--task fill-mask|question-answering] [--bundle DIR | --model default|mid]
+                                   [--requests N]
                                    [--concurrency 1,8,32] [--workers 1,2] [--peers litserve,ray,triton|none]
                                    [--max-batch-size B] [--threads N] [--long-chars N] [--quick]
 
-Without --bundle, the embedded default model is exported for --task first (needs the export extra); requests
+Without --bundle, the embedded default model (--model default) or a mid-size one (--model mid: `MID_SIZE`, random
+weights, the default's tokenizer and windows; about 6x its compute per token) is exported for --task first (needs
+the export extra); requests
 are fill-mask texts of 4 to 40 words, or the SQuAD sample's questions. Rows: pipeline() in-process one request
 at a time (the anchor); where a row has several workers, the same on one intra-op thread, and N processes of one
 thread each answering their share at once (what N workers could give without HTTP or gains from batching: the
@@ -47,6 +50,7 @@ WORDS = "plants animals water light energy sugar leaves roots soil air sun green
 PEERS = ("litserve", "ray", "triton")
 LONG_QUESTION = "Who is the narrator?"
 LONG_PARAMS = {"doc_stride": 121}
+MID_SIZE = dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024)
 
 
 def texts(count: int) -> list[str]:
@@ -339,10 +343,36 @@ def long_request_table(bundle: Path, pipe, args, scratch: Path) -> None:
           f"{max(latencies, default=float('nan')) * 1000:.1f} | {sum(ok for _, _, ok in small)}/{len(small)} |")
 
 
+def model_bundle(model: str, task: str, work: Path) -> Path:
+    """The bundle of the embedded default model, or of a mid-size model of its shape but MID_SIZE's (random
+    weights, seed 0), for `task`."""
+    from albert_export import export
+
+    checkpoint = None
+    if model == "mid":
+        import torch
+        import transformers
+
+        from albert_export.checkpoint import default_model_dir
+        from devtools.bench_pipeline import checkpoint_with_tokenizer
+        from runtime.taskspec import TASKS
+
+        config = json.loads((default_model_dir() / "config.json").read_text())
+        torch.manual_seed(0)
+        architecture = getattr(transformers, TASKS[task].architectures[0])
+        hf_model = architecture(transformers.AlbertConfig(**{**config, **MID_SIZE})).eval()
+        checkpoint = work / f"checkpoint-{model}"
+        hf_model.save_pretrained(checkpoint)
+        checkpoint_with_tokenizer(checkpoint)
+    return Path(export(checkpoint, task, work / f"{task}-{model}", validate=False, log=lambda message: None))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="serve_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("fill-mask", "question-answering"), default="fill-mask")
     p.add_argument("--bundle", type=Path, default=None)
+    p.add_argument("--model", choices=("default", "mid"), default="default",
+                   help="without --bundle: the embedded default model or a mid-size one (MID_SIZE)")
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--workers", default=None, help="albert-serve rows per worker count (default 1 and the CPUs)")
@@ -370,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(scratch_dir)
         bundle = args.bundle
         if bundle is None:
-            from albert_export import export
-
-            bundle = Path(export(None, args.task, scratch / args.task, validate=False, log=lambda message: None))
+            bundle = model_bundle(args.model, args.task, scratch)
         pipe = pipeline(bundle, **({"threads": args.threads} if args.threads else {}))
         requests = requests_for(pipe.task, args.requests)
         seconds, expected, wall, cpu = one_by_one(pipe, requests)

@@ -45,3 +45,28 @@ def test_serve_bench_peers_and_the_long_request_table_answer_what_pipeline_does(
     assert float(rows[-1][8]) >= 1.0  # Triton: requests per execute()
     long = next(line.split(" | ") for line in lines if line.startswith("| long QA"))
     assert long[1] == "200" and int(long[3]) >= 1 and long[6] == f"{long[3]}/{long[3]} |", long
+
+
+def test_the_mid_size_model_has_its_shape_the_default_tokenizer_and_answers_as_transformers(tmp_path):
+    """--model mid: MID_SIZE's layers on the default model's config and tokenizer, exported; its bundle's answers
+    to the bench's QA requests are transformers' pipeline's on the checkpoint it was exported from."""
+    import json
+
+    import transformers
+
+    from albert_export.checkpoint import default_model_dir
+    from devtools.serve_bench import MID_SIZE, model_bundle, requests_for
+    from runtime import pipeline
+
+    bundle = model_bundle("mid", "question-answering", tmp_path)
+    config = json.loads((bundle / "config.json").read_text())
+    default = json.loads((default_model_dir() / "config.json").read_text())
+    assert {key: config[key] for key in MID_SIZE} == MID_SIZE and config["vocab_size"] == default["vocab_size"]
+    assert (bundle / "tokenizer.json").read_bytes() == (default_model_dir() / "tokenizer.json").read_bytes()
+    theirs = transformers.pipeline("question-answering", model=str(tmp_path / "checkpoint-mid"))
+    ours = pipeline(bundle)
+    for request in requests_for("question-answering", 4):
+        mine, reference = ours(**request), theirs(**request)
+        assert (mine["start"], mine["end"], mine["answer"]) == (reference["start"], reference["end"],
+                                                                reference["answer"])
+        assert abs(mine["score"] - reference["score"]) < 1e-4
