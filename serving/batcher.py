@@ -1,18 +1,20 @@
 """Window batching: every request's model windows in one queue per model, batched across requests.
 
-One `Batcher` per model, two threads beside the event loop:
+One `Batcher` per model, three threads beside the event loop:
 - the host thread preprocesses each request as it arrives (Call.prepare: tokenized windows, work limits
-  checked) and postprocesses each as soon as its last window is back (Prepared.finish);
+  checked) and postprocesses each as soon as its last window is back (Prepared.finish); the bulk thread does the
+  same for long requests, the event loop itself for small ones (below);
 - the model thread runs batches of windows (pipe.forward, the only engine call).
 The worker task forms each batch from the windows waiting, request by request in turn (one window from each
 request per round, so a request with thousands of windows interleaves with small ones instead of blocking them),
 of near-equal length (within `LENGTH_SLACK` of the batch's first window: padding stays small) and equal
 choices, up to `max_batch_size` windows and `Limits.max_batch_tokens` tokens as padded (a window longer than
 that runs alone): two workers' batches of 16 QA windows of 128 tokens cost 10-17 % more per window than
-batches of 8, their activations no longer in the caches. It never waits while the engine is idle, except up to `max_delay` for
-requests still being preprocessed when the batch is not full. A request answered already (timed out,
+batches of 8, their activations no longer in the caches. It never waits while the engine is idle, except up to
+`max_delay` for requests still being preprocessed when the batch is not full. A request answered already (timed out,
 cancelled, refused at shutdown) takes no further batches.
-A small request skips the host thread: one of at most `INLINE_CHARS` characters is preprocessed on the event
+A small request skips the host thread: one of at most `INLINE_CHARS` characters (its inputs' and its
+parameters', such as fill-mask's targets, together) is preprocessed on the event
 loop, and one of at most `INLINE_WINDOWS` windows and `INLINE_ANSWERS` answers postprocessed there, since for
 them the hop to the thread and back (and its GIL hand-offs) costs more than the work. A long request's stages
 (over `BULK_CHARS` characters, over `BULK_WINDOWS` windows) run on a thread of their own, so the small

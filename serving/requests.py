@@ -93,8 +93,8 @@ class Call:
 
     @property
     def chars(self) -> int:
-        """How many characters the call's texts hold, every input and field together."""
-        return text_chars(self.inputs)
+        """How many characters the call's texts hold, every input, field and parameter (targets) together."""
+        return text_chars(self.inputs) + text_chars(self.params)
 
     def prepare(self, pipe: Pipeline, limits: "Limits | None" = None) -> Prepared:
         """Preprocess every input (InputError/OptionError as pipe(inputs, **params) raises them), refusing with

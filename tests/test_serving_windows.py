@@ -154,8 +154,9 @@ def test_limits_defaults_match_the_command_line():
 
     args = parser().parse_args(["bundle"])
     limits = Limits()
-    assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s, args.max_batch_tokens) == (
-        limits.max_windows, limits.max_answers, limits.max_response_bytes, limits.read_timeout, limits.max_batch_tokens)
+    assert (args.max_windows, args.max_answers, args.max_response_bytes, args.read_timeout_s,
+            args.max_batch_tokens) == (limits.max_windows, limits.max_answers, limits.max_response_bytes,
+                                       limits.read_timeout, limits.max_batch_tokens)
 
 
 def test_a_batch_holds_at_most_max_batch_tokens_padded_and_a_longer_window_runs_alone(qa, monkeypatch):
@@ -225,6 +226,7 @@ def test_each_request_s_stages_run_where_its_size_says_and_every_answer_and_erro
         (Call(short, {"top_k": 0}, single=True), []),
         (Call(short, {"top_k": 600}, single=True), []),  # over --max-answers: 413 before anything runs
         (Call("no mask here " * 200, cut, single=True), ["host prepare"]),
+        (Call(short, {"targets": ["sun", "water"] * 400}, single=True), ["host prepare"]),  # 3,200 characters
     ]
     answers = 8
     assert len(short) * 65 < batcher_module.INLINE_CHARS < len(long) < batcher_module.BULK_CHARS < len(long) * 9
@@ -258,8 +260,9 @@ def test_each_request_s_stages_run_where_its_size_says_and_every_answer_and_erro
     assert all(len(stages) == 2 for stages in ran_off_the_loop[:answers])
     assert inline == off_the_loop
     assert inline[:answers] == [pipe(call.inputs, **call.params) for call, _ in cases[:answers]]
-    assert [kind.__name__ for kind, _ in inline[answers:]] == ["NoMaskTokenError", "OptionError", "RequestError",
-                                                                "NoMaskTokenError"]
+    assert [kind.__name__ for kind, _ in inline[answers:-1]] == ["NoMaskTokenError", "OptionError", "RequestError",
+                                                                  "NoMaskTokenError"]
+    assert inline[-1] == pipe(short, targets=["sun", "water"] * 400)
     assert "over 500 answers (--max-answers" in inline[answers + 2][1]
 
 
