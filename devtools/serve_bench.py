@@ -19,7 +19,8 @@ cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection 
 CPU than httpx, which would otherwise be what is measured). Each row prints throughput, its ratio to the
 in-process row, p50/p99 latency, errors, answers equal to in-process, the mean batch (albert-serve: windows per
 engine run from /metrics, every worker; Triton: requests per execute()) and CPU milliseconds per request (this
-process for in-process, the server's process tree for the servers, from /proc). For question-answering,
+process for in-process, the server's process tree for the servers, from /proc), and beside it the load client's
+own (this process's, for the servers' rows: what the client costs the two cores the server also runs on). For question-answering,
 --long-chars (default 20000; 0: none) adds the long-request table: one request of that many characters with
 doc_stride 121 (thousands of windows) sent to albert-serve while one client sends small requests one after
 another; the small requests' latencies are printed. --quick: 32 requests at 1 and 8 clients, one worker, no
@@ -273,12 +274,14 @@ def peer_missing(name: str) -> str | None:
 
 
 def row(label: str, clients: int, seconds: list[float], wall: float, errors: int, equal: int, total: int,
-        batch: float | None, cpu_ms: float, anchor: float | None) -> tuple[str, float]:
+        batch: float | None, cpu_ms: float, anchor: float | None, client_ms: float | None = None) -> tuple[str, float]:
     rate = total / wall
     ratio = f"{rate / anchor:.2f}" if anchor else "1.00"
     shown = "—" if batch is None else f"{batch:.1f}"
+    client = "—" if client_ms is None else f"{client_ms:.2f}"
     return (f"| {label} | {clients} | {rate:.1f} | {ratio} | {percentile(seconds, 0.5) * 1000:.1f} | "
-            f"{percentile(seconds, 0.99) * 1000:.1f} | {errors} | {equal}/{total} | {shown} | {cpu_ms:.2f} |", rate)
+            f"{percentile(seconds, 0.99) * 1000:.1f} | {errors} | {equal}/{total} | {shown} | {cpu_ms:.2f} | "
+            f"{client} |", rate)
 
 
 def measure(server: Server, requests: list[Any], expected: list[Any], clients_list: list[int], args,
@@ -288,9 +291,9 @@ def measure(server: Server, requests: list[Any], expected: list[Any], clients_li
     for clients in clients_list:
         before = server.batch(server) if server.batch else None
         cpu_before = process_tree_cpu_seconds(server.process.pid)
-        started = time.perf_counter()
+        started, client_before = time.perf_counter(), time.process_time()
         answers = asyncio.run(load(server.host, server.port, server.path, bodies, clients, args.time_limit))
-        wall = time.perf_counter() - started
+        wall, client = time.perf_counter() - started, time.process_time() - client_before
         cpu = process_tree_cpu_seconds(server.process.pid) - cpu_before
         batch = None
         if before is not None:
@@ -300,7 +303,7 @@ def measure(server: Server, requests: list[Any], expected: list[Any], clients_li
         equal = sum(status == 200 and server.decode(answer) == want
                     for (status, _, answer), want in zip(answers, expected))
         line, _ = row(server.label, clients, [s for _, s, _ in answers], wall, errors, equal, len(bodies), batch,
-                      cpu * 1000 / len(bodies), anchor)
+                      cpu * 1000 / len(bodies), anchor, client * 1000 / len(bodies))
         print(line, flush=True)
 
 
@@ -408,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU: {kind.get('model', 'unknown')} ({kind.get('kind', '?')}), {cpu_count()} CPUs; load average "
               f"{os.getloadavg()[0]:.1f}; bundle {bundle.resolve().name} ({pipe.task})")
         print("| run | clients | req/s | × in-process | p50 ms | p99 ms | errors | answers equal | mean batch | "
-              "CPU ms/request |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "CPU ms/request | load client CPU ms/request |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         line, anchor = row("pipeline() in-process, one by one", 1, seconds, wall, 0, len(requests), len(requests),
                            1.0, cpu * 1000 / len(requests), None)
         print(line, flush=True)
@@ -423,14 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in peers:
             missing = peer_missing(name)
             if missing:
-                print(f"| {name}: {missing} | | | | | | | | | |", flush=True)
+                print(f"| {name}: {missing} | | | | | | | | | | |", flush=True)
                 continue
             servers.append(peer(name, bundle, args, max(workers), scratch))
         for index, server in enumerate(servers):
             try:
                 server.start(scratch / f"server-{index}.log")
             except RuntimeError as exc:
-                print(f"| {server.label}: {str(exc).splitlines()[0]} | | | | | | | | | |", flush=True)
+                print(f"| {server.label}: {str(exc).splitlines()[0]} | | | | | | | | | | |", flush=True)
                 continue
             try:
                 measure(server, requests, expected, clients_list, args, anchor)

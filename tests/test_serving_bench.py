@@ -20,7 +20,8 @@ def test_serve_bench_quick_runs_and_every_answer_is_equal(handmade_bundle):
     assert [r[1] for r in rows[1:]] == ["1", "1", "8"]
     for r in rows[1:]:
         assert r[6] == "0" and r[7] == "32/32", r  # errors, answers equal
-        assert float(r[8]) >= 1.0 and float(r[9].rstrip(" |")) > 0, r  # mean batch, CPU ms per request
+        assert float(r[8]) >= 1.0 and float(r[9]) > 0, r  # mean batch, CPU ms per request
+    assert rows[1][10] == "— |" and all(float(r[10].rstrip(" |")) > 0 for r in rows[2:]), rows  # the load client's
     assert result.stdout.startswith("CPU: ")
 
 
@@ -34,7 +35,7 @@ def test_serve_bench_peers_and_the_long_request_table_answer_what_pipeline_does(
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    rows = [line.split(" | ") for line in lines if line.count(" | ") == 9]
+    rows = [line.split(" | ") for line in lines if line.count(" | ") == 10]
     assert [(r[0], r[1]) for r in rows[1:]] == [
         ("| pipeline() in-process, one by one", "1"), ("| albert-serve, window batching", "1"),
         ("| albert-serve, window batching", "8"), ("| LitServe, 1 worker(s), pipeline() per request", "1"),
