@@ -66,7 +66,7 @@ class Prepared:
     settings: Any  # runtime.pipelines.Settings
     features: list[Features]
     windows: list[dict[str, np.ndarray]]
-    answers: int = 0  # answers asked for, all inputs together (see answers_asked)
+    answers: int  # answers asked for, all inputs together (see answers_asked)
 
     def finish(self, pipe: Pipeline, outputs: list[dict[str, np.ndarray]]) -> Any:
         """The call's answer from its windows' outputs: each input postprocessed, shaped as call_head shapes it."""
