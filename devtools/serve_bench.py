@@ -8,23 +8,23 @@ peers serving the same pipeline (LitServe, Ray Serve, a real Triton), in one run
 
 Without --bundle, the embedded default model (--model default) or a mid-size one (--model mid: `MID_SIZE`, random
 weights, the default's tokenizer and windows; about 6x its compute per token) is exported for --task first (needs
-the export extra); requests are fill-mask texts of 4 to 40 words, or the SQuAD sample's questions. Rows: pipeline() in-process one request
-at a time (the anchor); where a row has several workers, the same on one intra-op thread, and N processes of one
-thread each answering their share at once (what N workers could give without HTTP or gains from batching: the
-ceiling); albert-serve at each --workers and concurrency; each peer at each concurrency (LitServe
-and Ray Serve through devtools/serve_peers.py, Triton: `--triton-backend python` under tritonserver from
+the export extra); requests are fill-mask texts of 4 to 40 words, or the SQuAD sample's questions. Rows: pipeline()
+in-process one request at a time (the anchor); where a row has several workers, the same on one intra-op thread, and
+N processes of one thread each answering their share at once (what N workers could give without HTTP or gains from
+batching: the ceiling); albert-serve at each --workers and concurrency; each peer at each concurrency (LitServe and
+Ray Serve through devtools/serve_peers.py, Triton: `--triton-backend python` under tritonserver from
 scripts/setup-triton.sh; a peer that is not installed is said and left out). Every server is driven by the same
-cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection per client: it costs far less
-CPU than httpx, which would otherwise be what is measured). Each row prints throughput, its ratio to the
-in-process row, p50/p99 latency, errors, answers equal to in-process, the mean batch (albert-serve: windows per
-engine run from /metrics, every worker; Triton: requests per execute()) and CPU milliseconds per request (this
-process for in-process, the server's process tree for the servers, from /proc), and beside it the load client's
-own (this process's, for the servers' rows: what the client costs the two cores the server also runs on). For
-question-answering, --long-chars (default 20000; 0: none) adds the long-request table: one request of that many characters with
-doc_stride 121 (thousands of windows) sent to albert-serve while one client sends small requests one after
-another; the small requests' latencies are printed. --quick: 32 requests at 1 and 8 clients, one worker, no
-peers unless --peers names them, no long request. The figures are for the machine it runs on; the run says which
-CPU that is. Publish nothing measured on a machine shared with other jobs.
+cheap load client (raw HTTP/1.1 keep-alive over asyncio streams, one connection per client: it costs far less CPU
+than httpx, which would otherwise be what is measured). Each row prints throughput, its ratio to the in-process row,
+p50/p99 latency, errors, answers equal to in-process, the mean batch (albert-serve: windows per engine run from
+/metrics, every worker; Triton: requests per execute()) and CPU milliseconds per request (this process for
+in-process, the server's process tree for the servers, from /proc), and beside it the load client's own (this
+process's, for the servers' rows: what the client costs the two cores the server also runs on). For
+question-answering, --long-chars (default 20000; 0: none) adds the long-request table: one request of that many
+characters with doc_stride 121 (thousands of windows) sent to albert-serve while one client sends small requests one
+after another; the small requests' latencies are printed. --quick: 32 requests at 1 and 8 clients, one worker, no
+peers unless --peers names them, no long request. The figures are for the machine it runs on; the run says which CPU
+that is. Publish nothing measured on a machine shared with other jobs.
 """
 from __future__ import annotations
 
