@@ -169,6 +169,12 @@ class Bundle:
         return self.root / MODEL
 
     @property
+    def model_bytes(self) -> int:
+        """The size of model.onnx and of the external data it names: the weights an engine loads."""
+        names = {MODEL, *external_data_names(self.model_path)}
+        return sum((self.root / name).stat().st_size for name in names)
+
+    @property
     def tokenizer_path(self) -> Path:
         """The bundle's tokenizer file."""
         return self.root / TOKENIZER
