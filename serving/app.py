@@ -39,6 +39,7 @@ from runtime.errors import AlbertRuntimeError, BackendError, BundleError, Tensor
 from runtime.lines import answer_json
 
 from .batcher import Batcher, QueueFull
+from .cores import Neighbours, Widening
 from .metrics import Metrics
 from .requests import Limits, RequestError, hf_call
 
@@ -121,10 +122,13 @@ async def read_json(request: Request, limits: Limits) -> Any:
 
 class Server:
     """The HTTP server of a set of pipelines: their batchers, limits, routes and lifespan."""
-    def __init__(self, pipelines: dict[str, Pipeline], limits: Limits = Limits(), notices=None):
+    def __init__(self, pipelines: dict[str, Pipeline], limits: Limits = Limits(), notices=None,
+                 neighbours: Neighbours | None = None):
+        """neighbours: where this worker tells the others how many requests it has in flight (serving.cores)."""
         from .connections import Notices
 
         self.pipelines = pipelines
+        self.neighbours = neighbours
         self.limits = limits
         self.notices = notices or Notices()
         self.metrics = Metrics()
@@ -167,9 +171,11 @@ class Server:
                 max_queue=self.limits.max_queue,
                 limits=self.limits,
                 on_batch=self._batch_observer(name),
-                on_depth=self.metrics.queue_depth.labels(name).set,
+                on_depth=self._depth_observer(name),
             )
             batcher.start()
+            if isinstance(pipe.backend, Widening):
+                pipe.backend.on_wide = self.metrics.wide_batches.labels(name).inc
         self.ready = True
         try:
             yield
@@ -177,6 +183,16 @@ class Server:
             self.ready = False  # uvicorn has stopped taking connections and finished the open requests
             left = None if self.stop_deadline is None else max(self.stop_deadline - loop.time(), 0.0)
             await asyncio.gather(*(batcher.stop(left) for batcher in self.batchers.values()))
+
+    def _depth_observer(self, name: str):
+        gauge = self.metrics.queue_depth.labels(name)
+
+        def observe(depth: int) -> None:
+            gauge.set(depth)
+            if self.neighbours is not None:
+                self.neighbours.report(sum(batcher.depth for batcher in self.batchers.values()))
+
+        return observe
 
     def _batch_observer(self, name: str):
         def observe(size: int, seconds: float) -> None:

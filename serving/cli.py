@@ -28,10 +28,11 @@ from typing import Callable
 
 from runtime import __version__
 from runtime.arguments import RANGES, Parser, cpu_count, device_argument, device_or_default, number
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, backend_from_bundle
 from runtime.errors import AlbertRuntimeError, OptionError, UsageError
 from runtime.extras import missing_module_line
 
+from .cores import WIDE_MAX_BYTES, Neighbours, Widening
 from .errors import ListenError
 from .metrics import shared_between_processes
 from .requests import Limits
@@ -80,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--device", type=device_argument, default=None, help="cpu (default for onnxruntime), cuda or cuda:N")
     p.add_argument("--threads", type=number("threads"), default=None,
-                   help=f"intra-op threads per model (1..{cpu_count()}, the CPUs)")
+                   help=f"intra-op threads per model (1..{cpu_count()}, the CPUs; default with several workers: "
+                        "the CPUs / N, and every CPU for a large batch while the other workers are idle)")
     p.add_argument("--workers", type=number("workers"), default=None,
                    help=f"server processes on the one port, each with its own pipelines and its share of the "
                         f"CPUs (default: one per CPU, {default_workers()} here; 1 on a GPU); /metrics sums them all")
@@ -90,9 +92,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_pipelines(args: argparse.Namespace) -> dict:
-    """The pipelines of the bundles given, by the name each is served under."""
-    from runtime import pipeline
+def load_pipelines(args: argparse.Namespace, neighbours: Neighbours | None = None) -> dict:
+    """The pipelines of the bundles given, by the name each is served under; with `neighbours` (workers sharing the
+    CPUs, no --threads), each model small enough is also held on every CPU's threads (serving.cores)."""
+    from runtime import Pipeline, pipeline
 
     names: dict[str, str] = {}
     for bundle in args.bundles:
@@ -102,10 +105,18 @@ def load_pipelines(args: argparse.Namespace) -> dict:
         names[name] = bundle
     device = device_or_default(args.device, args.backend)
     extra = {"threads": args.threads} if args.threads else {}
-    return {
+    pipelines = {
         name: pipeline(bundle, backend=args.backend, device=device, batch_size=args.max_batch_size, **extra)
         for name, bundle in names.items()
     }
+    if neighbours is None or args.backend == "tensorrt" or device != "cpu":
+        return pipelines
+    for name, pipe in pipelines.items():
+        if pipe.bundle.model_bytes <= WIDE_MAX_BYTES:
+            wide = backend_from_bundle(pipe.bundle, pipe.backend_name, device, threads=cpu_count())
+            pipelines[name] = Pipeline(pipe.bundle, engine=Widening(pipe.backend, wide, neighbours, pipe.bundle.config),
+                                       batch_size=args.max_batch_size)
+    return pipelines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,9 +143,11 @@ def default_workers() -> int:
     return min(cpu_count(), int(RANGES["workers"].maximum))
 
 
-def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready: int | None = None) -> int:
+def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready: int | None = None,
+          neighbours: Neighbours | None = None) -> int:
     """One server process: load the bundles, listen (on `listener` when a parent bound it), serve until
-    SIGTERM. `ready`: a pipe to tell the parent this worker is serving (instead of printing the address)."""
+    SIGTERM. `ready`: a pipe to tell the parent this worker is serving (instead of printing the address);
+    `neighbours`: the workers' requests in flight, this one's joined already (serving.cores)."""
     import uvicorn
 
     from .app import Server
@@ -160,7 +173,7 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
         read_timeout=args.read_timeout_s,
     )
     notices = Notices()
-    server = Server(load_pipelines(args), limits, notices=notices)
+    server = Server(load_pipelines(args, neighbours), limits, notices=notices, neighbours=neighbours)
     config = uvicorn.Config(
         server.app(),
         host=args.host,
@@ -210,16 +223,18 @@ def serve(args: argparse.Namespace, listener: socket.socket | None = None, ready
 
 
 def run_workers(args: argparse.Namespace) -> int:
-    """--workers N: N processes, each with its own pipelines (intra-op threads default to the CPUs / N) and its
-    own listening socket on one port (SO_REUSEPORT: the kernel spreads connections over them evenly, where one
-    shared socket lets whichever worker wakes first take a burst of them all); this process holds the port,
-    forwards SIGTERM/SIGINT to them and exits when they have."""
+    """--workers N: N processes, each with its own pipelines (intra-op threads default to the CPUs / N, widened
+    while the others are idle: serving.cores) and its own listening socket on one port (SO_REUSEPORT: the kernel
+    spreads connections over them evenly, where one shared socket lets whichever worker wakes first take a burst
+    of them all); this process holds the port, forwards SIGTERM/SIGINT to them and exits when they have."""
     with bound_socket(args.host, args.port, listen=False, shared=False) as alone:  # no other server has the port
         port = alone.getsockname()[1]
     held = bound_socket(args.host, port, listen=False)
     host, port = held.getsockname()[:2]
+    neighbours = None
     if args.threads is None:
         args.threads = max(1, cpu_count() // args.workers)
+        neighbours = Neighbours(args.workers) if args.threads < cpu_count() else None
     read_end, write_end = os.pipe()
     parent, pids = os.getpid(), []
     for worker in range(args.workers):
@@ -227,9 +242,12 @@ def run_workers(args: argparse.Namespace) -> int:
         if pid == 0:
             os.close(read_end)
             stop_with(parent)
+            if neighbours is not None:
+                neighbours.join(worker)
             code = 1
             try:  # every worker loads the same bundles: the first says why they cannot be served, once
-                code = guarded(lambda: serve(args, bound_socket(host, port), ready=write_end), quiet=worker > 0)
+                code = guarded(lambda: serve(args, bound_socket(host, port), ready=write_end, neighbours=neighbours),
+                               quiet=worker > 0)
             finally:
                 sys.stderr.flush()
                 os._exit(code)

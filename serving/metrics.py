@@ -61,6 +61,10 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.wide_batches = Counter(
+            "albert_serve_wide_batches", "Batches run on every CPU's threads, no other worker having requests "
+            "(--workers without --threads)", ["model"], registry=self.registry,
+        )
         self.batch_seconds = Histogram(
             "albert_serve_batch_seconds", "Time to run one batch on the model", ["model"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
