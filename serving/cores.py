@@ -2,8 +2,8 @@
 and on every CPU while they have none.
 
 onnxruntime and OpenVINO fix a model's intra-op threads when they load it, so a worker holds each model twice:
-`Widening` runs a batch on the wide engine (every CPU) when no other worker has requests in flight and the batch is
-worth splitting (`WIDE_MIN_MULTIPLY_ADDS`), on the narrow one (CPUs / N threads) otherwise. Under load every
+`Widening` runs a batch on the wide engine (every CPU) when no other worker has had requests in flight for `SETTLE_S`
+and the batch is worth splitting (`WIDE_MIN_MULTIPLY_ADDS`), on the narrow one (CPUs / N threads) otherwise. Under load every
 worker has requests, so each keeps to its share of the cores (more threads per process than cores costs 10-20 %
 of the throughput); one client alone gets every core, as an in-process call does. Which workers have requests is
 `Neighbours`: a count per worker in memory the parent maps before it forks them, written by its own worker only.
@@ -31,7 +31,7 @@ def multiply_adds_per_token(config: dict) -> int:
     (4 h^2) and the feed-forward's two (2 h i); the heads and the attention scores are small beside them."""
     hidden, layers = config.get("hidden_size", 768), config.get("num_hidden_layers", 12)
     intermediate = config.get("intermediate_size", 4 * hidden)
-    return layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    return max(1, layers * (4 * hidden * hidden + 2 * hidden * intermediate))
 
 
 class Neighbours:
