@@ -2,11 +2,12 @@
 and on every CPU while they have none.
 
 onnxruntime and OpenVINO fix a model's intra-op threads when they load it, so a worker holds each model twice:
-`Widening` runs a batch on the wide engine (every CPU) when no other worker has had requests in flight for `SETTLE_S`
-and the batch is worth splitting (`WIDE_MIN_MULTIPLY_ADDS`), on the narrow one (CPUs / N threads) otherwise. Under load every
-worker has requests, so each keeps to its share of the cores (more threads per process than cores costs 10-20 %
-of the throughput); one client alone gets every core, as an in-process call does. Which workers have requests is
-`Neighbours`: a count per worker in memory the parent maps before it forks them, written by its own worker only.
+`Widening` runs a batch on the wide engine (every CPU) when no other worker has had requests in flight for
+`SETTLE_S` and the batch is worth splitting (`WIDE_MIN_MULTIPLY_ADDS`), on the narrow one (CPUs / N threads)
+otherwise. Under load every worker has requests, so each keeps to its share of the cores (more threads per process
+than cores costs 10-20 % of the throughput); one client alone gets every core, as an in-process call does. Which
+workers have requests is `Neighbours`: a count per worker in memory the parent maps before it forks them, written by
+its own worker only.
 """
 from __future__ import annotations
 
