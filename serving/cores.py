@@ -23,7 +23,7 @@ WIDE_MAX_BYTES = 512 << 20  # a model file above this is held once: a second cop
 # 4x128 1.23x; the mid-size model's 1x32 0.95x, 1x64 1.16x; both cross over near 200 M multiply-adds)
 WIDE_MIN_MULTIPLY_ADDS = 200_000_000
 # under load a worker's requests leave gaps of a few ms between them; another worker widening into one of them would
-# overlap the next request's batch (mid-size QA at 8 and 32 clients: 7-10 % fewer requests a second without this)
+# overlap the next request's batch (mid-size QA at 8 and 32 clients: 6-13 % fewer requests a second without this)
 SETTLE_S = 0.1
 
 
