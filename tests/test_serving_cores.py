@@ -119,6 +119,17 @@ def test_small_models_are_held_twice_large_ones_once(fill_mask, monkeypatch):
     assert not isinstance(cli.load_pipelines(args, Neighbours(2))["fill-mask"].backend, Widening)
 
 
+def test_openvino_models_widen_too(fill_mask):
+    """--backend openvino: the wide engine is compiled on every CPU's threads (INFERENCE_NUM_THREADS), answers equal."""
+    args = cli.parser().parse_args([str(fill_mask), "--threads", "1", "--backend", "openvino"])
+    pipe = cli.load_pipelines(args, Neighbours(2))["fill-mask"]
+    assert isinstance(pipe.backend, Widening)
+    threads = [engine.compiled.get_property("INFERENCE_NUM_THREADS")
+               for engine in (pipe.backend.narrow, pipe.backend.wide)]
+    assert threads == [1, cpu_count()]
+    assert same(pipe(LONG)) == same(cli.load_pipelines(args)["fill-mask"](LONG))
+
+
 def test_one_client_gets_every_cpu_many_get_a_share_each(fill_mask):
     """--workers 2, no --threads: one client's LONG requests run wide (the other worker has none; counted in
     /metrics), its SEED ones narrow (too small a batch), 16 clients' mostly narrow; the answers are pipeline()'s
