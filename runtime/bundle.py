@@ -162,6 +162,7 @@ class Bundle:
     root: Path
     manifest: Manifest
     config: dict[str, Any]
+    external_data: frozenset[str] | None = None  # the external data files model.onnx names, where load_bundle read them
 
     @property
     def model_path(self) -> Path:
@@ -171,7 +172,8 @@ class Bundle:
     @property
     def model_bytes(self) -> int:
         """The size of model.onnx and of the external data it names: the weights an engine loads."""
-        names = {MODEL, *external_data_names(self.model_path)}
+        external = self.external_data if self.external_data is not None else external_data_names(self.model_path)
+        names = {MODEL, *external}
         return sum((self.root / name).stat().st_size for name in names)
 
     @property
@@ -214,8 +216,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if required not in manifest.files:
             raise BundleError(f"manifest lists no {required}; the bundle is incomplete, re-export it")
     files = {name: bundle_file(root, name) for name in manifest.files}
+    external = None
     if verify:
-        external = external_data_names(files[MODEL])
+        external = frozenset(external_data_names(files[MODEL]))
         for name in external:
             if name not in manifest.files:
                 raise BundleError(
@@ -253,7 +256,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                    else f"it has no label {min(set(range(len(ids))) - set(ids))}")
         raise BundleError(f"{root / CONFIG}'s id2label must name labels 0 to {len(ids) - 1} once each, but {problem}; "
                           "fix id2label or re-export the bundle")
-    return Bundle(root=root, manifest=manifest, config=config)
+    return Bundle(root=root, manifest=manifest, config=config, external_data=external)
 
 
 def bundle_file(root: Path, name: str) -> Path:

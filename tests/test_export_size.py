@@ -61,11 +61,15 @@ def test_external_data_past_the_threshold(tmp_path):
     save_checkpoint(directory, "fill-mask")
     bundle = export(directory, "fill-mask", tmp_path / "bundle", layers="loop", external_data_threshold=20_000,
                     log=quiet)
-    manifest = load_bundle(bundle).manifest  # checksums of both files verified
+    loaded = load_bundle(bundle)  # checksums of both files verified
+    manifest = loaded.manifest
     assert sorted(manifest.files) == ["config.json", "model.onnx", EXTERNAL_DATA, "special_tokens_map.json",
                                       "spiece.model", "tokenizer.json", "tokenizer_config.json"]
     data_bytes = (bundle / EXTERNAL_DATA).stat().st_size
     assert data_bytes >= 1000 * 16 * 4 > (bundle / "model.onnx").stat().st_size  # the word embeddings moved out
+    weights = (bundle / "model.onnx").stat().st_size + data_bytes
+    assert loaded.external_data == {EXTERNAL_DATA} and loaded.model_bytes == weights
+    assert load_bundle(bundle, verify=False).model_bytes == weights  # found in model.onnx when not verified
     assert max(manifest.validation.max_abs_diff.values()) <= 1e-4  # validated from the two files
     small = export(directory, "fill-mask", tmp_path / "small", validate=False, log=quiet)
     assert not (small / EXTERNAL_DATA).exists()

@@ -114,6 +114,7 @@ def test_small_models_are_held_twice_large_ones_once(fill_mask, monkeypatch):
                for engine in (pipe.backend.narrow, pipe.backend.wide)]
     assert threads == [1, cpu_count()]
     assert same(pipe(SEED)) == same(cli.load_pipelines(args)["fill-mask"](SEED))
+    assert pipe.bundle.external_data == frozenset()  # read once, by load_bundle's verification
     assert pipe.bundle.model_bytes == os.path.getsize(pipe.bundle.model_path)
     monkeypatch.setattr(cli, "WIDE_MAX_BYTES", pipe.bundle.model_bytes - 1)
     assert not isinstance(cli.load_pipelines(args, Neighbours(2))["fill-mask"].backend, Widening)
